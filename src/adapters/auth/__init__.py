@@ -1,0 +1,1 @@
+"""Token verifiers: HS256 shared secret and Better Auth JWKS."""

@@ -1,0 +1,1 @@
+"""Tool registries: the todo toolset and the composite that mounts several."""

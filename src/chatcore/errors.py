@@ -1,0 +1,119 @@
+"""Domain errors. Plain exceptions, no HTTP words: the HTTP adapter maps them to statuses in one table."""
+
+from __future__ import annotations
+
+import uuid
+
+
+class ChatError(Exception):
+    """Base of every error chatcore raises on purpose. ``detail`` is safe to show to a client."""
+
+    default_detail = "Chat error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.default_detail
+        super().__init__(self.detail)
+
+
+class Unauthenticated(ChatError):
+    default_detail = "Missing or invalid bearer token"
+
+
+class AuthUnavailable(ChatError):
+    """The token could not be checked (key server unreachable); not the client's fault."""
+
+    default_detail = "Authentication service unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class Forbidden(ChatError):
+    default_detail = "Access denied"
+
+
+class ConversationNotFound(ChatError):
+    """Also raised when the conversation exists but belongs to someone else: one answer for both."""
+
+    default_detail = "Conversation not found"
+
+
+class InvalidMessage(ChatError):
+    default_detail = "Invalid message"
+
+
+class TurnFailed(ChatError):
+    """A turn that failed after its user message was stored; carries the conversation so the client can retry."""
+
+    conversation_id: uuid.UUID | None = None
+
+
+class AgentError(TurnFailed):
+    default_detail = "The model provider failed"
+
+    def __init__(self, detail: str | None = None, *, provider: str | None = None) -> None:
+        super().__init__(detail)
+        self.provider = provider
+
+
+class AgentUnavailable(AgentError):
+    default_detail = "The model provider is unavailable"
+
+
+class AgentTimeout(AgentError):
+    default_detail = "The model provider timed out"
+
+
+class AgentRateLimited(AgentError):
+    default_detail = "The model provider is rate limiting requests"
+
+    def __init__(self, detail: str | None = None, *, provider: str | None = None, retry_after: int = 10) -> None:
+        super().__init__(detail, provider=provider)
+        self.retry_after = retry_after
+
+
+class ContextTooLong(AgentError):
+    default_detail = "The conversation is too long for the model; start a new conversation"
+
+
+class ToolError(ChatError):
+    """Raised by a tool for a bad call; the message becomes an error result for the model, never a failed turn."""
+
+    default_detail = "Tool failed"
+
+
+class StoreUnavailable(ChatError):
+    default_detail = "The database is unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 2) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class ConversationBusy(ChatError):
+    """Another turn holds the conversation and did not finish within the wait."""
+
+    default_detail = "Another turn is in progress on this conversation"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 2) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class IdempotencyKeyReused(ChatError):
+    default_detail = "This Idempotency-Key was used with a different request"
+
+
+class IdempotencyInProgress(ChatError):
+    default_detail = "A request with this Idempotency-Key is still in progress"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 2) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class TaskNotFound(ToolError):
+    """A task id unknown to this user; also the answer for another user's task."""
+
+    default_detail = "Task not found"

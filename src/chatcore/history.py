@@ -1,0 +1,84 @@
+"""Making stored history safe to replay to any provider.
+
+Providers reject a tool result without the call that asked for it, and a call
+without its result. History can be cut by a window, broken by a crash in an
+older version, or imported; these functions repair it deterministically so one
+bad row never wedges a conversation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TypeVar
+
+from chatcore.model import ChatMessage, MessageStatus, Role
+
+M = TypeVar("M", bound=ChatMessage)
+
+INTERRUPTED_RESULT = json.dumps({"error": "interrupted: this tool call did not complete"})
+
+
+def repair_tool_pairs(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """Drop tool results whose call is not open; give every call left unanswered an "interrupted" result.
+
+    A call is open from its assistant message until the next non-tool message.
+    """
+    repaired: list[ChatMessage] = []
+    open_calls: dict[str, None] = {}
+
+    def close_open_calls() -> None:
+        for call_id in open_calls:
+            repaired.append(
+                ChatMessage(role=Role.TOOL, content=INTERRUPTED_RESULT, tool_call_id=call_id, is_error=True)
+            )
+        open_calls.clear()
+
+    for message in messages:
+        if message.role is Role.TOOL:
+            if message.tool_call_id in open_calls:
+                del open_calls[message.tool_call_id]
+                repaired.append(message)
+            continue
+        close_open_calls()
+        repaired.append(message)
+        if message.role is Role.ASSISTANT:
+            open_calls = {call.id: None for call in message.tool_calls}
+    close_open_calls()
+    return repaired
+
+
+def estimate_tokens(message: ChatMessage) -> int:
+    """A network-free estimate (about four characters a token, plus framing) good enough to budget context."""
+    size = len(message.content)
+    for call in message.tool_calls:
+        size += len(call.name) + len(json.dumps(call.arguments, default=str))
+    return size // 4 + 4
+
+
+def window(messages: Sequence[M], *, max_messages: int, max_tokens: int | None = None) -> list[M]:
+    """The newest messages within both budgets, never starting with a tool result cut off from its call."""
+    kept: list[M] = []
+    budget = max_tokens
+    for message in reversed(messages[-max_messages:] if max_messages > 0 else []):
+        if budget is not None:
+            budget -= estimate_tokens(message)
+            if budget < 0 and kept:
+                break
+        kept.append(message)
+    kept.reverse()
+    while kept and kept[0].role is Role.TOOL:
+        kept.pop(0)
+    return kept
+
+
+def for_model(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """History as it is sent to a model: pairs repaired, interrupted replies labelled."""
+    labelled = [
+        replace(m, content=(m.content + "\n[reply interrupted]").strip())
+        if m.role is Role.ASSISTANT and getattr(m, "status", None) is MessageStatus.INTERRUPTED
+        else m
+        for m in messages
+    ]
+    return repair_tool_pairs(labelled)

@@ -1,0 +1,209 @@
+"""The domain's values: conversations, messages, tool calls, replies. No I/O here.
+
+Every type is a frozen dataclass so that a value handed to an adapter cannot be
+changed behind the service's back, and so that fakes can compare them by value.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+JsonValue: TypeAlias = Any
+"""A value that survives ``json.dumps``; kept loose because tool results are arbitrary JSON."""
+
+MAX_USER_ID_LENGTH = 255
+MAX_MESSAGE_LENGTH = 32_000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class MessageStatus(enum.StrEnum):
+    """Why a stored message may need care when it is replayed to a model."""
+
+    COMPLETE = "complete"
+    UNANSWERED = "unanswered"
+    """A user message whose turn failed: the model never answered it."""
+    INTERRUPTED = "interrupted"
+    """An assistant reply cut short (stopped, or a synthetic result for a call that never ran)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a verified token speaks for. ``email`` is context for the model, never stored in messages."""
+
+    user_id: str
+    email: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A model's request to run one tool. ``id`` is the provider's call id, echoed back with the result."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, JsonValue]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What a model is told about a tool: its name, purpose and JSON-schema parameters."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, JsonValue]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatMessage:
+    """One message as a model sees it, stored or not yet stored.
+
+    A tool message's ``content`` is the JSON text of its result (or of ``{"error": ...}``
+    when ``is_error``), which is exactly what providers want to be sent back.
+    """
+
+    id: uuid.UUID = field(default_factory=new_id)
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    is_error: bool = False
+    created_at: datetime = field(default_factory=utcnow)
+
+    @classmethod
+    def user(cls, content: str) -> ChatMessage:
+        return cls(role=Role.USER, content=content)
+
+    @classmethod
+    def assistant(cls, content: str, tool_calls: Sequence[ToolCall] = ()) -> ChatMessage:
+        return cls(role=Role.ASSISTANT, content=content, tool_calls=tuple(tool_calls))
+
+    @classmethod
+    def tool_result(cls, call: ToolCall, result: ToolResult) -> ChatMessage:
+        return cls(
+            role=Role.TOOL,
+            content=result.to_content(),
+            tool_call_id=call.id,
+            is_error=result.error is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message(ChatMessage):
+    """A stored message. ``seq`` orders a conversation: timestamps can tie, sequence numbers cannot."""
+
+    conversation_id: uuid.UUID
+    seq: int
+    status: MessageStatus = MessageStatus.COMPLETE
+    turn_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: uuid.UUID
+    user_id: str
+    title: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """The outcome of one tool call: a JSON result, or an error the model is told about."""
+
+    result: JsonValue = None
+    error: str | None = None
+
+    def to_content(self) -> str:
+        if self.error is not None:
+            return json.dumps({"error": self.error}, ensure_ascii=False)
+        return json.dumps(self.result, ensure_ascii=False, default=str)
+
+    @classmethod
+    def from_content(cls, content: str, *, is_error: bool) -> ToolResult:
+        try:
+            decoded = json.loads(content)
+        except ValueError:
+            decoded = content
+        if is_error:
+            error = decoded.get("error") if isinstance(decoded, dict) else decoded
+            return cls(error=str(error))
+        return cls(result=decoded)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    """A tool call of a turn together with what it returned, as reported to the client."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, JsonValue]
+    result: JsonValue = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """What a store hands back when a turn begins: the conversation, its history window, the stored user message."""
+
+    conversation: Conversation
+    history: tuple[Message, ...]
+    user_message: Message
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChatReply:
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    response: str
+    tool_calls: tuple[ToolCallRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRequest:
+    """Everything a model needs for one step: instructions, the conversation so far, the tools it may call."""
+
+    system_prompt: str
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[ToolSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResponse:
+    """One model step: text, and the tools it wants run before it can answer (none means it is done)."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    stop_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A todo item, the first toolset's data. Integer ids because todo frontends expect them."""
+
+    id: int
+    user_id: str
+    title: str
+    description: str | None
+    completed: bool
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,286 @@
+"""ChatService: one chat turn, start to end, through the ports only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from chatcore import history as history_rules
+from chatcore.errors import (
+    AgentError,
+    ChatError,
+    Forbidden,
+    InvalidMessage,
+    ToolError,
+    Unauthenticated,
+)
+from chatcore.model import (
+    MAX_MESSAGE_LENGTH,
+    MAX_USER_ID_LENGTH,
+    AgentRequest,
+    ChatMessage,
+    ChatReply,
+    Principal,
+    Role,
+    ToolCall,
+    ToolCallRecord,
+    ToolResult,
+    ToolSpec,
+    utcnow,
+)
+from chatcore.ports import ConversationStore, LLMAgent, TokenVerifier, ToolRegistry
+
+logger = logging.getLogger("chatcore.service")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful todo assistant. You manage the user's task list with the tools you are given: "
+    "add_task, list_tasks, complete_task, delete_task and update_task. "
+    "When the user refers to a task by name, call list_tasks first to find its id. "
+    "Confirm every change in one short, friendly sentence, and never invent task ids. "
+    "The user is {email}. Today is {today}."
+)
+
+TITLE_LENGTH = 80
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPolicy:
+    """The limits of a turn. Defaults suit a todo assistant on a hosted model."""
+
+    history_limit: int = 50
+    context_tokens: int | None = 24_000
+    max_tool_steps: int = 8
+    tool_timeout_seconds: float = 30.0
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+
+@dataclass(slots=True)
+class _TurnLog:
+    """What one turn did, for the structured log line: no message text, no tokens."""
+
+    conversation_id: uuid.UUID | None = None
+    model_seconds: float = 0.0
+    model_calls: int = 0
+    tools: list[str] = field(default_factory=list)
+
+
+def validate_message(message: str) -> str:
+    """The user's text as it will be stored, or InvalidMessage saying what is wrong with it."""
+    if not isinstance(message, str):
+        raise InvalidMessage("message must be a string")
+    if "\x00" in message:
+        raise InvalidMessage("message must not contain NUL characters")
+    if not message.strip():
+        raise InvalidMessage("message must not be empty")
+    if len(message) > MAX_MESSAGE_LENGTH:
+        raise InvalidMessage(f"message must be at most {MAX_MESSAGE_LENGTH} characters")
+    return message
+
+
+def title_from(message: str) -> str:
+    first_line = " ".join(message.strip().split())
+    if len(first_line) <= TITLE_LENGTH:
+        return first_line
+    return first_line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def render_system_prompt(template: str, principal: Principal, now: datetime) -> str:
+    values = {
+        "email": principal.email or "not known",
+        "user_id": principal.user_id,
+        "name": principal.name or "not known",
+        "today": now.date().isoformat(),
+    }
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError):
+        logger.warning("system prompt template has unknown placeholders; using it as written")
+        return template
+
+
+class ChatService:
+    """Runs chat turns. Holds no state between turns: everything a turn needs comes from the store."""
+
+    def __init__(
+        self,
+        *,
+        store: ConversationStore,
+        agent: LLMAgent,
+        verifier: TokenVerifier,
+        tools: ToolRegistry,
+        policy: ChatPolicy | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.agent = agent
+        self.verifier = verifier
+        self.tools = tools
+        self.policy = policy or ChatPolicy()
+        self.clock = clock
+
+    async def authenticate(self, bearer_token: str | None, path_user_id: str) -> Principal:
+        """The principal of the token, who must be the user the path names."""
+        if not bearer_token:
+            raise Unauthenticated()
+        principal = await self.verifier.verify(bearer_token)
+        if not principal.user_id or len(principal.user_id) > MAX_USER_ID_LENGTH:
+            raise Unauthenticated("Token subject is not a valid user id")
+        if principal.user_id != path_user_id:
+            raise Forbidden()
+        return principal
+
+    async def chat(
+        self,
+        bearer_token: str | None,
+        path_user_id: str,
+        message: str,
+        conversation_id: uuid.UUID | None = None,
+    ) -> ChatReply:
+        """One whole turn for a library user: authenticate, then send."""
+        principal = await self.authenticate(bearer_token, path_user_id)
+        return await self.send(principal, message, conversation_id)
+
+    async def send(self, principal: Principal, message: str, conversation_id: uuid.UUID | None = None) -> ChatReply:
+        """One turn for an authenticated principal."""
+        text = validate_message(message)
+        turn_id = uuid.uuid4()
+        log = _TurnLog(conversation_id=conversation_id)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            reply = await self._run_turn(principal, text, conversation_id, turn_id, log)
+            outcome = "ok"
+            return reply
+        except ChatError as error:
+            outcome = type(error).__name__
+            raise
+        finally:
+            logger.info(
+                "chat turn",
+                extra={
+                    "event": "chat_turn",
+                    "user_id": principal.user_id,
+                    "conversation_id": str(log.conversation_id) if log.conversation_id else None,
+                    "outcome": outcome,
+                    "turn_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "model_ms": round(log.model_seconds * 1000, 2),
+                    "model_calls": log.model_calls,
+                    "tools": log.tools,
+                },
+            )
+
+    async def _run_turn(
+        self,
+        principal: Principal,
+        text: str,
+        conversation_id: uuid.UUID | None,
+        turn_id: uuid.UUID,
+        log: _TurnLog,
+    ) -> ChatReply:
+        start = await self.store.begin_turn(
+            principal.user_id,
+            conversation_id,
+            ChatMessage.user(text),
+            turn_id=turn_id,
+            history_limit=self.policy.history_limit,
+            title=title_from(text),
+        )
+        conversation = start.conversation
+        log.conversation_id = conversation.id
+        past = history_rules.window(
+            start.history, max_messages=self.policy.history_limit, max_tokens=self.policy.context_tokens
+        )
+        context = [*history_rules.for_model(past), start.user_message]
+        specs = tuple(await self.tools.list_tools())
+        system_prompt = render_system_prompt(self.policy.system_prompt, principal, self.clock())
+
+        produced: list[ChatMessage] = []
+        records: list[ToolCallRecord] = []
+        try:
+            final = await self._tool_loop(principal, system_prompt, context, specs, produced, records, log)
+        except AgentError as error:
+            error.conversation_id = conversation.id
+            if produced:
+                await self.store.finish_turn(principal.user_id, conversation.id, produced, turn_id=turn_id)
+            await self.store.mark_unanswered(principal.user_id, conversation.id, start.user_message.id)
+            raise
+        produced.append(final)
+        stored = await self.store.finish_turn(principal.user_id, conversation.id, produced, turn_id=turn_id)
+        return ChatReply(
+            conversation_id=conversation.id,
+            message_id=stored[-1].id,
+            response=final.content,
+            tool_calls=tuple(records),
+        )
+
+    async def _tool_loop(
+        self,
+        principal: Principal,
+        system_prompt: str,
+        context: list[ChatMessage],
+        specs: tuple[ToolSpec, ...],
+        produced: list[ChatMessage],
+        records: list[ToolCallRecord],
+        log: _TurnLog,
+    ) -> ChatMessage:
+        """Ask the model, run the tools it asks for, feed the results back, until it answers or runs out of steps."""
+        for _ in range(self.policy.max_tool_steps):
+            request = AgentRequest(system_prompt=system_prompt, messages=(*context, *produced), tools=specs)
+            began = time.perf_counter()
+            try:
+                response = await self.agent.complete(request)
+            finally:
+                log.model_seconds += time.perf_counter() - began
+                log.model_calls += 1
+            if not response.tool_calls:
+                return ChatMessage.assistant(response.text)
+            produced.append(ChatMessage.assistant(response.text, response.tool_calls))
+            results = await asyncio.gather(*(self._run_tool(principal, call) for call in response.tool_calls))
+            for call, result in zip(response.tool_calls, results, strict=True):
+                log.tools.append(call.name)
+                produced.append(ChatMessage.tool_result(call, result))
+                records.append(
+                    ToolCallRecord(
+                        id=call.id, name=call.name, arguments=call.arguments, result=result.result, error=result.error
+                    )
+                )
+        return ChatMessage.assistant(
+            f"I stopped after {self.policy.max_tool_steps} tool steps without finishing your request. "
+            "Here is what I did so far; please tell me how you would like to continue."
+            if records
+            else "I could not finish your request. Please try rephrasing it."
+        )
+
+    async def _run_tool(self, principal: Principal, call: ToolCall) -> ToolResult:
+        """A tool's result, or an error result: a failing tool never fails the turn."""
+        try:
+            async with asyncio.timeout(self.policy.tool_timeout_seconds):
+                return ToolResult(result=await self.tools.call(principal, call.name, call.arguments))
+        except ToolError as error:
+            return ToolResult(error=error.detail)
+        except TimeoutError:
+            return ToolResult(error=f"tool {call.name} timed out after {self.policy.tool_timeout_seconds:g}s")
+        except Exception:
+            logger.exception("tool %s raised", call.name, extra={"event": "tool_error", "tool": call.name})
+            return ToolResult(error=f"tool {call.name} failed unexpectedly")
+
+
+def tool_records(messages: Sequence[ChatMessage]) -> list[ToolCallRecord]:
+    """Pair stored assistant calls with their tool results, as the API reports them."""
+    results = {m.tool_call_id: m for m in messages if m.role is Role.TOOL and m.tool_call_id}
+    records: list[ToolCallRecord] = []
+    for message in messages:
+        for call in message.tool_calls:
+            found = results.get(call.id)
+            outcome = (
+                ToolResult.from_content(found.content, is_error=found.is_error)
+                if found
+                else ToolResult(error="interrupted")
+            )
+            records.append(ToolCallRecord(call.id, call.name, call.arguments, outcome.result, outcome.error))
+    return records

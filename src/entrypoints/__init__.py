@@ -1,0 +1,1 @@
+"""Entry points: the composition root, the Litestar app and the CLI."""
