@@ -16,6 +16,7 @@ from chatcore.errors import (
     ChatError,
     Forbidden,
     InvalidMessage,
+    StoreUnavailable,
     ToolError,
     Unauthenticated,
 )
@@ -263,6 +264,8 @@ class ChatService:
                 return ToolResult(result=await self.tools.call(principal, call.name, call.arguments))
         except ToolError as error:
             return ToolResult(error=error.detail)
+        except StoreUnavailable:
+            raise  # the database is down: the turn cannot be stored either, so fail it as a whole (503)
         except TimeoutError:
             return ToolResult(error=f"tool {call.name} timed out after {self.policy.tool_timeout_seconds:g}s")
         except Exception:

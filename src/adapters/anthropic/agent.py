@@ -1,0 +1,294 @@
+"""AnthropicChatAgent: the LLMAgent port on the Anthropic Messages API.
+
+Everything Anthropic-shaped stays in this module: ``_map_messages`` and ``_map_tools`` build the
+request, ``_map_response`` reads the reply, ``_map_error`` turns SDK errors into domain errors.
+The Messages API is stricter than chat completions: roles must alternate starting with ``user``,
+tool results travel as blocks inside a user message, and text blocks may not be empty; the
+mapping below is where those rules are met. Timeouts and retries are the SDK's own.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Literal, assert_never
+
+import anthropic
+from anthropic import AsyncAnthropic, omit
+from anthropic.types import (
+    ContentBlockParam,
+    Message,
+    MessageParam,
+    TextBlock,
+    TextBlockParam,
+    ToolParam,
+    ToolResultBlockParam,
+    ToolUseBlock,
+)
+
+from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
+from chatcore.model import AgentRequest, AgentResponse, ChatMessage, JsonValue, Role, ToolCall, ToolSpec
+
+logger = logging.getLogger("chatcore.adapters.anthropic")
+
+PROVIDER = "anthropic"
+DEFAULT_RETRY_AFTER = 10
+"""Seconds a client is told to wait after a rate limit that came without a usable Retry-After header."""
+
+INVALID_JSON_KEY = "_invalid_json"
+"""The key under which tool input that is not a JSON object is passed on, so the tool's schema rejects it."""
+
+_CONTEXT_TOO_LONG = re.compile(r"prompt is too long|exceed context limit|context window")
+"""How the Messages API words a prompt that does not fit (alone, or together with ``max_tokens``)."""
+
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+_Role = Literal["user", "assistant"]
+
+
+class AnthropicChatAgent:
+    """An LLMAgent on the Anthropic Messages API.
+
+    ``temperature`` is sent only when set: the 2.x SDK dropped it from ``messages.create`` (it goes
+    in ``extra_body``) and recent models reject non-default values. ``client`` lets a caller share
+    or customise an ``AsyncAnthropic``; then the agent does not close it.
+    """
+
+    provider: str = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        model: str = "claude-sonnet-4-5",
+        api_key: str | None = None,
+        base_url: str | None = None,
+        max_tokens: int = 1024,
+        temperature: float | None = None,
+        timeout_seconds: float = 60.0,
+        max_retries: int = 2,
+        client: AsyncAnthropic | None = None,
+    ) -> None:
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        if max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        self.model = model
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self._owns_client = client is None
+        self._client = client or _new_client(api_key, base_url, timeout_seconds, max_retries)
+
+    async def complete(self, request: AgentRequest) -> AgentResponse:
+        tools = _map_tools(request.tools)
+        try:
+            message = await self._client.messages.create(
+                model=self.model,
+                max_tokens=self.max_tokens,
+                system=request.system_prompt or omit,
+                messages=_map_messages(request.messages),
+                tools=tools or omit,
+                extra_body=None if self.temperature is None else {"temperature": self.temperature},
+            )
+        except anthropic.AnthropicError as error:
+            raise _map_error(error) from error
+        return _map_response(message)
+
+    async def aclose(self) -> None:
+        """Release the SDK client's connections, when this agent created the client."""
+        if self._owns_client:
+            await self._client.close()
+
+
+def _new_client(api_key: str | None, base_url: str | None, timeout_seconds: float, max_retries: int) -> AsyncAnthropic:
+    """A client with the SDK's own timeout and retries. None reads ANTHROPIC_API_KEY/ANTHROPIC_BASE_URL.
+
+    Without any credential the SDK fails every request with a TypeError; refusing here turns
+    that into a configuration error at startup. Nothing connects.
+    """
+    client = AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries)
+    if client.api_key is None and client.auth_token is None and client.credentials is None:
+        raise ValueError("AnthropicChatAgent needs an API key: pass api_key or set ANTHROPIC_API_KEY")
+    return client
+
+
+def _map_messages(messages: Sequence[ChatMessage]) -> list[MessageParam]:
+    """The conversation as alternating user/assistant messages, starting with a user message.
+
+    Everything before the first user message is dropped (an assistant reply, and the tool results
+    answering it, that a history window cut loose). Consecutive messages of one role are merged, so
+    several tool results, or tool results followed by the user's next words, form one user message.
+    """
+    merged: list[tuple[_Role, list[ContentBlockParam]]] = []
+    for message in _from_first_user_message(messages):
+        role, blocks = _map_message(message)
+        if not blocks:
+            continue
+        if merged and merged[-1][0] == role:
+            merged[-1][1].extend(blocks)
+        else:
+            merged.append((role, blocks))
+    return [_message_param(role, blocks) for role, blocks in merged]
+
+
+def _message_param(role: _Role, blocks: list[ContentBlockParam]) -> MessageParam:
+    if role == "user":
+        return {"role": "user", "content": blocks}
+    return {"role": "assistant", "content": blocks}
+
+
+def _from_first_user_message(messages: Sequence[ChatMessage]) -> Sequence[ChatMessage]:
+    for index, message in enumerate(messages):
+        if message.role is Role.USER:
+            return messages[index:]
+    return ()
+
+
+def _map_message(message: ChatMessage) -> tuple[_Role, list[ContentBlockParam]]:
+    match message.role:
+        case Role.USER:
+            return "user", _text_blocks(message.content)
+        case Role.ASSISTANT:
+            blocks = _text_blocks(message.content)
+            blocks.extend(
+                {"type": "tool_use", "id": call.id, "name": call.name, "input": dict(call.arguments)}
+                for call in message.tool_calls
+            )
+            return "assistant", blocks
+        case Role.TOOL:
+            result: ToolResultBlockParam = {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id or "",
+                "content": message.content,
+            }
+            if message.is_error:
+                result["is_error"] = True
+            return "user", [result]
+        case _:
+            assert_never(message.role)
+
+
+def _text_blocks(text: str) -> list[ContentBlockParam]:
+    """One text block, or none: the API rejects empty and whitespace-only text blocks."""
+    block: TextBlockParam = {"type": "text", "text": text}
+    return [block] if text.strip() else []
+
+
+def _map_tools(tools: Sequence[ToolSpec]) -> list[ToolParam]:
+    return [
+        {"name": spec.name, "description": spec.description, "input_schema": dict(spec.parameters)} for spec in tools
+    ]
+
+
+def _map_response(message: Message) -> AgentResponse:
+    """Text blocks joined, ``tool_use`` blocks as calls; other blocks (thinking, server tools) are not ours."""
+    text: list[str] = []
+    calls: list[ToolCall] = []
+    for block in message.content:
+        if isinstance(block, TextBlock):
+            text.append(block.text)
+        elif isinstance(block, ToolUseBlock):
+            calls.append(ToolCall(id=block.id, name=block.name, arguments=_arguments(block.input)))
+    return AgentResponse(text="".join(text), tool_calls=tuple(calls), stop_reason=message.stop_reason)
+
+
+def _arguments(value: object) -> dict[str, JsonValue]:
+    """The API promises an object; anything else is handed on, as the OpenAI adapter does, for the tool to reject."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    return {INVALID_JSON_KEY: json.dumps(value, ensure_ascii=False, default=str)}
+
+
+def _map_error(error: anthropic.AnthropicError) -> AgentError:
+    """The domain error for an SDK error. Details name the provider and never echo the key or the request."""
+    match error:
+        case anthropic.APITimeoutError():
+            return AgentTimeout("Anthropic request timed out", provider=PROVIDER)
+        case anthropic.APIConnectionError():
+            return AgentUnavailable("Anthropic request failed: could not connect", provider=PROVIDER)
+        case anthropic.RateLimitError():
+            return AgentRateLimited(
+                "Anthropic is rate limiting requests",
+                provider=PROVIDER,
+                retry_after=_retry_after(error.response.headers),
+            )
+        case anthropic.AuthenticationError():
+            _log_status_error(error)
+            return AgentUnavailable("Anthropic request failed: authentication error", provider=PROVIDER)
+        case anthropic.PermissionDeniedError():
+            _log_status_error(error)
+            return AgentUnavailable("Anthropic request failed: permission denied", provider=PROVIDER)
+        case anthropic.APIStatusError() if _is_context_too_long(error):
+            return ContextTooLong(provider=PROVIDER)
+        case anthropic.OverloadedError():
+            _log_status_error(error)
+            return AgentUnavailable("Anthropic request failed: overloaded (HTTP 529)", provider=PROVIDER)
+        case anthropic.APIStatusError() if error.status_code >= 500:
+            _log_status_error(error)
+            return AgentUnavailable(
+                f"Anthropic request failed: server error (HTTP {error.status_code})", provider=PROVIDER
+            )
+        case anthropic.APIStatusError():
+            _log_status_error(error)
+            reason = _safe_token(error.error_code) or _safe_token(error.type)
+            suffix = f" ({reason})" if reason else ""
+            return AgentUnavailable(
+                f"Anthropic rejected the request: HTTP {error.status_code}{suffix}", provider=PROVIDER
+            )
+        case _:
+            logger.warning("anthropic client error: %s", type(error).__name__)
+            return AgentUnavailable(
+                "Anthropic request failed: unexpected client error",
+                provider=PROVIDER,
+            )
+
+
+def _is_context_too_long(error: anthropic.APIStatusError) -> bool:
+    """A 400 saying the prompt does not fit, or a 413: the request body itself is over the API's limit."""
+    if error.status_code == 413:
+        return True
+    return error.status_code == 400 and bool(_CONTEXT_TOO_LONG.search((error.api_message or "").lower()))
+
+
+def _retry_after(headers: Mapping[str, str]) -> int:
+    """Whole seconds from a Retry-After header (seconds or an HTTP date), else DEFAULT_RETRY_AFTER."""
+    value = headers.get("retry-after")
+    if not value:
+        return DEFAULT_RETRY_AFTER
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return DEFAULT_RETRY_AFTER
+        seconds = email.utils.mktime_tz(parsed) - time.time()
+    if not math.isfinite(seconds):
+        return DEFAULT_RETRY_AFTER
+    return max(1, math.ceil(seconds))
+
+
+def _safe_token(value: object) -> str | None:
+    """A provider's short error code, or None when it is missing or not a plain identifier."""
+    return value if isinstance(value, str) and _SAFE_TOKEN.fullmatch(value) else None
+
+
+def _log_status_error(error: anthropic.APIStatusError) -> None:
+    """What an operator needs to follow up with the provider; never the message, which may quote the request."""
+    logger.warning(
+        "anthropic request failed with HTTP %s",
+        error.status_code,
+        extra={
+            "event": "agent_error",
+            "provider": PROVIDER,
+            "status": error.status_code,
+            "request_id": error.request_id,
+            "error_type": _safe_token(error.type),
+            "error_code": _safe_token(error.error_code),
+        },
+    )

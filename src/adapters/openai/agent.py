@@ -1,0 +1,288 @@
+"""OpenAIChatAgent: the LLMAgent port on OpenAI chat completions, and on any server that speaks them.
+
+Everything OpenAI-shaped stays in this module: ``_map_messages`` and ``_map_tools`` build the
+request, ``_map_response`` reads the reply, ``_map_error`` turns SDK errors into domain errors.
+``base_url`` (or ``OPENAI_BASE_URL``) points it at an OpenAI-compatible server such as Ollama,
+vLLM or llama.cpp. Timeouts and retries are the SDK's own, configured on the client.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import assert_never
+
+import openai
+from openai import AsyncOpenAI, omit
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionAssistantMessageParam,
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageFunctionToolCallParam,
+    ChatCompletionMessageParam,
+)
+
+from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
+from chatcore.model import AgentRequest, AgentResponse, ChatMessage, JsonValue, Role, ToolCall, ToolSpec
+
+logger = logging.getLogger("chatcore.adapters.openai")
+
+PROVIDER = "openai"
+DEFAULT_RETRY_AFTER = 10
+"""Seconds a client is told to wait after a rate limit that came without a usable Retry-After header."""
+
+INVALID_JSON_KEY = "_invalid_json"
+"""The key under which tool-call arguments that are not a JSON object are passed on, as the raw text.
+
+Models sometimes emit broken JSON (often when cut off by ``max_tokens``). Dropping the call would
+leave the model waiting for a result; guessing would run a tool with made-up arguments. Passing
+``{"_invalid_json": raw}`` lets the tool's schema validation reject it, so the model receives an
+error result naming the problem and can retry with valid arguments.
+"""
+
+_CONTEXT_TOO_LONG = re.compile(r"maximum context length|context window|context size|context_length_exceeded")
+"""How OpenAI and compatible servers (vLLM, llama.cpp, LM Studio) word a prompt that does not fit."""
+
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+class OpenAIChatAgent:
+    """An LLMAgent on the OpenAI chat completions API.
+
+    ``client`` lets a caller share or customise an ``AsyncOpenAI``; then the agent does not close it
+    and the connection settings above are the client's own.
+    """
+
+    provider: str = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        model: str = "gpt-4o-mini",
+        api_key: str | None = None,
+        base_url: str | None = None,
+        max_tokens: int = 1024,
+        temperature: float | None = None,
+        timeout_seconds: float = 60.0,
+        max_retries: int = 2,
+        client: AsyncOpenAI | None = None,
+    ) -> None:
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        if max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        self.model = model
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self._owns_client = client is None
+        self._client = client or _new_client(api_key, base_url, timeout_seconds, max_retries)
+
+    async def complete(self, request: AgentRequest) -> AgentResponse:
+        tools = _map_tools(request.tools)
+        try:
+            completion = await self._client.chat.completions.create(
+                model=self.model,
+                messages=_map_messages(request.system_prompt, request.messages),
+                max_tokens=self.max_tokens,
+                temperature=omit if self.temperature is None else self.temperature,
+                tools=tools or omit,
+            )
+        except openai.OpenAIError as error:
+            raise _map_error(error) from error
+        return _map_response(completion)
+
+    async def aclose(self) -> None:
+        """Release the SDK client's connections, when this agent created the client."""
+        if self._owns_client:
+            await self._client.close()
+
+
+def _new_client(api_key: str | None, base_url: str | None, timeout_seconds: float, max_retries: int) -> AsyncOpenAI:
+    """A client with the SDK's own timeout and retries. None reads OPENAI_API_KEY/OPENAI_BASE_URL; nothing connects."""
+    try:
+        return AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries)
+    except openai.OpenAIError as error:  # raised for missing credentials: a configuration mistake, caught at startup
+        raise ValueError(
+            "OpenAIChatAgent needs an API key: pass api_key or set OPENAI_API_KEY "
+            "(a local OpenAI-compatible server accepts any placeholder)"
+        ) from error
+
+
+def _map_messages(system_prompt: str, messages: Sequence[ChatMessage]) -> list[ChatCompletionMessageParam]:
+    """The system prompt as the first message, then the conversation in order."""
+    mapped: list[ChatCompletionMessageParam] = []
+    if system_prompt:
+        mapped.append({"role": "system", "content": system_prompt})
+    mapped.extend(_map_message(message) for message in messages)
+    return mapped
+
+
+def _map_message(message: ChatMessage) -> ChatCompletionMessageParam:
+    match message.role:
+        case Role.USER:
+            return {"role": "user", "content": message.content}
+        case Role.ASSISTANT:
+            # Content may be null only beside tool calls; an empty reply is sent as "".
+            assistant: ChatCompletionAssistantMessageParam = {
+                "role": "assistant",
+                "content": message.content or (None if message.tool_calls else ""),
+            }
+            if message.tool_calls:
+                assistant["tool_calls"] = [_map_tool_call(call) for call in message.tool_calls]
+            return assistant
+        case Role.TOOL:
+            return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": message.content}
+        case _:
+            assert_never(message.role)
+
+
+def _map_tool_call(call: ToolCall) -> ChatCompletionMessageFunctionToolCallParam:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": json.dumps(dict(call.arguments), ensure_ascii=False)},
+    }
+
+
+def _map_tools(tools: Sequence[ToolSpec]) -> list[ChatCompletionFunctionToolParam]:
+    return [
+        {
+            "type": "function",
+            "function": {"name": spec.name, "description": spec.description, "parameters": dict(spec.parameters)},
+        }
+        for spec in tools
+    ]
+
+
+def _map_response(completion: ChatCompletion) -> AgentResponse:
+    """The first choice's text (or refusal) and function calls; ``finish_reason`` becomes ``stop_reason``."""
+    if not completion.choices:
+        raise AgentUnavailable("OpenAI returned a response without choices", provider=PROVIDER)
+    choice = completion.choices[0]
+    message = choice.message
+    calls: list[ToolCall] = []
+    for call in message.tool_calls or ():
+        if isinstance(call, ChatCompletionMessageFunctionToolCall):
+            calls.append(
+                ToolCall(
+                    # Some compatible servers leave ids empty; the result must still find its call.
+                    id=call.id or f"call_{uuid.uuid4().hex}",
+                    name=call.function.name,
+                    arguments=_parse_arguments(call.function.arguments),
+                )
+            )
+        else:
+            logger.warning("ignoring a %s tool call: only function tools are offered", call.type)
+    return AgentResponse(
+        text=message.content or message.refusal or "",
+        tool_calls=tuple(calls),
+        stop_reason=choice.finish_reason,
+    )
+
+
+def _parse_arguments(raw: str | Mapping[str, JsonValue]) -> dict[str, JsonValue]:
+    """Arguments as a JSON object; empty text is no arguments; anything else goes under INVALID_JSON_KEY."""
+    if isinstance(raw, Mapping):  # a lenient server may send an object instead of its JSON text
+        return dict(raw)
+    if not raw.strip():
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return {INVALID_JSON_KEY: raw}
+    return parsed if isinstance(parsed, dict) else {INVALID_JSON_KEY: raw}
+
+
+def _map_error(error: openai.OpenAIError) -> AgentError:
+    """The domain error for an SDK error. Details name the provider and never echo the key or the request."""
+    match error:
+        case openai.APITimeoutError():
+            return AgentTimeout("OpenAI request timed out", provider=PROVIDER)
+        case openai.APIConnectionError():
+            return AgentUnavailable("OpenAI request failed: could not connect", provider=PROVIDER)
+        case openai.RateLimitError() if error.code == "insufficient_quota":
+            _log_status_error(error)  # a billing problem: waiting will not help
+            return AgentUnavailable("OpenAI request failed: quota exceeded", provider=PROVIDER)
+        case openai.RateLimitError():
+            return AgentRateLimited(
+                "OpenAI is rate limiting requests",
+                provider=PROVIDER,
+                retry_after=_retry_after(error.response.headers),
+            )
+        case openai.AuthenticationError():
+            _log_status_error(error)
+            return AgentUnavailable("OpenAI request failed: authentication error", provider=PROVIDER)
+        case openai.PermissionDeniedError():
+            _log_status_error(error)
+            return AgentUnavailable("OpenAI request failed: permission denied", provider=PROVIDER)
+        case openai.APIStatusError() if _is_context_too_long(error):
+            return ContextTooLong(provider=PROVIDER)
+        case openai.APIStatusError() if error.status_code >= 500:
+            _log_status_error(error)
+            return AgentUnavailable(
+                f"OpenAI request failed: server error (HTTP {error.status_code})", provider=PROVIDER
+            )
+        case openai.APIStatusError():
+            _log_status_error(error)
+            reason = _safe_token(error.code) or _safe_token(error.type)
+            suffix = f" ({reason})" if reason else ""
+            return AgentUnavailable(f"OpenAI rejected the request: HTTP {error.status_code}{suffix}", provider=PROVIDER)
+        case _:
+            logger.warning("openai client error: %s", type(error).__name__)
+            return AgentUnavailable(
+                "OpenAI request failed: unexpected client error",
+                provider=PROVIDER,
+            )
+
+
+def _is_context_too_long(error: openai.APIStatusError) -> bool:
+    if error.status_code not in (400, 413):
+        return False
+    return error.code == "context_length_exceeded" or bool(_CONTEXT_TOO_LONG.search(error.message.lower()))
+
+
+def _retry_after(headers: Mapping[str, str]) -> int:
+    """Whole seconds from a Retry-After header (seconds or an HTTP date), else DEFAULT_RETRY_AFTER."""
+    value = headers.get("retry-after")
+    if not value:
+        return DEFAULT_RETRY_AFTER
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return DEFAULT_RETRY_AFTER
+        seconds = email.utils.mktime_tz(parsed) - time.time()
+    if not math.isfinite(seconds):
+        return DEFAULT_RETRY_AFTER
+    return max(1, math.ceil(seconds))
+
+
+def _safe_token(value: object) -> str | None:
+    """A provider's short error code, or None when it is missing or not a plain identifier."""
+    return value if isinstance(value, str) and _SAFE_TOKEN.fullmatch(value) else None
+
+
+def _log_status_error(error: openai.APIStatusError) -> None:
+    """What an operator needs to follow up with the provider; never the message, which may quote the request."""
+    logger.warning(
+        "openai request failed with HTTP %s",
+        error.status_code,
+        extra={
+            "event": "agent_error",
+            "provider": PROVIDER,
+            "status": error.status_code,
+            "request_id": error.request_id,
+            "error_type": _safe_token(error.type),
+            "error_code": _safe_token(error.code),
+        },
+    )
