@@ -1,0 +1,478 @@
+"""SqlAlchemyConversationStore: conversations and messages in PostgreSQL or SQLite.
+
+Sequence numbers come from ``conversations.last_seq``: a turn bumps it with one
+UPDATE, which checks ownership, reserves the seqs and row-locks the conversation
+until commit, so concurrent writers to one conversation queue up instead of
+colliding. On PostgreSQL each write is a single statement (data-modifying CTEs),
+plus one re-read of the window when ``begin_turn`` had to wait for another turn;
+elsewhere the same steps run as a few statements in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Select,
+    String,
+    Text,
+    Update,
+    Uuid,
+    bindparam,
+    cast,
+    column,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import TypeEngine
+
+from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
+from chatcore.adapters.sqlalchemy.tables import TITLE_MAX_LENGTH, as_utc
+from chatcore.adapters.sqlalchemy.tables import conversations as conversations_table
+from chatcore.adapters.sqlalchemy.tables import messages as messages_table
+from chatcore.errors import ConversationNotFound
+from chatcore.model import (
+    ChatMessage,
+    Conversation,
+    JsonValue,
+    Message,
+    MessageStatus,
+    Role,
+    ToolCall,
+    TurnStart,
+    utcnow,
+)
+
+_CONVERSATION_COLUMNS = (
+    conversations_table.c.id,
+    conversations_table.c.user_id,
+    conversations_table.c.title,
+    conversations_table.c.created_at,
+    conversations_table.c.updated_at,
+    conversations_table.c.last_seq,
+)
+_MESSAGE_COLUMNS = tuple(messages_table.c)
+_MESSAGE_PREFIX = "m_"
+_BATCH_COLUMNS: dict[str, TypeEngine[Any]] = {
+    "id": Uuid(),
+    "role": String(),
+    "content": Text(),
+    "tool_calls": Text(),
+    "tool_call_id": String(),
+    "is_error": Boolean(),
+    "status": String(),
+    "created_at": DateTime(timezone=True),
+}
+"""The per-message columns of a batch, as PostgreSQL array element types (tool_calls as JSON text, cast in SQL)."""
+
+
+class SqlAlchemyConversationStore:
+    """A ``chatcore.ports.ConversationStore`` on an AsyncEngine from ``engine.create_engine``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._single_statement = engine.dialect.name == "postgresql"
+
+    async def begin_turn(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID | None,
+        message: ChatMessage,
+        *,
+        turn_id: uuid.UUID,
+        history_limit: int,
+        title: str | None = None,
+    ) -> TurnStart:
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            if conversation_id is None:
+                return await self._create(connection, user_id, message, turn_id, title)
+            if self._single_statement:
+                return await self._continue_in_one_statement(
+                    connection, user_id, conversation_id, message, turn_id, history_limit
+                )
+            return await self._continue(connection, user_id, conversation_id, message, turn_id, history_limit)
+
+    async def _create(
+        self,
+        connection: AsyncConnection,
+        user_id: str,
+        message: ChatMessage,
+        turn_id: uuid.UUID,
+        title: str | None,
+    ) -> TurnStart:
+        now = utcnow()
+        conversation = Conversation(
+            id=uuid.uuid4(),
+            user_id=user_id,
+            title=title[:TITLE_MAX_LENGTH] if title is not None else None,
+            created_at=now,
+            updated_at=now,
+        )
+        user_message = _stored(message, conversation.id, 1, turn_id)
+        create = insert(conversations_table).values(
+            id=conversation.id,
+            user_id=user_id,
+            title=conversation.title,
+            created_at=now,
+            updated_at=now,
+            last_seq=1,
+        )
+        row = _row(user_message)
+        if self._single_statement:
+            # PostgreSQL checks the message's foreign key at the end of the statement, after the CTE's insert.
+            created = create.returning(conversations_table.c.id).cte("created")
+            row["conversation_id"] = created.c.id
+            await connection.execute(
+                insert(messages_table).from_select(
+                    list(row), select(*(_typed(messages_table.c[name], value) for name, value in row.items()))
+                )
+            )
+        else:
+            await connection.execute(create)
+            await connection.execute(insert(messages_table).values(row))
+        return TurnStart(conversation, (), user_message, created=True)
+
+    async def _continue(
+        self,
+        connection: AsyncConnection,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        message: ChatMessage,
+        turn_id: uuid.UUID,
+        history_limit: int,
+    ) -> TurnStart:
+        """Reserve the next seq (checking ownership), read the window below it, store the message."""
+        found = (
+            await connection.execute(
+                _bump(user_id, conversation_id, by=1, now=utcnow()).returning(*_CONVERSATION_COLUMNS)
+            )
+        ).one_or_none()
+        if found is None:
+            raise ConversationNotFound()
+        seq: int = found.last_seq
+        history = await _window(connection, conversation_id, before=seq, limit=history_limit)
+        user_message = _stored(message, conversation_id, seq, turn_id)
+        await connection.execute(insert(messages_table).values(_row(user_message)))
+        return TurnStart(_conversation_from(found._mapping), history, user_message, created=False)
+
+    async def _continue_in_one_statement(
+        self,
+        connection: AsyncConnection,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        message: ChatMessage,
+        turn_id: uuid.UUID,
+        history_limit: int,
+    ) -> TurnStart:
+        """``_continue`` as one PostgreSQL statement: one round trip, whatever the window size.
+
+        The INSERT's CTE runs exactly once even though nothing reads it. Every part of the
+        statement reads the snapshot taken when it started, so the window cannot see the new
+        row, but also misses a turn that committed while the UPDATE waited for the row lock.
+        Committed seqs have no gaps, so such a window is recognisable (it does not end right
+        below the reserved seq) and is read again: now, holding the lock, completely.
+        """
+        bumped = _bump(user_id, conversation_id, by=1, now=utcnow()).returning(*_CONVERSATION_COLUMNS).cte("bumped")
+        row = _row(_stored(message, conversation_id, 0, turn_id))
+        row["seq"] = bumped.c.last_seq
+        store = (
+            insert(messages_table)
+            .from_select(
+                list(row),
+                select(*(_typed(messages_table.c[name], value) for name, value in row.items())),
+            )
+            .cte("store")
+        )
+        window = (
+            select(*_MESSAGE_COLUMNS)
+            .where(messages_table.c.conversation_id == bumped.c.id, messages_table.c.seq < bumped.c.last_seq)
+            .order_by(messages_table.c.seq.desc())
+            .limit(max(history_limit, 0))
+            .lateral("window")
+        )
+        statement = (
+            select(*bumped.c, *(window.c[c.name].label(_MESSAGE_PREFIX + c.name) for c in _MESSAGE_COLUMNS))
+            .select_from(bumped.outerjoin(window, true()))
+            .add_cte(store)
+        )
+        rows = (await connection.execute(statement)).all()
+        if not rows:
+            raise ConversationNotFound()
+        first = rows[0]._mapping
+        seq: int = first["last_seq"]
+        history = tuple(
+            sorted(
+                (_message_from(r._mapping, prefix=_MESSAGE_PREFIX) for r in rows if r._mapping["m_id"] is not None),
+                key=lambda m: m.seq,
+            )
+        )
+        complete = list(range(max(seq - max(history_limit, 0), 1), seq))
+        if [m.seq for m in history] != complete:
+            history = await _window(connection, conversation_id, before=seq, limit=history_limit)
+        return TurnStart(
+            _conversation_from(first),
+            history,
+            _stored(message, conversation_id, seq, turn_id),
+            created=False,
+        )
+
+    async def finish_turn(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        messages: Sequence[ChatMessage],
+        *,
+        turn_id: uuid.UUID,
+    ) -> tuple[Message, ...]:
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            if messages and self._single_statement:
+                return await self._append_in_one_statement(connection, user_id, conversation_id, messages, turn_id)
+            last_seq = (
+                await connection.execute(
+                    _bump(user_id, conversation_id, by=len(messages), now=utcnow()).returning(
+                        conversations_table.c.last_seq
+                    )
+                )
+            ).scalar_one_or_none()
+            if last_seq is None:
+                raise ConversationNotFound()
+            first = last_seq - len(messages) + 1
+            stored = tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(messages))
+            if stored:
+                await connection.execute(insert(messages_table).values([_row(m) for m in stored]))
+            return stored
+
+    async def _append_in_one_statement(
+        self,
+        connection: AsyncConnection,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        batch: Sequence[ChatMessage],
+        turn_id: uuid.UUID,
+    ) -> tuple[Message, ...]:
+        """``finish_turn`` as one PostgreSQL statement: bump ``last_seq`` by n, insert n rows numbered below it.
+
+        The rows travel as one array per column through ``unnest``, so the SQL text is the
+        same for every batch size and asyncpg reuses one prepared statement.
+        """
+        count = len(batch)
+        bumped = (
+            _bump(user_id, conversation_id, by=count, now=utcnow())
+            .returning(conversations_table.c.last_seq)
+            .cte("bumped")
+        )
+        rows = [_row(_stored(m, conversation_id, 0, turn_id)) for m in batch]
+        for row in rows:
+            row["tool_calls"] = None if row["tool_calls"] is None else json.dumps(row["tool_calls"], ensure_ascii=False)
+        arrays = (
+            bindparam(f"batch_{name}", [row[name] for row in rows], type_=ARRAY(type_))
+            for name, type_ in _BATCH_COLUMNS.items()
+        )
+        unnested = (
+            func.unnest(*arrays)
+            .table_valued(*(column(name, type_) for name, type_ in _BATCH_COLUMNS.items()), with_ordinality="position")
+            .render_derived(name="batch")
+        )
+        from_batch: dict[str, ColumnElement[Any]] = {name: unnested.c[name] for name in _BATCH_COLUMNS}
+        from_batch["tool_calls"] = cast(unnested.c.tool_calls, JSONB)
+        statement = (
+            insert(messages_table)
+            .from_select(
+                ["seq", "conversation_id", "turn_id", *from_batch],
+                select(
+                    bumped.c.last_seq - count + unnested.c.position,
+                    literal(conversation_id, Uuid()),
+                    literal(turn_id, Uuid()),
+                    *from_batch.values(),
+                ).select_from(bumped.join(unnested, true())),
+            )
+            .returning(messages_table.c.seq)
+            .add_cte(bumped)
+        )
+        seqs = sorted((await connection.execute(statement)).scalars().all())
+        if not seqs:
+            raise ConversationNotFound()
+        first = seqs[0]
+        return tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(batch))
+
+    async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            result = await connection.execute(
+                update(messages_table)
+                .where(
+                    messages_table.c.id == message_id,
+                    messages_table.c.conversation_id == conversation_id,
+                    messages_table.c.conversation_id.in_(_owned(user_id, conversation_id)),
+                )
+                .values(status=MessageStatus.UNANSWERED.value)
+            )
+            if result.rowcount == 0 and (await connection.scalar(_owned(user_id, conversation_id))) is None:
+                raise ConversationNotFound()
+
+    async def get(self, user_id: str, conversation_id: uuid.UUID) -> Conversation:
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            found = (
+                await connection.execute(
+                    select(*_CONVERSATION_COLUMNS).where(
+                        conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id
+                    )
+                )
+            ).one_or_none()
+        if found is None:
+            raise ConversationNotFound()
+        return _conversation_from(found._mapping)
+
+    async def history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> tuple[Message, ...]:
+        """One statement: the conversation row (the ownership check) left-joined to its window.
+
+        The window filters by the bound id rather than correlating, so no LATERAL is needed
+        and the statement runs on SQLite too.
+        """
+        window = (
+            select(*_MESSAGE_COLUMNS)
+            .where(messages_table.c.conversation_id == conversation_id)
+            .order_by(messages_table.c.seq.desc())
+            .limit(max(limit, 0))
+            .subquery("window")
+        )
+        statement = (
+            select(
+                conversations_table.c.id.label("conversation"),
+                *(window.c[c.name].label(_MESSAGE_PREFIX + c.name) for c in _MESSAGE_COLUMNS),
+            )
+            .select_from(conversations_table.outerjoin(window, true()))
+            .where(conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id)
+        )
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+        if not rows:
+            raise ConversationNotFound()
+        found = [_message_from(r._mapping, prefix=_MESSAGE_PREFIX) for r in rows if r._mapping["m_id"] is not None]
+        return tuple(sorted(found, key=lambda m: m.seq))
+
+    async def ping(self) -> None:
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+
+async def _window(
+    connection: AsyncConnection, conversation_id: uuid.UUID, *, before: int, limit: int
+) -> tuple[Message, ...]:
+    """The last ``limit`` messages below seq ``before``, oldest first: a backward scan of the unique index."""
+    if limit <= 0:
+        return ()
+    statement = (
+        select(*_MESSAGE_COLUMNS)
+        .where(messages_table.c.conversation_id == conversation_id, messages_table.c.seq < before)
+        .order_by(messages_table.c.seq.desc())
+        .limit(limit)
+    )
+    rows = (await connection.execute(statement)).all()
+    return tuple(_message_from(row._mapping) for row in reversed(rows))
+
+
+def _bump(user_id: str, conversation_id: uuid.UUID, *, by: int, now: datetime) -> Update:
+    """Reserve ``by`` seqs of the user's conversation; matches no row when another user owns it."""
+    return (
+        update(conversations_table)
+        .where(conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id)
+        .values(last_seq=conversations_table.c.last_seq + by, updated_at=now)
+    )
+
+
+def _owned(user_id: str, conversation_id: uuid.UUID) -> Select[tuple[uuid.UUID]]:
+    return select(conversations_table.c.id).where(
+        conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id
+    )
+
+
+def _typed(target: Any, value: Any) -> ColumnElement[Any]:
+    """A value for INSERT ... SELECT: a bound parameter of the column's type (so it is cast and serialised)."""
+    if isinstance(value, ColumnElement):
+        return value.label(target.name)
+    return literal(value, target.type).label(target.name)
+
+
+def _stored(message: ChatMessage, conversation_id: uuid.UUID, seq: int, turn_id: uuid.UUID) -> Message:
+    return Message(
+        id=message.id,
+        role=message.role,
+        content=message.content,
+        tool_calls=tuple(message.tool_calls),
+        tool_call_id=message.tool_call_id,
+        is_error=message.is_error,
+        created_at=as_utc(message.created_at),
+        conversation_id=conversation_id,
+        seq=seq,
+        status=message.status if isinstance(message, Message) else MessageStatus.COMPLETE,
+        turn_id=turn_id,
+    )
+
+
+def _row(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "conversation_id": message.conversation_id,
+        "seq": message.seq,
+        "role": message.role.value,
+        "content": message.content,
+        "tool_calls": _calls_to_json(message.tool_calls),
+        "tool_call_id": message.tool_call_id,
+        "is_error": message.is_error,
+        "status": message.status.value,
+        "turn_id": message.turn_id,
+        "created_at": message.created_at,
+    }
+
+
+def _calls_to_json(calls: Sequence[ToolCall]) -> list[dict[str, JsonValue]] | None:
+    if not calls:
+        return None
+    return [{"id": call.id, "name": call.name, "arguments": dict(call.arguments)} for call in calls]
+
+
+def _calls_from_json(value: Any) -> tuple[ToolCall, ...]:
+    if not value:
+        return ()
+    return tuple(ToolCall(id=c["id"], name=c["name"], arguments=c.get("arguments") or {}) for c in value)
+
+
+def _message_from(row: RowMapping, prefix: str = "") -> Message:
+    return Message(
+        id=row[prefix + "id"],
+        role=Role(row[prefix + "role"]),
+        content=row[prefix + "content"],
+        tool_calls=_calls_from_json(row[prefix + "tool_calls"]),
+        tool_call_id=row[prefix + "tool_call_id"],
+        is_error=bool(row[prefix + "is_error"]),
+        created_at=row[prefix + "created_at"],
+        conversation_id=row[prefix + "conversation_id"],
+        seq=row[prefix + "seq"],
+        status=MessageStatus(row[prefix + "status"]),
+        turn_id=row[prefix + "turn_id"],
+    )
+
+
+def _conversation_from(row: RowMapping) -> Conversation:
+    return Conversation(
+        id=row["id"],
+        user_id=row["user_id"],
+        title=row["title"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )

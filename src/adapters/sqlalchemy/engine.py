@@ -1,0 +1,130 @@
+"""Async engines for the SQL stores: URL normalisation and per-dialect connection setup.
+
+Nothing here connects: engines open connections lazily, on their first use, so
+building the application never needs a reachable database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./chatcore.db"
+"""Used when no URL is configured: a file in the working directory, so ``chatcore serve`` works out of the box."""
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+"""How long a SQLite writer waits for another writer's lock before failing with 'database is locked'."""
+
+_LIBPQ_ONLY_PARAMETERS = ("channel_binding",)
+"""libpq URL parameters that asyncpg rejects as unknown keyword arguments (hosted PostgreSQL URLs carry them)."""
+
+
+def database_url_from(value: str | None) -> str:
+    """The async SQLAlchemy URL for a configured database URL.
+
+    Hosting providers hand out ``postgres://`` / ``postgresql://`` URLs with libpq
+    parameters (``sslmode``, ``channel_binding``); asyncpg needs its own driver name and
+    spells ``sslmode`` as ``ssl``. An empty value means the local SQLite file.
+    """
+    if value is None or not value.strip():
+        return DEFAULT_DATABASE_URL
+    value = value.strip()
+    scheme, separator, rest = value.partition("://")
+    if not separator:
+        # The value may hold a password: never echo it back.
+        raise ValueError("database URL must look like scheme://...")
+    scheme = scheme.lower()
+    if scheme in ("postgres", "postgresql"):
+        return _asyncpg_query(make_url(f"postgresql+asyncpg://{rest}"))
+    if scheme == "postgresql+asyncpg":
+        return _asyncpg_query(make_url(value))
+    if scheme == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    return value
+
+
+def _asyncpg_query(url: URL) -> str:
+    query = dict(url.query)
+    if "sslmode" in query:
+        query.setdefault("ssl", query.pop("sslmode"))
+    for name in _LIBPQ_ONLY_PARAMETERS:
+        query.pop(name, None)
+    return url.set(query=query).render_as_string(hide_password=False)
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 20,
+    max_overflow: int = 10,
+    pool_timeout: float = 10.0,
+    echo: bool = False,
+) -> AsyncEngine:
+    """An AsyncEngine for ``url`` (normalised by ``database_url_from`` first), tuned per dialect.
+
+    PostgreSQL: a pre-pinged pool, so a connection dropped by a restart or an idle timeout is
+    replaced instead of failing a request; ``pool_timeout`` also bounds a new connection's handshake.
+    SQLite: WAL (readers do not block the writer), a busy timeout instead of instant
+    'database is locked', foreign keys on, and transactions begun by SQLAlchemy (see ``_sqlite_setup``).
+    """
+    parsed = make_url(database_url_from(url))
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return create_async_engine(
+            parsed,
+            echo=echo,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_pre_ping=True,
+            pool_recycle=1_800,
+            connect_args={"timeout": pool_timeout, "server_settings": {"application_name": "chatcore"}},
+        )
+    if backend == "sqlite":
+        options: dict[str, Any] = {}
+        if not _is_sqlite_memory(parsed):
+            options = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
+        engine = create_async_engine(parsed, echo=echo, **options)
+        _sqlite_setup(engine)
+        return engine
+    return create_async_engine(
+        parsed, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
+    )
+
+
+def _is_sqlite_memory(url: URL) -> bool:
+    """An in-memory database gets SQLAlchemy's single-connection StaticPool, which takes no pool sizes."""
+    database = url.database or ""
+    return database in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+def _sqlite_setup(engine: AsyncEngine) -> None:
+    """Per-connection pragmas, and real transactions.
+
+    The sqlite3 driver's legacy mode does not BEGIN before SELECT or DDL, so a migration
+    would not be atomic and a read would not be repeatable. SQLAlchemy's documented fix:
+    switch the driver's transaction handling off and emit BEGIN ourselves. A deferred BEGIN
+    suffices because every writing transaction of the stores starts with its write, so a
+    writer waits on the busy timeout instead of failing to upgrade a read lock.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")

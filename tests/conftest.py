@@ -1,0 +1,148 @@
+"""Shared fixtures: real, migrated databases for the contract and integration suites.
+
+PostgreSQL comes from ``TEST_DATABASE_URL`` when set, else a server on 127.0.0.1:5432,
+else a throwaway testcontainers instance when Docker is reachable. Each test session
+gets its own fresh database, dropped at the end. Without a server the PostgreSQL tests
+skip locally, but fail under ``CI=true``: CI must never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
+from chatcore.adapters.sqlalchemy.migrate import run_migrations_async
+
+LOCAL_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+CONTAINER_IMAGE = "postgres:16-alpine"
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _no_database(reason: str) -> NoReturn:
+    message = f"PostgreSQL is not available for the integration tests: {reason}"
+    if in_ci():
+        pytest.fail(message + " (CI=true: the database tests may not be skipped)", pytrace=False)
+    pytest.skip(message)
+
+
+def _admin_url(url: str) -> URL:
+    """The server's maintenance database, where CREATE/DROP DATABASE run."""
+    return make_url(database_url_from(url)).set(database="postgres")
+
+
+async def _problem_reaching(url: URL) -> str | None:
+    engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS})
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as error:
+        return f"{url.render_as_string(hide_password=True)}: {type(error).__name__}: {error}"
+    finally:
+        await engine.dispose()
+    return None
+
+
+def _docker_reachable() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+def _start_container() -> Any:
+    from testcontainers.postgres import PostgresContainer
+
+    container = PostgresContainer(CONTAINER_IMAGE, driver=None)
+    container.start()
+    return container
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def postgres_server() -> AsyncIterator[URL]:
+    """The admin URL of a reachable PostgreSQL server (see the module docstring for where it comes from)."""
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        admin = _admin_url(configured)
+        problem = await _problem_reaching(admin)
+        if problem is not None:
+            _no_database(f"TEST_DATABASE_URL is unreachable ({problem})")
+        yield admin
+        return
+
+    admin = _admin_url(LOCAL_POSTGRES)
+    local_problem = await _problem_reaching(admin)
+    if local_problem is None:
+        yield admin
+        return
+
+    if not await asyncio.to_thread(_docker_reachable):
+        _no_database(f"no server at {local_problem}; no Docker engine for testcontainers; set TEST_DATABASE_URL")
+    try:
+        container = await asyncio.to_thread(_start_container)
+    except Exception as error:
+        _no_database(f"no server at {local_problem}; testcontainers failed: {type(error).__name__}: {error}")
+    try:
+        yield _admin_url(container.get_connection_url())
+    finally:
+        await asyncio.to_thread(container.stop)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def postgres_url(postgres_server: URL) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test session, dropped (even with open connections) at the end."""
+    name = f"chatcore_test_{uuid.uuid4().hex[:16]}"
+    admin = create_async_engine(postgres_server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            url = postgres_server.set(database=name).render_as_string(hide_password=False)
+            await run_migrations_async(url)
+            yield url
+        finally:
+            async with admin.connect() as connection:
+                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated SQLite file for this test session."""
+    path: Path = tmp_path_factory.mktemp("sqlite") / "chatcore.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await run_migrations_async(url)
+    return url
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pg_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(postgres_url, pool_size=5, max_overflow=10)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(sqlite_url, pool_size=5, max_overflow=10)
+    yield engine
+    await engine.dispose()
