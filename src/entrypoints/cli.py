@@ -1,0 +1,169 @@
+"""The ``chatcore`` command: serve, migrate, token."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import shlex
+import sys
+from collections.abc import Sequence
+
+from chatcore.entrypoints.settings import ConfigurationError, Settings
+
+DEMO_USER_ID = "demo-user"
+DEMO_EMAIL = "demo@example.com"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatcore", description="A stateless chat backend for tool-using assistants.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (each a whole app)")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="demo mode: make an ephemeral token secret if none is set and print a ready token",
+    )
+    serve.add_argument("--no-migrate", action="store_true", help="do not apply migrations before serving")
+
+    commands.add_parser("migrate", help="apply database migrations")
+
+    mcp = commands.add_parser(
+        "mcp-serve", help="serve the todo tools over MCP (streamable HTTP, bearer JWT per request)"
+    )
+    mcp.add_argument("--host", default="127.0.0.1")
+    mcp.add_argument("--port", type=int, default=8001)
+
+    token = commands.add_parser("token", help="mint an HS256 token with BETTER_AUTH_SECRET")
+    token.add_argument("--user-id", required=True)
+    token.add_argument("--email")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "migrate":
+            return migrate()
+        if args.command == "mcp-serve":
+            return mcp_serve(args)
+        return token(args)
+    except ConfigurationError as error:
+        print(f"chatcore: configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+def migrate() -> int:
+    from chatcore.adapters.sqlalchemy.engine import database_url_from
+    from chatcore.adapters.sqlalchemy.migrate import run_migrations
+
+    settings = Settings.from_env()
+    run_migrations(database_url_from(settings.database_url))
+    print("chatcore: database is up to date")
+    return 0
+
+
+def mcp_serve(args: argparse.Namespace) -> int:
+    """The user's own todo tools for other agents (Claude Desktop, the OpenAI Agents SDK), bound to each token."""
+    from chatcore.adapters.mcp.server import create_mcp_asgi_app, run_mcp_server
+    from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
+    from chatcore.adapters.sqlalchemy.migrate import run_migrations
+    from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
+    from chatcore.adapters.tools.todo import TodoToolRegistry
+    from chatcore.entrypoints.container import token_verifier
+
+    settings = Settings.from_env()
+    verifier = token_verifier(settings)
+    url = database_url_from(settings.database_url)
+    run_migrations(url)
+    engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    app = create_mcp_asgi_app(TodoToolRegistry(SqlAlchemyTaskStore(engine)), verifier, on_shutdown=[engine.dispose])
+    print(f"chatcore MCP server on http://{args.host}:{args.port}/mcp", flush=True)
+    run_mcp_server(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    from chatcore.adapters.auth.hs256 import mint_hs256_token
+
+    settings = Settings.from_env()
+    if not settings.auth_secret:
+        raise ConfigurationError("BETTER_AUTH_SECRET is not set: there is no secret to sign a token with")
+    if args.ttl <= 0:
+        raise ConfigurationError("--ttl must be a positive number of seconds")
+    print(
+        mint_hs256_token(
+            settings.auth_secret,
+            user_id=args.user_id,
+            email=args.email,
+            ttl_seconds=args.ttl,
+            issuer=settings.auth_issuer,
+            audience=settings.auth_audience,
+        )
+    )
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from chatcore.adapters.auth.hs256 import mint_hs256_token
+    from chatcore.adapters.sqlalchemy.engine import database_url_from
+    from chatcore.adapters.sqlalchemy.migrate import run_migrations
+
+    if args.dev:
+        os.environ["CHATCORE_DEV"] = "1"
+        if not os.environ.get("BETTER_AUTH_SECRET") and not os.environ.get("BETTER_AUTH_JWKS_URL"):
+            # Workers read the environment, so the ephemeral secret travels there, never to a file.
+            os.environ["BETTER_AUTH_SECRET"] = secrets.token_urlsafe(32)
+    settings = Settings.from_env()
+    if not settings.has_token_verifier:
+        raise ConfigurationError(
+            "no token secret configured: set BETTER_AUTH_SECRET (HS256) or BETTER_AUTH_JWKS_URL (Better Auth JWKS), "
+            "or run `chatcore serve --dev` for a demo with an ephemeral secret"
+        )
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not args.no_migrate:
+        run_migrations(database_url_from(settings.database_url))
+    if args.dev and settings.auth_secret:
+        demo_token = mint_hs256_token(
+            settings.auth_secret,
+            user_id=DEMO_USER_ID,
+            email=DEMO_EMAIL,
+            ttl_seconds=24 * 3600,
+            issuer=settings.auth_issuer,
+            audience=settings.auth_audience,
+        )
+        os.environ["CHATCORE_DEMO_TOKEN"] = demo_token
+        base = f"http://{args.host}:{args.port}"
+        body = shlex.quote('{"message": "Add a task to buy milk"}')
+        print(
+            f"\nchatcore dev server on {base}  (agent: {settings.llm})\n"
+            f"demo token for user {DEMO_USER_ID!r} (valid 24 h):\n\n  {demo_token}\n\n"
+            f"try it:\n\n  curl -s {base}/api/{DEMO_USER_ID}/chat \\\n"
+            f"    -H 'Authorization: Bearer {demo_token}' \\\n"
+            f"    -H 'Content-Type: application/json' -d {body}\n",
+            flush=True,
+        )
+    uvicorn.run(
+        "chatcore.entrypoints.http.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers if args.workers > 1 else None,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Settings read from the environment once, at start-up, and validated with clear messages."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+LLMChoice = Literal["offline", "openai", "anthropic"]
+LLM_CHOICES: tuple[LLMChoice, ...] = ("offline", "openai", "anthropic")
+MIN_SECRET_BYTES = 32
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing or malformed; the message names the variable and never its secret value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of a deployment. ``from_env`` documents the variable behind each field."""
+
+    database_url: str | None = None
+    db_pool_size: int = 20
+    db_max_overflow: int = 10
+    db_pool_timeout_seconds: float = 10.0
+
+    auth_secret: str | None = field(default=None, repr=False)
+    jwks_url: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_leeway_seconds: float = 30.0
+
+    llm: LLMChoice = "offline"
+    model: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_base_url: str | None = None
+    max_tokens: int = 1024
+    temperature: float | None = None
+    llm_timeout_seconds: float = 60.0
+    llm_max_retries: int = 2
+
+    history_limit: int = 50
+    context_tokens: int = 24_000
+    max_tool_steps: int = 8
+    tool_timeout_seconds: float = 30.0
+    system_prompt: str | None = None
+    mcp_servers: str | None = field(default=None, repr=False)
+    mcp_call_timeout_seconds: float = 30.0
+
+    max_body_bytes: int = 256 * 1024
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    dev_mode: bool = False
+
+    @property
+    def has_token_verifier(self) -> bool:
+        return bool(self.auth_secret or self.jwks_url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        defaults = cls()
+        openai_key = reader.text("OPENAI_API_KEY")
+        anthropic_key = reader.text("ANTHROPIC_API_KEY")
+        default_llm: LLMChoice = "openai" if openai_key else "anthropic" if anthropic_key else "offline"
+        llm = reader.text("CHATCORE_LLM") or default_llm
+        if llm not in LLM_CHOICES:
+            raise ConfigurationError(f"CHATCORE_LLM must be one of {', '.join(LLM_CHOICES)}, not {llm!r}")
+        if llm == "openai" and not openai_key and not reader.text("OPENAI_BASE_URL"):
+            raise ConfigurationError("CHATCORE_LLM=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
+        if llm == "anthropic" and not anthropic_key and not reader.text("ANTHROPIC_BASE_URL"):
+            raise ConfigurationError("CHATCORE_LLM=anthropic needs ANTHROPIC_API_KEY")
+        settings = cls(
+            database_url=reader.text("DATABASE_URL"),
+            db_pool_size=reader.integer("CHATCORE_DB_POOL_SIZE", defaults.db_pool_size, minimum=1),
+            db_max_overflow=reader.integer("CHATCORE_DB_MAX_OVERFLOW", defaults.db_max_overflow, minimum=0),
+            db_pool_timeout_seconds=reader.number("CHATCORE_DB_POOL_TIMEOUT", defaults.db_pool_timeout_seconds),
+            auth_secret=reader.text("BETTER_AUTH_SECRET"),
+            jwks_url=reader.text("BETTER_AUTH_JWKS_URL"),
+            auth_issuer=reader.text("BETTER_AUTH_ISSUER"),
+            auth_audience=reader.text("BETTER_AUTH_AUDIENCE"),
+            auth_leeway_seconds=reader.number("CHATCORE_AUTH_LEEWAY", defaults.auth_leeway_seconds, minimum=0),
+            llm=llm,  # checked against LLM_CHOICES above
+            model=reader.text("CHATCORE_MODEL"),
+            openai_api_key=openai_key,
+            openai_base_url=reader.text("OPENAI_BASE_URL"),
+            anthropic_api_key=anthropic_key,
+            anthropic_base_url=reader.text("ANTHROPIC_BASE_URL"),
+            max_tokens=reader.integer("CHATCORE_MAX_TOKENS", defaults.max_tokens, minimum=1),
+            temperature=reader.optional_number("CHATCORE_TEMPERATURE"),
+            llm_timeout_seconds=reader.number("CHATCORE_LLM_TIMEOUT", defaults.llm_timeout_seconds),
+            llm_max_retries=reader.integer("CHATCORE_LLM_MAX_RETRIES", defaults.llm_max_retries, minimum=0),
+            history_limit=reader.integer("CHATCORE_HISTORY_LIMIT", defaults.history_limit, minimum=1),
+            context_tokens=reader.integer("CHATCORE_CONTEXT_TOKENS", defaults.context_tokens, minimum=256),
+            max_tool_steps=reader.integer("CHATCORE_MAX_TOOL_STEPS", defaults.max_tool_steps, minimum=1),
+            tool_timeout_seconds=reader.number("CHATCORE_TOOL_TIMEOUT", defaults.tool_timeout_seconds),
+            system_prompt=reader.text("CHATCORE_SYSTEM_PROMPT"),
+            mcp_servers=reader.text("CHATCORE_MCP_SERVERS"),
+            mcp_call_timeout_seconds=reader.number("CHATCORE_MCP_TIMEOUT", defaults.mcp_call_timeout_seconds),
+            max_body_bytes=reader.integer("CHATCORE_MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1024),
+            cors_origins=tuple(o.strip() for o in (reader.text("CHATCORE_CORS_ORIGINS") or "").split(",") if o.strip()),
+            log_level=(reader.text("CHATCORE_LOG_LEVEL") or defaults.log_level).upper(),
+            dev_mode=reader.flag("CHATCORE_DEV"),
+        )
+        if settings.auth_secret and len(settings.auth_secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigurationError(
+                f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 asks 256 bits for HS256); "
+                "generate one with `openssl rand -base64 32`"
+            )
+        if settings.mcp_servers:
+            from chatcore.adapters.mcp.config import parse_mcp_servers
+
+            try:
+                parse_mcp_servers(settings.mcp_servers)
+            except ValueError as error:
+                raise ConfigurationError(f"CHATCORE_MCP_SERVERS: {error}") from None
+        return settings
+
+    def describe(self) -> dict[str, object]:
+        """The settings as safe to print: secrets shown only as set or not."""
+        secret_fields = {"auth_secret", "openai_api_key", "anthropic_api_key", "mcp_servers"}
+        shown: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown[f.name] = ("<set>" if value else None) if f.name in secret_fields else value
+        if self.database_url:
+            shown["database_url"] = _redact_url(self.database_url)
+        return shown
+
+
+def _redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    env: Mapping[str, str]
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name} must be a whole number, not {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise ConfigurationError(f"{name} must be at least {minimum}, not {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.optional_number(name)
+        if value is None:
+            return default
+        if value < minimum:
+            raise ConfigurationError(f"{name} must be at least {minimum:g}, not {value:g}")
+        return value
+
+    def optional_number(self, name: str) -> float | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
+
+    def flag(self, name: str) -> bool:
+        return (self.text(name) or "").lower() in {"1", "true", "yes", "on"}

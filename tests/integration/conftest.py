@@ -1,0 +1,45 @@
+"""The real HTTP app on the real database: apps are built by the composition root, as in production."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+from dependency_injector import providers
+from litestar.testing import AsyncTestClient
+
+from chatcore.adapters.auth.hs256 import mint_hs256_token
+from chatcore.entrypoints.container import build_container
+from chatcore.entrypoints.http.app import create_app
+from chatcore.entrypoints.settings import Settings
+from chatcore.ports import LLMAgent
+
+SECRET = "integration-test-secret-0123456789abcdef"
+
+AppClient = Callable[..., AbstractAsyncContextManager[AsyncTestClient[Any]]]
+
+
+def token_for(user_id: str, email: str | None = None, ttl: int = 600) -> str:
+    return mint_hs256_token(SECRET, user_id=user_id, email=email, ttl_seconds=ttl)
+
+
+def auth(user_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(user_id, f'{user_id}@example.com')}"}
+
+
+@pytest.fixture
+def app_client(postgres_url: str) -> AppClient:
+    """Open a client on a fresh app instance over the shared test database; an agent fake may replace the model."""
+
+    @asynccontextmanager
+    async def open_client(agent: LLMAgent | None = None, **overrides: Any) -> AsyncIterator[AsyncTestClient[Any]]:
+        settings = Settings(database_url=postgres_url, auth_secret=SECRET, **overrides)
+        container = build_container(settings)
+        if agent is not None:
+            container.agent.override(providers.Object(agent))
+        async with AsyncTestClient(app=create_app(container)) as client:
+            yield client
+
+    return open_client
