@@ -58,6 +58,10 @@ class InMemoryConversationStore:
 
     def _append(self, conversation: Conversation, messages: Sequence[ChatMessage], turn_id: uuid.UUID) -> list[Message]:
         stored = self.messages.setdefault(conversation.id, [])
+        known = {m.id for m in stored}
+        new_ids = [m.id for m in messages]
+        if len(set(new_ids)) != len(new_ids) or known.intersection(new_ids):
+            raise ValueError("duplicate message id: nothing of this batch was stored")
         next_seq = stored[-1].seq + 1 if stored else 1
         added = [
             Message(

@@ -58,16 +58,29 @@ def estimate_tokens(message: ChatMessage) -> int:
 
 
 def window(messages: Sequence[M], *, max_messages: int, max_tokens: int | None = None) -> list[M]:
-    """The newest messages within both budgets, never starting with a tool result cut off from its call."""
-    kept: list[M] = []
+    """The newest messages within both budgets; a window that would cut a tool pair moves to the pair's start.
+
+    ``messages`` may hold a few more than ``max_messages`` (the store reads some slack) so that the
+    assistant call a cut would orphan can be brought back; when it is not there, the orphaned
+    results are dropped instead.
+    """
+    if max_messages <= 0 or not messages:
+        return []
+    start = max(len(messages) - max_messages, 0)
     budget = max_tokens
-    for message in reversed(messages[-max_messages:] if max_messages > 0 else []):
-        if budget is not None:
-            budget -= estimate_tokens(message)
-            if budget < 0 and kept:
+    if budget is not None:
+        for index in range(len(messages) - 1, start - 1, -1):
+            budget -= estimate_tokens(messages[index])
+            if budget < 0 and index < len(messages) - 1:
+                start = index + 1
                 break
-        kept.append(message)
-    kept.reverse()
+    if messages[start].role is Role.TOOL:
+        pair_start = start
+        while pair_start > 0 and messages[pair_start].role is Role.TOOL:
+            pair_start -= 1
+        if messages[pair_start].role is Role.ASSISTANT and messages[pair_start].tool_calls:
+            start = pair_start
+    kept = list(messages[start:])
     while kept and kept[0].role is Role.TOOL:
         kept.pop(0)
     return kept

@@ -134,8 +134,8 @@ class ToolResult:
 
     def to_content(self) -> str:
         if self.error is not None:
-            return json.dumps({"error": self.error}, ensure_ascii=False)
-        return json.dumps(self.result, ensure_ascii=False, default=str)
+            return json.dumps({"error": self.error}, ensure_ascii=False).replace("\\u0000", "\\ufffd")
+        return json.dumps(self.result, ensure_ascii=False, default=str).replace("\\u0000", "\\ufffd")
 
     @classmethod
     def from_content(cls, content: str, *, is_error: bool) -> ToolResult:

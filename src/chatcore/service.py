@@ -26,6 +26,7 @@ from chatcore.model import (
     AgentRequest,
     ChatMessage,
     ChatReply,
+    JsonValue,
     Principal,
     Role,
     ToolCall,
@@ -47,6 +48,8 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 TITLE_LENGTH = 80
+PAIR_SLACK = 16
+"""Extra history rows read so a window that would cut a tool pair can move back to the pair's start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +191,7 @@ class ChatService:
             conversation_id,
             ChatMessage.user(text),
             turn_id=turn_id,
-            history_limit=self.policy.history_limit,
+            history_limit=self.policy.history_limit + PAIR_SLACK,
             title=title_from(text),
         )
         conversation = start.conversation
@@ -238,11 +241,12 @@ class ChatService:
             finally:
                 log.model_seconds += time.perf_counter() - began
                 log.model_calls += 1
-            if not response.tool_calls:
-                return ChatMessage.assistant(response.text)
-            produced.append(ChatMessage.assistant(response.text, response.tool_calls))
-            results = await asyncio.gather(*(self._run_tool(principal, call) for call in response.tool_calls))
-            for call, result in zip(response.tool_calls, results, strict=True):
+            text, calls = without_nul(response.text), tuple(map(_clean_call, response.tool_calls))
+            if not calls:
+                return ChatMessage.assistant(text)
+            produced.append(ChatMessage.assistant(text, calls))
+            results = await asyncio.gather(*(self._run_tool(principal, call) for call in calls))
+            for call, result in zip(calls, results, strict=True):
                 log.tools.append(call.name)
                 produced.append(ChatMessage.tool_result(call, result))
                 records.append(
@@ -271,6 +275,21 @@ class ChatService:
         except Exception:
             logger.exception("tool %s raised", call.name, extra={"event": "tool_error", "tool": call.name})
             return ToolResult(error=f"tool {call.name} failed unexpectedly")
+
+
+def without_nul(value: JsonValue) -> JsonValue:
+    """Model output with NUL characters replaced: PostgreSQL stores no NUL in text or JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    return value
+
+
+def _clean_call(call: ToolCall) -> ToolCall:
+    return ToolCall(without_nul(call.id), without_nul(call.name), without_nul(dict(call.arguments)))
 
 
 def tool_records(messages: Sequence[ChatMessage]) -> list[ToolCallRecord]:

@@ -170,13 +170,7 @@ async def test_another_users_conversation_is_not_found_in_every_method(
 
 
 @pytest.mark.parametrize("duplicate_of", ["an earlier message of the batch", "a stored message"])
-async def test_finish_turn_is_all_or_nothing(
-    store: ConversationStore, alice: str, duplicate_of: str, request: pytest.FixtureRequest
-) -> None:
-    if isinstance(store, InMemoryConversationStore):
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="the in-memory fake does not reject duplicate message ids")
-        )
+async def test_finish_turn_is_all_or_nothing(store: ConversationStore, alice: str, duplicate_of: str) -> None:
     start = await begin(store, alice)
     conversation_id = start.conversation.id
     first = ChatMessage.assistant("first of the batch")

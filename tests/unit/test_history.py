@@ -39,8 +39,11 @@ def test_dangling_call_gets_an_interrupted_result_and_orphan_result_is_dropped()
 
 def test_window_never_starts_with_a_tool_result() -> None:
     history = [ChatMessage.user("q"), ChatMessage.assistant("", [call("a")]), result("a"), ChatMessage.assistant("ok")]
-    assert [m.role for m in window(history, max_messages=2)] == [Role.ASSISTANT]
+    # A cut inside the pair moves back to the assistant call that opened it.
+    assert [m.role for m in window(history, max_messages=2)] == [Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
     assert len(window(history, max_messages=10)) == 4
+    # When the call is not among the rows read, the orphaned result is dropped instead.
+    assert [m.role for m in window(history[2:], max_messages=2)] == [Role.ASSISTANT]
 
 
 def test_window_respects_the_token_budget_but_keeps_the_newest_message() -> None:

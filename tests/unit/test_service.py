@@ -125,3 +125,13 @@ async def test_slow_tool_times_out_into_an_error_result() -> None:
     reply = await service.chat(token, "alice", "be slow")
     assert reply.tool_calls[0].error is not None
     assert "timed out" in reply.tool_calls[0].error
+
+
+async def test_nul_characters_from_the_model_never_reach_the_store() -> None:
+    call = ToolCall("c\x00", "echo", {"x": 1, "note": "a\x00b"})
+    agent = ScriptedAgent([AgentResponse("", (call,)), AgentResponse("bad\x00text")])
+    service, store, token = build(agent)
+    reply = await service.chat(token, "alice", "hi")
+    stored = await store.history("alice", reply.conversation_id, 10)
+    assert reply.response == "bad\ufffdtext"
+    assert not any("\x00" in m.content or "\x00" in str(m.tool_calls) for m in stored)
