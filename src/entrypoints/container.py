@@ -48,37 +48,29 @@ async def engine_resource(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 async def agent_resource(settings: Settings) -> AsyncIterator[LLMAgent]:
     """The model named by CHATCORE_LLM; SDK clients are closed when the app stops."""
-    model = settings.model or DEFAULT_MODELS[settings.llm]
-    if settings.llm == "openai":
-        openai_agent = OpenAIChatAgent(
-            model=model,
-            api_key=settings.openai_api_key or "not-needed-for-local-servers",
-            base_url=settings.openai_base_url,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            timeout_seconds=settings.llm_timeout_seconds,
-            max_retries=settings.llm_max_retries,
-        )
-        try:
-            yield openai_agent
-        finally:
-            await openai_agent.aclose()
-    elif settings.llm == "anthropic":
-        anthropic_agent = AnthropicChatAgent(
-            model=model,
-            api_key=settings.anthropic_api_key or "not-needed-for-local-servers",
-            base_url=settings.anthropic_base_url,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            timeout_seconds=settings.llm_timeout_seconds,
-            max_retries=settings.llm_max_retries,
-        )
-        try:
-            yield anthropic_agent
-        finally:
-            await anthropic_agent.aclose()
-    else:
+    if settings.llm == "offline":
         yield OfflineTodoAgent()
+        return
+    provider = {"openai": OpenAIChatAgent, "anthropic": AnthropicChatAgent}[settings.llm]
+    api_key, base_url = (
+        (settings.openai_api_key, settings.openai_base_url)
+        if settings.llm == "openai"
+        else (settings.anthropic_api_key, settings.anthropic_base_url)
+    )
+    agent = provider(
+        model=settings.model or DEFAULT_MODELS[settings.llm],
+        # Local OpenAI-compatible servers need no key, but the SDKs insist on one.
+        api_key=api_key or "not-needed-for-local-servers",
+        base_url=base_url,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        timeout_seconds=settings.llm_timeout_seconds,
+        max_retries=settings.llm_max_retries,
+    )
+    try:
+        yield agent
+    finally:
+        await agent.aclose()
 
 
 async def tools_resource(settings: Settings, tasks: TaskStore) -> AsyncIterator[ToolRegistry]:
