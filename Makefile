@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck unit contract integration bench clean
+.PHONY: install run test lint typecheck unit bench bench-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,17 +23,30 @@ run: install
 	$(BIN)/chatcore serve --dev --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: install
 	cd /tmp && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p chatcore
+	$(BIN)/mypy --config-file pyproject.toml bench
 
 test: lint typecheck
 	$(BIN)/pytest -q
 
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+# `make bench`: chatcore against the floor (bench/floor.py) on the local PostgreSQL, with a fake model;
+# prints the table and writes docs/performance.md. Needs PostgreSQL at 127.0.0.1:5432 (user postgres).
+# Pass options through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--scale 0.25 --output -"`;
+# `.venv/bin/python -m bench.run --help` lists them. The harness's own tests: `make bench-check`.
+BENCH_ARGS ?=
+
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-check: install
+	$(BIN)/pytest -q -p no:cacheprovider bench/tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -113,7 +113,29 @@ class IdempotencyInProgress(ChatError):
         self.retry_after = retry_after
 
 
+class LeaseLost(ConversationBusy, TurnFailed):
+    """The turn's hold on the conversation (or on its Idempotency-Key) expired and another turn took it.
+
+    Only a turn stalled for longer than the lease (its heartbeat could not renew it) ends so; nothing it
+    produced was stored, so the conversation never shows two turns interleaved.
+    """
+
+    default_detail = "This turn lost its hold on the conversation to another turn and was not stored; try again"
+
+
 class TaskNotFound(ToolError):
     """A task id unknown to this user; also the answer for another user's task."""
 
     default_detail = "Task not found"
+
+
+class InvalidRequest(ChatError):
+    """A malformed request parameter other than the message (a cursor, a title)."""
+
+    default_detail = "Invalid request"
+
+
+class TurnNotFound(ChatError):
+    """A turn id unknown to this user (or another user's): one answer for both, like conversations."""
+
+    default_detail = "Turn not found"

@@ -9,42 +9,87 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 from chatcore.errors import (
     AgentError,
+    ConversationBusy,
     ConversationNotFound,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    LeaseLost,
     StoreUnavailable,
     TaskNotFound,
     ToolError,
+    TurnNotFound,
     Unauthenticated,
 )
+from chatcore.idempotency import IdempotentReply
 from chatcore.model import (
+    PREVIEW_LENGTH,
     AgentRequest,
     AgentResponse,
+    AgentStreamEvent,
     ChatMessage,
+    ChatReply,
     Conversation,
+    ConversationSummary,
     JsonValue,
     Message,
     MessageStatus,
     Principal,
+    Role,
     Task,
     ToolSpec,
+    TurnEvent,
     TurnStart,
+    TurnState,
+    TurnStatus,
     utcnow,
 )
 from chatcore.ports import TaskFilter
+from chatcore.streaming import stream_of_response
+
+
+@dataclass(slots=True)
+class _Lease:
+    owner: uuid.UUID
+    expires_at: datetime
+
+
+@dataclass(slots=True)
+class _KeyRecord:
+    request_hash: str
+    turn_id: uuid.UUID | None
+    """The turn holding the key while it runs; None once the reply is stored."""
+    reply: ChatReply | None
+    expires_at: datetime
 
 
 class InMemoryConversationStore:
-    """A ConversationStore in a dict. ``available = False`` simulates an outage."""
+    """A ConversationStore in a dict. ``available = False`` simulates an outage; ``clock`` judges lease expiry."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.conversations: dict[uuid.UUID, Conversation] = {}
         self.messages: dict[uuid.UUID, list[Message]] = {}
+        self.leases: dict[uuid.UUID, _Lease] = {}
+        self.idempotency_keys: dict[tuple[str, str], _KeyRecord] = {}
         self.available = True
+        self.clock = clock
         self._lock = asyncio.Lock()
+
+    def _held_by_another(self, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
+        lease = self.leases.get(conversation_id)
+        return lease is not None and lease.owner != turn_id and lease.expires_at > self.clock()
+
+    def _live_key(self, user_id: str, key: str) -> _KeyRecord | None:
+        record = self.idempotency_keys.get((user_id, key))
+        if record is not None and record.expires_at <= self.clock():
+            del self.idempotency_keys[(user_id, key)]
+            return None
+        return record
 
     def _check(self) -> None:
         if not self.available:
@@ -92,6 +137,7 @@ class InMemoryConversationStore:
         turn_id: uuid.UUID,
         history_limit: int,
         title: str | None = None,
+        lease_seconds: float | None = None,
     ) -> TurnStart:
         async with self._lock:
             self._check()
@@ -102,6 +148,10 @@ class InMemoryConversationStore:
                 self.conversations[conversation.id] = conversation
             else:
                 conversation = self._owned(user_id, conversation_id)
+                if self._held_by_another(conversation.id, turn_id):
+                    raise ConversationBusy()
+            if lease_seconds is not None:
+                self.leases[conversation.id] = _Lease(turn_id, self.clock() + timedelta(seconds=lease_seconds))
             existing = self.messages.get(conversation.id, [])
             window = tuple(existing[-history_limit:]) if history_limit > 0 else ()
             [user_message] = self._append(conversation, [message], turn_id)
@@ -114,10 +164,95 @@ class InMemoryConversationStore:
         messages: Sequence[ChatMessage],
         *,
         turn_id: uuid.UUID,
+        idempotency: IdempotentReply | None = None,
     ) -> tuple[Message, ...]:
         async with self._lock:
             self._check()
-            return tuple(self._append(self._owned(user_id, conversation_id), messages, turn_id))
+            conversation = self._owned(user_id, conversation_id)
+            if self._held_by_another(conversation_id, turn_id):
+                raise LeaseLost()
+            record = None
+            if idempotency is not None:
+                record = self._live_key(user_id, idempotency.key)
+                if record is None or record.turn_id != turn_id:
+                    raise LeaseLost()
+            added = tuple(self._append(conversation, messages, turn_id))
+            self.leases.pop(conversation_id, None)
+            if record is not None and idempotency is not None:
+                record.turn_id = None
+                record.reply = idempotency.reply
+                record.expires_at = self.clock() + timedelta(seconds=idempotency.ttl_seconds)
+            return added
+
+    async def renew_turn(
+        self,
+        user_id: str,
+        turn_id: uuid.UUID,
+        *,
+        conversation_id: uuid.UUID | None,
+        idempotency_key: str | None,
+        lease_seconds: float,
+    ) -> bool:
+        async with self._lock:
+            self._check()
+            until = self.clock() + timedelta(seconds=lease_seconds)
+            held = True
+            if conversation_id is not None:
+                lease = self.leases.get(conversation_id)
+                owned = self.conversations.get(conversation_id)
+                if lease is not None and lease.owner == turn_id and owned is not None and owned.user_id == user_id:
+                    lease.expires_at = until
+                else:
+                    held = False
+            if idempotency_key is not None:
+                record = self.idempotency_keys.get((user_id, idempotency_key))
+                if record is not None and record.turn_id == turn_id:
+                    record.expires_at = until
+                else:
+                    held = False
+            return held
+
+    async def release_turn(
+        self,
+        user_id: str,
+        turn_id: uuid.UUID,
+        *,
+        conversation_id: uuid.UUID | None,
+        idempotency_key: str | None,
+    ) -> None:
+        async with self._lock:
+            self._check()
+            if conversation_id is not None:
+                lease = self.leases.get(conversation_id)
+                owned = self.conversations.get(conversation_id)
+                if lease is not None and lease.owner == turn_id and owned is not None and owned.user_id == user_id:
+                    del self.leases[conversation_id]
+            if idempotency_key is not None:
+                record = self.idempotency_keys.get((user_id, idempotency_key))
+                if record is not None and record.turn_id == turn_id:
+                    del self.idempotency_keys[(user_id, idempotency_key)]
+
+    async def claim_idempotency_key(
+        self,
+        user_id: str,
+        key: str,
+        request_hash: str,
+        *,
+        turn_id: uuid.UUID,
+        hold_seconds: float,
+    ) -> ChatReply | None:
+        async with self._lock:
+            self._check()
+            record = self._live_key(user_id, key)
+            if record is None:
+                until = self.clock() + timedelta(seconds=hold_seconds)
+                self.idempotency_keys[(user_id, key)] = _KeyRecord(request_hash, turn_id, None, until)
+                return None
+            if record.request_hash != request_hash:
+                raise IdempotencyKeyReused()
+            if record.reply is None:
+                raise IdempotencyInProgress()
+            return record.reply
 
     async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
         async with self._lock:
@@ -138,8 +273,114 @@ class InMemoryConversationStore:
         stored = self.messages.get(conversation_id, [])
         return tuple(stored[-limit:]) if limit > 0 else ()
 
+    async def list_conversations(
+        self, user_id: str, *, limit: int, before: tuple[datetime, uuid.UUID] | None = None
+    ) -> tuple[ConversationSummary, ...]:
+        self._check()
+        owned = sorted(
+            (c for c in self.conversations.values() if c.user_id == user_id),
+            key=lambda c: (c.updated_at, c.id),
+            reverse=True,
+        )
+        if before is not None:
+            owned = [c for c in owned if (c.updated_at, c.id) < before]
+        return tuple(
+            ConversationSummary(c.id, c.title, c.created_at, c.updated_at, self._preview(c.id))
+            for c in owned[: max(limit, 0)]
+        )
+
+    def _preview(self, conversation_id: uuid.UUID) -> str | None:
+        for message in reversed(self.messages.get(conversation_id, [])):
+            if message.role in (Role.USER, Role.ASSISTANT) and message.content:
+                return message.content[:PREVIEW_LENGTH]
+        return None
+
+    async def list_messages(
+        self, user_id: str, conversation_id: uuid.UUID, *, limit: int, after_seq: int = 0
+    ) -> tuple[Message, ...]:
+        self._check()
+        self._owned(user_id, conversation_id)
+        later = [m for m in self.messages.get(conversation_id, []) if m.seq > after_seq]
+        return tuple(later[: max(limit, 0)])
+
+    async def rename(self, user_id: str, conversation_id: uuid.UUID, title: str) -> Conversation:
+        async with self._lock:
+            self._check()
+            renamed = replace(self._owned(user_id, conversation_id), title=title)
+            self.conversations[conversation_id] = renamed
+            return renamed
+
+    async def delete(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        async with self._lock:
+            self._check()
+            self._owned(user_id, conversation_id)
+            del self.conversations[conversation_id]
+            self.messages.pop(conversation_id, None)
+
     async def ping(self) -> None:
         self._check()
+
+
+class InMemoryTurnEventStore:
+    """A TurnEventStore in dicts, over an InMemoryConversationStore whose conversations own the turns.
+
+    A deleted conversation's turns read as TurnNotFound, as they are cascaded away in a database.
+    """
+
+    def __init__(self, conversations: InMemoryConversationStore) -> None:
+        self.conversations = conversations
+        self.turns: dict[uuid.UUID, TurnState] = {}
+        self.events: dict[uuid.UUID, list[TurnEvent]] = {}
+
+    def _turn(self, user_id: str, turn_id: uuid.UUID) -> TurnState:
+        self.conversations._check()
+        turn = self.turns.get(turn_id)
+        if turn is None or turn.user_id != user_id or turn.conversation_id not in self.conversations.conversations:
+            raise TurnNotFound()
+        return turn
+
+    async def begin(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> TurnState:
+        self.conversations._check()
+        self.conversations._owned(user_id, conversation_id)
+        if turn_id in self.turns:
+            raise ValueError("turn already begun")
+        turn = TurnState(turn_id, conversation_id, user_id, TurnStatus.RUNNING, False, utcnow())
+        self.turns[turn_id] = turn
+        self.events[turn_id] = []
+        return turn
+
+    async def append(self, user_id: str, events: Sequence[TurnEvent]) -> None:
+        for event in events:
+            self._turn(user_id, event.turn_id)
+        known = {(e.turn_id, e.seq) for events_of_turn in self.events.values() for e in events_of_turn}
+        keys = [(e.turn_id, e.seq) for e in events]
+        if len(set(keys)) != len(keys) or known.intersection(keys):
+            raise ValueError("duplicate event seq: nothing of this batch was stored")
+        for event in events:
+            self.events[event.turn_id].append(event)
+
+    async def read(
+        self, user_id: str, turn_id: uuid.UUID, *, after: int = 0, limit: int = 500
+    ) -> tuple[TurnEvent, ...]:
+        self._turn(user_id, turn_id)
+        later = sorted((e for e in self.events[turn_id] if e.seq > after), key=lambda e: e.seq)
+        return tuple(later[: max(limit, 0)])
+
+    async def state(self, user_id: str, turn_id: uuid.UUID) -> TurnState:
+        return self._turn(user_id, turn_id)
+
+    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus) -> None:
+        self.turns[turn_id] = replace(self._turn(user_id, turn_id), status=status)
+
+    async def request_stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
+        self.conversations._check()
+        self.conversations._owned(user_id, conversation_id)
+        stopped = [
+            t.id for t in self.turns.values() if t.conversation_id == conversation_id and t.status is TurnStatus.RUNNING
+        ]
+        for turn_id in stopped:
+            self.turns[turn_id] = replace(self.turns[turn_id], stop_requested=True)
+        return tuple(stopped)
 
 
 class InMemoryTaskStore:
@@ -254,6 +495,11 @@ class FunctionAgent:
             return outcome
         return await outcome
 
+    async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
+        """The function's response, streamed word by word (text) and piece by piece (tool calls)."""
+        for event in stream_of_response(await self.complete(request)):
+            yield event
+
 
 class ScriptedAgent:
     """An LLMAgent that plays back responses (or raises errors) in order, then repeats the last one."""
@@ -270,3 +516,8 @@ class ScriptedAgent:
         if isinstance(step, AgentError):
             raise step
         return step
+
+    async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
+        """The next scripted step, streamed word by word (text) and piece by piece (tool calls)."""
+        for event in stream_of_response(await self.complete(request)):
+            yield event

@@ -207,3 +207,71 @@ class Task:
     completed: bool
     created_at: datetime
     updated_at: datetime
+
+
+PREVIEW_LENGTH = 120
+"""Characters of the last message a conversation list shows."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """A conversation as a list shows it: its title, times, and the start of its last user or assistant message."""
+
+    id: uuid.UUID
+    title: str | None
+    created_at: datetime
+    updated_at: datetime
+    preview: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the reply's text as the model produces it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call as the model produces it: ``index`` says which call of the step it belongs to.
+
+    ``id`` and ``name`` come with the call's first piece; ``arguments`` is a fragment of the JSON text.
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+AgentStreamEvent: TypeAlias = TextDelta | ToolCallDelta | AgentResponse
+"""What ``LLMAgent.stream`` yields: deltas, then exactly one AgentResponse, the whole step, last."""
+
+
+class TurnStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEvent:
+    """One event of a streamed turn, numbered from 1 within the turn; ``data`` is a JSON object."""
+
+    turn_id: uuid.UUID
+    seq: int
+    type: str
+    data: Mapping[str, JsonValue]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnState:
+    """A streamed turn as its event log knows it: whose it is, whether it runs, whether a stop was asked for."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    user_id: str
+    status: TurnStatus
+    stop_requested: bool
+    created_at: datetime

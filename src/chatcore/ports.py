@@ -7,20 +7,28 @@ against every adapter of a port, the in-memory fakes included.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
 from typing import Literal, Protocol
 
+from chatcore.idempotency import IdempotentReply
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
+    AgentStreamEvent,
     ChatMessage,
+    ChatReply,
     Conversation,
+    ConversationSummary,
     JsonValue,
     Message,
     Principal,
     Task,
     ToolSpec,
+    TurnEvent,
     TurnStart,
+    TurnState,
+    TurnStatus,
 )
 
 TaskFilter = Literal["all", "pending", "completed"]
@@ -40,7 +48,14 @@ class ConversationStore(Protocol):
     """Conversations and their messages. Every method is scoped by ``user_id``.
 
     A turn is two short transactions, ``begin_turn`` and ``finish_turn``, so no
-    database connection is held while the model thinks.
+    database connection is held while the model thinks. One turn at a time holds a
+    conversation, across processes: ``begin_turn`` takes the conversation's *lease* for the
+    turn (owner ``turn_id``, an expiry), ``renew_turn`` extends it while the turn runs, and
+    ``finish_turn`` or ``release_turn`` gives it back. A lease whose holder died (kill -9)
+    simply expires. Expiries are judged by the store's clock.
+
+    Idempotency-Keys live here too, because a keyed turn's reply must be committed in the
+    same transaction as its messages: either a retry finds both or it finds neither.
     """
 
     async def begin_turn(
@@ -52,11 +67,15 @@ class ConversationStore(Protocol):
         turn_id: uuid.UUID,
         history_limit: int,
         title: str | None = None,
+        lease_seconds: float | None = None,
     ) -> TurnStart:
         """In one transaction: load the user's conversation (or create one when ``conversation_id`` is None,
         titled ``title``), read its last ``history_limit`` messages oldest first, and append ``message``.
 
-        Raises ConversationNotFound when the id is unknown or owned by another user.
+        With ``lease_seconds`` the turn also takes the conversation's lease until then. Raises
+        ConversationBusy, storing nothing, while another turn holds a lease that has not expired
+        (with or without ``lease_seconds``: a turn never starts inside another's). Raises
+        ConversationNotFound when the id is unknown or owned by another user.
         """
         ...
 
@@ -67,8 +86,62 @@ class ConversationStore(Protocol):
         messages: Sequence[ChatMessage],
         *,
         turn_id: uuid.UUID,
+        idempotency: IdempotentReply | None = None,
     ) -> tuple[Message, ...]:
-        """Append ``messages`` in order, all or nothing, numbered after every message already stored."""
+        """Append ``messages`` in order, all or nothing, numbered after every message already stored, and
+        release the conversation's lease.
+
+        With ``idempotency`` the key that ``turn_id`` claimed is completed with the reply, in the same
+        transaction. Raises LeaseLost, storing nothing, when another turn holds a live lease on the
+        conversation, or the key is no longer this turn's. Raises ConversationNotFound like ``get``.
+        """
+        ...
+
+    async def renew_turn(
+        self,
+        user_id: str,
+        turn_id: uuid.UUID,
+        *,
+        conversation_id: uuid.UUID | None,
+        idempotency_key: str | None,
+        lease_seconds: float,
+    ) -> bool:
+        """Extend the conversation's lease and the claim on ``idempotency_key`` that ``turn_id`` holds (even
+        expired, as long as no other turn took them over) to ``lease_seconds`` from now.
+
+        False when either given one is no longer ``turn_id``'s: the turn will not be able to finish.
+        """
+        ...
+
+    async def release_turn(
+        self,
+        user_id: str,
+        turn_id: uuid.UUID,
+        *,
+        conversation_id: uuid.UUID | None,
+        idempotency_key: str | None,
+    ) -> None:
+        """Give back what a failed turn holds: the conversation's lease and its claim on ``idempotency_key``
+        (so a retry with the key runs). Whatever ``turn_id`` does not hold is left alone.
+        """
+        ...
+
+    async def claim_idempotency_key(
+        self,
+        user_id: str,
+        key: str,
+        request_hash: str,
+        *,
+        turn_id: uuid.UUID,
+        hold_seconds: float,
+    ) -> ChatReply | None:
+        """Claim the user's ``key`` for ``turn_id`` for ``hold_seconds`` (None), or return the reply stored
+        under it by an earlier request with the same ``request_hash``.
+
+        Raises IdempotencyKeyReused when the key holds another request, IdempotencyInProgress while
+        another turn's claim on it has not expired. A key whose claim or reply has expired is as good
+        as new, and the store may delete expired keys at any time.
+        """
         ...
 
     async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
@@ -81,6 +154,31 @@ class ConversationStore(Protocol):
 
     async def history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> tuple[Message, ...]:
         """The last ``limit`` messages, oldest first. Raises ConversationNotFound like ``get``."""
+        ...
+
+    async def list_conversations(
+        self, user_id: str, *, limit: int, before: tuple[datetime, uuid.UUID] | None = None
+    ) -> tuple[ConversationSummary, ...]:
+        """The user's conversations, most recently updated first (ties: higher id first), at most ``limit``.
+
+        ``before`` is the (updated_at, id) of the last conversation of the previous page: only conversations
+        strictly after it in that order are returned (keyset pagination). ``preview`` is the start (at most
+        PREVIEW_LENGTH characters) of the newest user or assistant message with text.
+        """
+        ...
+
+    async def list_messages(
+        self, user_id: str, conversation_id: uuid.UUID, *, limit: int, after_seq: int = 0
+    ) -> tuple[Message, ...]:
+        """At most ``limit`` messages with ``seq > after_seq``, oldest first. Raises ConversationNotFound."""
+        ...
+
+    async def rename(self, user_id: str, conversation_id: uuid.UUID, title: str) -> Conversation:
+        """Set the title (``updated_at`` is left alone: it orders by activity). Raises ConversationNotFound."""
+        ...
+
+    async def delete(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        """Remove the conversation with its messages and turn events. Raises ConversationNotFound."""
         ...
 
     async def ping(self) -> None:
@@ -137,3 +235,47 @@ class LLMAgent(Protocol):
     provider: str
 
     async def complete(self, request: AgentRequest) -> AgentResponse: ...
+
+    def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
+        """The same step as ``complete``, as it is produced: TextDelta and ToolCallDelta pieces, then exactly one
+        AgentResponse (the whole step, equal to what ``complete`` would return) as the last item.
+
+        Raises the same errors as ``complete``, before or between items. Closing the iterator early
+        (``aclose``) abandons the step and releases its connection.
+        """
+        ...
+
+
+class TurnEventStore(Protocol):
+    """The event log of streamed turns, in the same database as the messages, so any replica can replay a turn's
+    events, follow it live, or ask it to stop. Every method is scoped by ``user_id``.
+    """
+
+    async def begin(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> TurnState:
+        """Register a RUNNING turn of the user's conversation. Raises ConversationNotFound."""
+        ...
+
+    async def append(self, user_id: str, events: Sequence[TurnEvent]) -> None:
+        """Store events of begun turns, all or nothing. Seqs are the writer's: one writer per turn, counting from 1."""
+        ...
+
+    async def read(
+        self, user_id: str, turn_id: uuid.UUID, *, after: int = 0, limit: int = 500
+    ) -> tuple[TurnEvent, ...]:
+        """At most ``limit`` events with ``seq > after``, in order. Raises TurnNotFound (also for another user's)."""
+        ...
+
+    async def state(self, user_id: str, turn_id: uuid.UUID) -> TurnState:
+        """The turn's status and stop flag. Raises TurnNotFound (also for another user's turn)."""
+        ...
+
+    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus) -> None:
+        """Record how the turn ended; its events stay readable."""
+        ...
+
+    async def request_stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
+        """Flag every RUNNING turn of the conversation to stop; returns their ids (none: nothing was running).
+
+        Raises ConversationNotFound when the conversation is unknown or another user's.
+        """
+        ...

@@ -20,6 +20,8 @@ from chatcore.errors import (
     ToolError,
     Unauthenticated,
 )
+from chatcore.exactly_once import TurnHold
+from chatcore.idempotency import as_replayed, request_fingerprint, validate_idempotency_key
 from chatcore.model import (
     MAX_MESSAGE_LENGTH,
     MAX_USER_ID_LENGTH,
@@ -27,6 +29,8 @@ from chatcore.model import (
     ChatMessage,
     ChatReply,
     JsonValue,
+    Message,
+    MessageStatus,
     Principal,
     Role,
     ToolCall,
@@ -36,6 +40,7 @@ from chatcore.model import (
     utcnow,
 )
 from chatcore.ports import ConversationStore, LLMAgent, TokenVerifier, ToolRegistry
+from chatcore.streaming import TurnSink, TurnStopped
 
 logger = logging.getLogger("chatcore.service")
 
@@ -61,6 +66,12 @@ class ChatPolicy:
     max_tool_steps: int = 8
     tool_timeout_seconds: float = 30.0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    lease_seconds: float = 120.0
+    """How long a turn holds its conversation (and its Idempotency-Key) between heartbeats' renewals."""
+    turn_wait_seconds: float = 30.0
+    """How long a turn waits for a busy conversation, or for a keyed twin still running, before 409."""
+    idempotency_ttl_seconds: float = 86_400.0
+    """How long a keyed reply is kept for retries."""
 
 
 @dataclass(slots=True)
@@ -144,20 +155,35 @@ class ChatService:
         path_user_id: str,
         message: str,
         conversation_id: uuid.UUID | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> ChatReply:
         """One whole turn for a library user: authenticate, then send."""
         principal = await self.authenticate(bearer_token, path_user_id)
-        return await self.send(principal, message, conversation_id)
+        return await self.send(principal, message, conversation_id, idempotency_key=idempotency_key)
 
-    async def send(self, principal: Principal, message: str, conversation_id: uuid.UUID | None = None) -> ChatReply:
-        """One turn for an authenticated principal."""
+    async def send(
+        self,
+        principal: Principal,
+        message: str,
+        conversation_id: uuid.UUID | None = None,
+        *,
+        sink: TurnSink | None = None,
+        idempotency_key: str | None = None,
+    ) -> ChatReply:
+        """One turn for an authenticated principal; with a ``sink`` (``chatcore.live``) the turn is streamed to it.
+
+        With an ``idempotency_key``, a repeat of the same request returns the stored reply instead of running
+        again (see ``chatcore.exactly_once``).
+        """
         text = validate_message(message)
+        key = None if idempotency_key is None else validate_idempotency_key(idempotency_key)
         turn_id = uuid.uuid4()
         log = _TurnLog(conversation_id=conversation_id)
         started = time.perf_counter()
         outcome = "error"
         try:
-            reply = await self._run_turn(principal, text, conversation_id, turn_id, log)
+            reply = await self._run_held_turn(principal, text, conversation_id, turn_id, log, sink, key)
             outcome = "ok"
             return reply
         except ChatError as error:
@@ -178,6 +204,35 @@ class ChatService:
                 },
             )
 
+    async def _run_held_turn(
+        self,
+        principal: Principal,
+        text: str,
+        conversation_id: uuid.UUID | None,
+        turn_id: uuid.UUID,
+        log: _TurnLog,
+        sink: TurnSink | None,
+        idempotency_key: str | None,
+    ) -> ChatReply:
+        """The turn under its holds: the request's key claimed first (or its stored reply returned), then the
+        conversation's lease, both renewed while it runs and given back if it fails."""
+        hold = TurnHold(
+            self.store,
+            principal.user_id,
+            turn_id,
+            lease_seconds=self.policy.lease_seconds,
+            wait_seconds=self.policy.turn_wait_seconds,
+            idempotency_ttl_seconds=self.policy.idempotency_ttl_seconds,
+        )
+        async with hold:
+            if idempotency_key is not None:
+                fingerprint = request_fingerprint(principal.user_id, text, conversation_id)
+                replay = await hold.claim(idempotency_key, fingerprint)
+                if replay is not None:
+                    log.conversation_id = replay.conversation_id
+                    return replay
+            return await self._run_turn(principal, text, conversation_id, turn_id, log, sink, hold=hold)
+
     async def _run_turn(
         self,
         principal: Principal,
@@ -185,17 +240,17 @@ class ChatService:
         conversation_id: uuid.UUID | None,
         turn_id: uuid.UUID,
         log: _TurnLog,
+        sink: TurnSink | None = None,
+        *,
+        hold: TurnHold,
     ) -> ChatReply:
-        start = await self.store.begin_turn(
-            principal.user_id,
-            conversation_id,
-            ChatMessage.user(text),
-            turn_id=turn_id,
-            history_limit=self.policy.history_limit + PAIR_SLACK,
-            title=title_from(text),
+        start = await hold.begin(
+            conversation_id, text, history_limit=self.policy.history_limit + PAIR_SLACK, title=title_from(text)
         )
         conversation = start.conversation
         log.conversation_id = conversation.id
+        if sink is not None:
+            await sink.started(conversation.id, turn_id, start.user_message.id)
         past = history_rules.window(
             start.history, max_messages=self.policy.history_limit, max_tokens=self.policy.context_tokens
         )
@@ -206,7 +261,9 @@ class ChatService:
         produced: list[ChatMessage] = []
         records: list[ToolCallRecord] = []
         try:
-            final = await self._tool_loop(principal, system_prompt, context, specs, produced, records, log)
+            final = await self._tool_loop(principal, system_prompt, context, specs, produced, records, log, sink)
+        except TurnStopped as stopped:
+            final = interrupted_reply(stopped.partial_text, conversation.id)
         except AgentError as error:
             error.conversation_id = conversation.id
             if produced:
@@ -214,13 +271,19 @@ class ChatService:
             await self.store.mark_unanswered(principal.user_id, conversation.id, start.user_message.id)
             raise
         produced.append(final)
-        stored = await self.store.finish_turn(principal.user_id, conversation.id, produced, turn_id=turn_id)
-        return ChatReply(
+        reply = ChatReply(
             conversation_id=conversation.id,
-            message_id=stored[-1].id,
+            message_id=final.id,
             response=final.content,
             tool_calls=tuple(records),
         )
+        if hold.idempotency_key is not None:
+            reply = as_replayed(reply)  # the first answer, byte for byte what every retry will get
+        await self.store.finish_turn(
+            principal.user_id, conversation.id, produced, turn_id=turn_id, idempotency=hold.completion(reply)
+        )
+        hold.finished = True
+        return reply
 
     async def _tool_loop(
         self,
@@ -231,13 +294,14 @@ class ChatService:
         produced: list[ChatMessage],
         records: list[ToolCallRecord],
         log: _TurnLog,
+        sink: TurnSink | None = None,
     ) -> ChatMessage:
         """Ask the model, run the tools it asks for, feed the results back, until it answers or runs out of steps."""
         for _ in range(self.policy.max_tool_steps):
             request = AgentRequest(system_prompt=system_prompt, messages=(*context, *produced), tools=specs)
             began = time.perf_counter()
             try:
-                response = await self.agent.complete(request)
+                response = await (self.agent.complete(request) if sink is None else sink.step(self.agent, request))
             finally:
                 log.model_seconds += time.perf_counter() - began
                 log.model_calls += 1
@@ -245,6 +309,9 @@ class ChatService:
             if not calls:
                 return ChatMessage.assistant(text)
             produced.append(ChatMessage.assistant(text, calls))
+            if sink is not None:
+                for call in calls:
+                    await sink.tool_call(call)
             results = await asyncio.gather(*(self._run_tool(principal, call) for call in calls))
             for call, result in zip(calls, results, strict=True):
                 log.tools.append(call.name)
@@ -254,6 +321,8 @@ class ChatService:
                         id=call.id, name=call.name, arguments=call.arguments, result=result.result, error=result.error
                     )
                 )
+                if sink is not None:
+                    await sink.tool_result(records[-1])
         return ChatMessage.assistant(
             f"I stopped after {self.policy.max_tool_steps} tool steps without finishing your request. "
             "Here is what I did so far; please tell me how you would like to continue."
@@ -286,6 +355,20 @@ def without_nul(value: JsonValue) -> JsonValue:
     if isinstance(value, dict):
         return {without_nul(key): without_nul(item) for key, item in value.items()}
     return value
+
+
+def interrupted_reply(partial_text: str, conversation_id: uuid.UUID) -> Message:
+    """The reply a stopped turn stores: the text produced so far, marked INTERRUPTED for history and clients.
+
+    A Message (not a ChatMessage) because stores take a batch message's status from it; the seq is theirs to give.
+    """
+    return Message(
+        role=Role.ASSISTANT,
+        content=without_nul(partial_text),
+        conversation_id=conversation_id,
+        seq=0,
+        status=MessageStatus.INTERRUPTED,
+    )
 
 
 def _clean_call(call: ToolCall) -> ToolCall:

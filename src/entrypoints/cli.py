@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib.util
+import math
 import os
 import secrets
 import shlex
@@ -118,6 +119,7 @@ def serve(args: argparse.Namespace) -> int:
     from chatcore.adapters.auth.hs256 import mint_hs256_token
     from chatcore.adapters.sqlalchemy.engine import database_url_from
     from chatcore.adapters.sqlalchemy.migrate import run_migrations
+    from chatcore.entrypoints.logging import configure_logging
 
     if args.dev:
         os.environ["CHATCORE_DEV"] = "1"
@@ -130,7 +132,7 @@ def serve(args: argparse.Namespace) -> int:
             "no token secret configured: set BETTER_AUTH_SECRET (HS256) or BETTER_AUTH_JWKS_URL (Better Auth JWKS), "
             "or run `chatcore serve --dev` for a demo with an ephemeral secret"
         )
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     if not args.no_migrate:
         run_migrations(database_url_from(settings.database_url))
     if args.dev and settings.auth_secret:
@@ -160,9 +162,17 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers if args.workers > 1 else None,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30,
+        log_config=None,  # configure_logging's JSON handler stays in charge of uvicorn's loggers
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),  # in-flight turns finish first
+        loop="uvloop" if _installed("uvloop") else "asyncio",
+        http="httptools" if _installed("httptools") else "h11",
     )
     return 0
+
+
+def _installed(module: str) -> bool:
+    """uvloop and httptools are dependencies, but not on every platform: the fast loop and parser when present."""
+    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":

@@ -9,28 +9,40 @@ and stopped by the app's lifespan through ``init_resources``/``shutdown_resource
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from dependency_injector import containers, providers
+from litestar.stores.base import Store
+from litestar.stores.memory import MemoryStore
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatcore.adapters.anthropic.agent import AnthropicChatAgent
 from chatcore.adapters.auth.composite import AlgorithmRoutingTokenVerifier
 from chatcore.adapters.auth.hs256 import Hs256TokenVerifier
 from chatcore.adapters.auth.jwks import JwksTokenVerifier
-from chatcore.adapters.mcp.config import parse_mcp_servers
-from chatcore.adapters.mcp.registry import McpToolRegistry
-from chatcore.adapters.offline.agent import OfflineTodoAgent
-from chatcore.adapters.openai.agent import OpenAIChatAgent
+from chatcore.adapters.observability.instrumented import InstrumentedAgent, InstrumentedToolRegistry
+from chatcore.adapters.observability.metrics import ChatMetrics, pool_gauge_resource
+from chatcore.adapters.observability.tracing import engine_tracing_resource, tracer_of, tracing_resource
 from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
 from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
+from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
 from chatcore.adapters.tools.composite import CompositeToolRegistry
 from chatcore.adapters.tools.todo import TodoToolRegistry
 from chatcore.entrypoints.settings import ConfigurationError, Settings
 from chatcore.ports import LLMAgent, TaskStore, TokenVerifier, ToolRegistry
 from chatcore.service import DEFAULT_SYSTEM_PROMPT, ChatPolicy, ChatService
 
+if TYPE_CHECKING:
+    from chatcore.adapters.anthropic.agent import AnthropicChatAgent
+    from chatcore.adapters.openai.agent import OpenAIChatAgent
+
+# The provider SDKs (OpenAI, Anthropic, MCP, Redis) are imported inside the factories below, only when the
+# settings name them: each costs tens of MB per worker and seconds of start-up that a process not using it
+# should not pay.
+
 DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-6", "offline": "offline-todo"}
+REDIS_TIMEOUT_SECONDS = 1.0
+"""A slow Redis delays a request by at most this per call before the rate limiter lets it through."""
 
 
 async def engine_resource(settings: Settings) -> AsyncIterator[AsyncEngine]:
@@ -49,9 +61,20 @@ async def engine_resource(settings: Settings) -> AsyncIterator[AsyncEngine]:
 async def agent_resource(settings: Settings) -> AsyncIterator[LLMAgent]:
     """The model named by CHATCORE_LLM; SDK clients are closed when the app stops."""
     if settings.llm == "offline":
-        yield OfflineTodoAgent()
+        from chatcore.adapters.offline.agent import OfflineTodoAgent
+
+        # In dev mode the offline agent's words arrive a little apart, so the chat page visibly streams.
+        yield OfflineTodoAgent(word_delay_seconds=0.02 if settings.dev_mode else 0.0)
         return
-    provider = {"openai": OpenAIChatAgent, "anthropic": AnthropicChatAgent}[settings.llm]
+    provider: type[OpenAIChatAgent | AnthropicChatAgent]
+    if settings.llm == "openai":
+        from chatcore.adapters.openai.agent import OpenAIChatAgent
+
+        provider = OpenAIChatAgent
+    else:
+        from chatcore.adapters.anthropic.agent import AnthropicChatAgent
+
+        provider = AnthropicChatAgent
     api_key, base_url = (
         (settings.openai_api_key, settings.openai_base_url)
         if settings.llm == "openai"
@@ -79,6 +102,9 @@ async def tools_resource(settings: Settings, tasks: TaskStore) -> AsyncIterator[
     if not settings.mcp_servers:
         yield todo
         return
+    from chatcore.adapters.mcp.config import parse_mcp_servers
+    from chatcore.adapters.mcp.registry import McpToolRegistry
+
     mounted = McpToolRegistry(
         parse_mcp_servers(settings.mcp_servers), call_timeout_seconds=settings.mcp_call_timeout_seconds
     )
@@ -107,6 +133,7 @@ def token_verifier(settings: Settings) -> TokenVerifier:
             settings.jwks_url,
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
+            algorithms=settings.jwt_algorithms,
             leeway_seconds=settings.auth_leeway_seconds,
         )
         if settings.jwks_url
@@ -117,6 +144,27 @@ def token_verifier(settings: Settings) -> TokenVerifier:
     return AlgorithmRoutingTokenVerifier(hs256=hs256, jwks=jwks)
 
 
+async def rate_limit_store_resource(settings: Settings) -> AsyncIterator[Store | None]:
+    """Where per-user request counts live: Redis (CHATCORE_REDIS_URL) so every replica shares them, else this
+    process's memory; None when CHATCORE_RATE_LIMIT is off. Nothing connects until the first request."""
+    if settings.rate_limit is None:
+        yield None
+        return
+    if not settings.redis_url:
+        yield MemoryStore()
+        return
+    from litestar.stores.redis import RedisStore
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS
+    )
+    try:
+        yield RedisStore(client, namespace=f"{settings.redis_namespace}:rate-limit")
+    finally:
+        await client.aclose()
+
+
 def chat_policy(settings: Settings) -> ChatPolicy:
     return ChatPolicy(
         history_limit=settings.history_limit,
@@ -124,6 +172,9 @@ def chat_policy(settings: Settings) -> ChatPolicy:
         max_tool_steps=settings.max_tool_steps,
         tool_timeout_seconds=settings.tool_timeout_seconds,
         system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
+        lease_seconds=settings.lease_seconds,
+        turn_wait_seconds=settings.turn_wait_seconds,
+        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
     )
 
 
@@ -133,13 +184,25 @@ class Container(containers.DeclarativeContainer):
     engine = providers.Resource(engine_resource, settings)
     store = providers.Singleton(SqlAlchemyConversationStore, engine)
     tasks = providers.Singleton(SqlAlchemyTaskStore, engine)
+    turn_events = providers.Singleton(SqlAlchemyTurnEventStore, engine)
     tools = providers.Resource(tools_resource, settings, tasks)
     agent = providers.Resource(agent_resource, settings)
     verifier = providers.Singleton(token_verifier, settings)
     policy = providers.Singleton(chat_policy, settings)
+    rate_limit_store = providers.Resource(rate_limit_store_resource, settings)
+
+    # Observability: a metrics registry per app; OTLP tracing only when configured. The service gets the agent
+    # and tools wrapped in measuring decorators; overriding ``agent`` or ``tools`` in a test keeps them measured.
+    metrics = providers.Singleton(ChatMetrics)
+    pool_gauge = providers.Resource(pool_gauge_resource, metrics, engine)
+    tracing = providers.Resource(tracing_resource, settings.provided.otlp_traces_endpoint)
+    engine_tracing = providers.Resource(engine_tracing_resource, tracing, engine)
+    tracer = providers.Callable(tracer_of, tracing)
+    observed_agent = providers.Singleton(InstrumentedAgent, agent, metrics, tracer)
+    observed_tools = providers.Singleton(InstrumentedToolRegistry, tools, metrics, tracer)
 
     chat_service = providers.Singleton(
-        ChatService, store=store, agent=agent, verifier=verifier, tools=tools, policy=policy
+        ChatService, store=store, agent=observed_agent, verifier=verifier, tools=observed_tools, policy=policy
     )
 
 

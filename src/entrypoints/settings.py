@@ -9,11 +9,48 @@ from typing import Literal
 
 LLMChoice = Literal["offline", "openai", "anthropic"]
 LLM_CHOICES: tuple[LLMChoice, ...] = ("offline", "openai", "anthropic")
+LogFormat = Literal["json", "console"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
 MIN_SECRET_BYTES = 32
+RateLimitUnit = Literal["second", "minute", "hour", "day"]
+RATE_LIMIT_UNITS: tuple[RateLimitUnit, ...] = ("second", "minute", "hour", "day")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+JWKS_ALGORITHMS = ("EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+"""What BETTER_AUTH_ALGORITHMS may list: asymmetric signatures only (never ``none`` or an HMAC on the JWKS path)."""
 
 
 class ConfigurationError(ValueError):
     """A setting is missing or malformed; the message names the variable and never its secret value."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``requests`` requests per ``unit`` for each authenticated user (``CHATCORE_RATE_LIMIT=30/minute``)."""
+
+    requests: int
+    unit: RateLimitUnit
+
+    def __post_init__(self) -> None:
+        if self.requests < 1:
+            raise ValueError("a rate limit allows at least 1 request")
+        if self.unit not in RATE_LIMIT_UNITS:
+            raise ValueError(f"the unit must be one of {', '.join(RATE_LIMIT_UNITS)}")
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.unit}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> RateLimit | None:
+        """``N/second|minute|hour|day``; empty, ``0``, ``0/<unit>`` or ``off`` mean no limit. ValueError otherwise."""
+        value = (text or "").strip().lower()
+        if value in ("", "0", "off"):
+            return None
+        count, slash, unit = value.partition("/")
+        count, unit = count.strip(), unit.strip()
+        if not slash or not count.isdigit() or unit not in RATE_LIMIT_UNITS:
+            raise ValueError(f"must look like 30/minute (N/{'|'.join(RATE_LIMIT_UNITS)}), or off; not {text!r}")
+        requests = int(count)
+        return None if requests == 0 else cls(requests, unit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +67,8 @@ class Settings:
     auth_issuer: str | None = None
     auth_audience: str | None = None
     auth_leeway_seconds: float = 30.0
+    jwt_algorithms: tuple[str, ...] = ("EdDSA", "ES256", "RS256", "PS256")
+    """The algorithms a JWKS token may use, whatever its header says (BETTER_AUTH_ALGORITHMS)."""
 
     llm: LLMChoice = "offline"
     model: str | None = None
@@ -50,9 +89,24 @@ class Settings:
     mcp_servers: str | None = field(default=None, repr=False)
     mcp_call_timeout_seconds: float = 30.0
 
+    lease_seconds: float = 120.0
+    """How long a turn holds its conversation between heartbeats; a crashed replica's turn frees it after this."""
+    turn_wait_seconds: float = 30.0
+    """How long a turn waits for a busy conversation (or a running twin with its Idempotency-Key) before 409."""
+    idempotency_ttl_seconds: float = 86_400.0
+    shutdown_grace_seconds: float = 30.0
+    """On SIGTERM, how long in-flight turns may take to finish before they are cancelled."""
+
     max_body_bytes: int = 256 * 1024
     cors_origins: tuple[str, ...] = ()
+    rate_limit: RateLimit | None = None
+    redis_url: str | None = field(default=None, repr=False)
+    redis_namespace: str = "chatcore"
     log_level: str = "INFO"
+    log_format: LogFormat | None = None
+    """None: JSON unless stdout is a terminal."""
+    otlp_traces_endpoint: str | None = None
+    """Where OpenTelemetry spans go (OTLP/HTTP); None: no tracing, and no OpenTelemetry SDK loaded."""
     dev_mode: bool = False
 
     @property
@@ -74,6 +128,18 @@ class Settings:
             raise ConfigurationError("CHATCORE_LLM=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
         if llm == "anthropic" and not anthropic_key and not reader.text("ANTHROPIC_BASE_URL"):
             raise ConfigurationError("CHATCORE_LLM=anthropic needs ANTHROPIC_API_KEY")
+        try:
+            rate_limit = RateLimit.parse(reader.text("CHATCORE_RATE_LIMIT"))
+        except ValueError as error:
+            raise ConfigurationError(f"CHATCORE_RATE_LIMIT {error}") from None
+        jwt_algorithms = tuple(a.strip() for a in (reader.text("BETTER_AUTH_ALGORITHMS") or "").split(",") if a.strip())
+        if unknown := [a for a in jwt_algorithms if a not in JWKS_ALGORITHMS]:
+            raise ConfigurationError(
+                f"BETTER_AUTH_ALGORITHMS may list {', '.join(JWKS_ALGORITHMS)}; not {', '.join(unknown)}"
+            )
+        redis_url = reader.text("CHATCORE_REDIS_URL")
+        if redis_url and not redis_url.startswith(REDIS_SCHEMES):
+            raise ConfigurationError(f"CHATCORE_REDIS_URL must start with {', '.join(REDIS_SCHEMES)}")
         settings = cls(
             database_url=reader.text("DATABASE_URL"),
             db_pool_size=reader.integer("CHATCORE_DB_POOL_SIZE", defaults.db_pool_size, minimum=1),
@@ -84,6 +150,7 @@ class Settings:
             auth_issuer=reader.text("BETTER_AUTH_ISSUER"),
             auth_audience=reader.text("BETTER_AUTH_AUDIENCE"),
             auth_leeway_seconds=reader.number("CHATCORE_AUTH_LEEWAY", defaults.auth_leeway_seconds, minimum=0),
+            jwt_algorithms=jwt_algorithms or defaults.jwt_algorithms,
             llm=llm,  # checked against LLM_CHOICES above
             model=reader.text("CHATCORE_MODEL"),
             openai_api_key=openai_key,
@@ -101,9 +168,20 @@ class Settings:
             system_prompt=reader.text("CHATCORE_SYSTEM_PROMPT"),
             mcp_servers=reader.text("CHATCORE_MCP_SERVERS"),
             mcp_call_timeout_seconds=reader.number("CHATCORE_MCP_TIMEOUT", defaults.mcp_call_timeout_seconds),
+            lease_seconds=reader.number("CHATCORE_LEASE_SECONDS", defaults.lease_seconds, minimum=1),
+            turn_wait_seconds=reader.number("CHATCORE_TURN_WAIT_SECONDS", defaults.turn_wait_seconds),
+            idempotency_ttl_seconds=reader.number(
+                "CHATCORE_IDEMPOTENCY_TTL", defaults.idempotency_ttl_seconds, minimum=1
+            ),
+            shutdown_grace_seconds=reader.number("CHATCORE_SHUTDOWN_GRACE", defaults.shutdown_grace_seconds),
             max_body_bytes=reader.integer("CHATCORE_MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1024),
             cors_origins=tuple(o.strip() for o in (reader.text("CHATCORE_CORS_ORIGINS") or "").split(",") if o.strip()),
+            rate_limit=rate_limit,
+            redis_url=redis_url,
+            redis_namespace=reader.text("CHATCORE_REDIS_NAMESPACE") or defaults.redis_namespace,
             log_level=(reader.text("CHATCORE_LOG_LEVEL") or defaults.log_level).upper(),
+            log_format=reader.log_format("CHATCORE_LOG_FORMAT"),
+            otlp_traces_endpoint=reader.otlp_traces_endpoint(),
             dev_mode=reader.flag("CHATCORE_DEV"),
         )
         if settings.auth_secret and len(settings.auth_secret.encode()) < MIN_SECRET_BYTES:
@@ -129,6 +207,10 @@ class Settings:
             shown[f.name] = ("<set>" if value else None) if f.name in secret_fields else value
         if self.database_url:
             shown["database_url"] = _redact_url(self.database_url)
+        if self.redis_url:
+            shown["redis_url"] = _redact_url(self.redis_url)
+        if self.rate_limit:
+            shown["rate_limit"] = str(self.rate_limit)
         return shown
 
 
@@ -177,6 +259,25 @@ class _Reader:
             return float(raw)
         except ValueError:
             raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
+
+    def log_format(self, name: str) -> LogFormat | None:
+        value = (self.text(name) or "").lower()
+        if not value:
+            return None
+        formats: dict[str, LogFormat] = {f: f for f in LOG_FORMATS}
+        if value in formats:
+            return formats[value]
+        raise ConfigurationError(f"{name} must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+
+    def otlp_traces_endpoint(self) -> str | None:
+        """OpenTelemetry's own variables: the traces URL as given, or the base URL with ``/v1/traces``."""
+        if self.flag("OTEL_SDK_DISABLED"):
+            return None
+        if traces := self.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            return traces
+        if base := self.text("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            return base.rstrip("/") + "/v1/traces"
+        return None
 
     def flag(self, name: str) -> bool:
         return (self.text(name) or "").lower() in {"1", "true", "yes", "on"}

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import respx
 
-from chatcore.adapters.anthropic.agent import AnthropicChatAgent
+from chatcore.adapters.anthropic.agent import CUT_OFF_REPLY, AnthropicChatAgent
 from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
 from chatcore.model import (
     AgentRequest,
@@ -37,7 +37,6 @@ MESSAGES_URL = f"{BASE_URL}/v1/messages"
 SYSTEM_PROMPT = "You are a helpful todo assistant. The user is alice@example.com."
 SECRET_USER_TEXT = "my bank PIN is 4321"
 MODEL = "claude-sonnet-4-6"
-DEFAULT_MODEL_DEPRECATED = "ignore:The model 'claude-sonnet-4-5' is deprecated:DeprecationWarning"
 """The SDK warns about the default model, which reaches end-of-life on 2026-11-30; tests use MODEL instead."""
 
 ADD_TASK = ToolSpec(
@@ -242,7 +241,6 @@ async def test_request_is_exactly_the_messages_api_wire_format(httpx2_mock: resp
     assert "anthropic-version" in sent.headers
 
 
-@pytest.mark.filterwarnings(DEFAULT_MODEL_DEPRECATED)
 async def test_defaults_and_omitted_system_tools_and_temperature(httpx2_mock: respx.Router) -> None:
     route = httpx2_mock.post(MESSAGES_URL).respond(200, json=TEXT_RESPONSE)
     agent = AnthropicChatAgent(api_key=API_KEY, base_url=BASE_URL, max_retries=0)
@@ -251,7 +249,7 @@ async def test_defaults_and_omitted_system_tools_and_temperature(httpx2_mock: re
     await agent.aclose()
 
     assert sent_body(route) == {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-4-6",
         "max_tokens": 1024,
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
     }
@@ -372,6 +370,31 @@ async def test_several_tool_uses_in_one_response(httpx2_mock: respx.Router, agen
         ToolCall(id="toolu_01W1x3hL56sCom4vPVtP9Wr8", name="list_tasks", arguments={}),
     )
     assert response.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize(
+    ("text_blocks", "expected_text"),
+    [
+        ([{"type": "text", "text": "I'll add that task for you."}], "I'll add that task for you."),
+        ([], CUT_OFF_REPLY),
+    ],
+)
+async def test_a_tool_use_cut_off_by_max_tokens_is_not_run(
+    httpx2_mock: respx.Router,
+    agent: AnthropicChatAgent,
+    text_blocks: list[dict[str, Any]],
+    expected_text: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # stop_reason, not the presence of tool_use blocks, drives the loop: a truncated input must not run.
+    truncated = {"type": "tool_use", "id": "toolu_01Cut", "name": "add_task", "input": {"title": "Buy mi"}}
+    body = {**TEXT_AND_TOOL_USE_RESPONSE, "content": [*text_blocks, truncated], "stop_reason": "max_tokens"}
+    httpx2_mock.post(MESSAGES_URL).respond(200, json=body)
+
+    response = await agent.complete(request())
+
+    assert response == AgentResponse(text=expected_text, stop_reason="max_tokens")
+    assert "max_tokens" in caplog.text
 
 
 async def test_text_blocks_are_joined_and_thinking_is_not_the_answer(

@@ -13,7 +13,7 @@ import pytest
 from mcp_types import CallToolResult, ImageContent, TextContent
 
 from chatcore.adapters.mcp.registry import McpServerConfig, McpToolRegistry, parse_mcp_servers, tool_result_json
-from chatcore.adapters.tools.composite import CompositeToolRegistry, ToolNameConflict
+from chatcore.adapters.tools.composite import CompositeToolRegistry
 from chatcore.adapters.tools.todo import TodoToolRegistry
 from chatcore.errors import ToolError
 from chatcore.fakes import FunctionAgent, InMemoryConversationStore, InMemoryTaskStore, StaticTokenVerifier
@@ -213,12 +213,21 @@ async def test_a_server_that_goes_down_is_dropped_then_mounted_again_when_it_ret
         await server.kill()
 
 
-async def test_a_tool_offered_by_two_servers_is_a_configuration_error(http_server: HttpFixtureServer) -> None:
+async def test_a_tool_offered_by_two_servers_goes_to_the_first_with_one_warning(
+    http_server: HttpFixtureServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "local" offers exactly the names "remote" offers: every one of its tools is shadowed, none fails the listing.
     servers = [McpServerConfig(name="remote", url=http_server.url), stdio_server("local", prefix="h_")]
 
-    async with McpToolRegistry(servers) as registry:
-        with pytest.raises(ToolNameConflict, match="'h_echo' is offered by both MCP servers 'remote' and 'local'"):
-            await registry.list_tools()
+    async with McpToolRegistry(servers, list_ttl_seconds=0) as registry:
+        first = [spec.name for spec in await registry.list_tools()]
+        second = [spec.name for spec in await registry.list_tools()]
+
+        assert sorted(first) == sorted(second) == sorted("h_" + name for name in FIXTURE_TOOLS)
+        assert await registry.call(ALICE, "h_echo", {"text": "which one?"}) == "which one?"
+        warnings = [r.getMessage() for r in caplog.records if "offered by both" in r.getMessage()]
+        assert len(warnings) == len(FIXTURE_TOOLS)  # once per name, not once per listing
+        assert "'h_echo' is offered by both MCP servers 'remote' and 'local'; the first is used" in "\n".join(warnings)
 
 
 async def test_mounted_beside_the_todo_tools_in_a_composite(stdio_registry: McpToolRegistry) -> None:

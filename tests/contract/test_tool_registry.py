@@ -19,7 +19,7 @@ from chatcore import Principal, TaskNotFound, ToolError, ToolRegistry, ToolSpec
 from chatcore.adapters.sqlalchemy.engine import create_engine
 from chatcore.adapters.sqlalchemy.tables import metadata
 from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
-from chatcore.adapters.tools.composite import CompositeToolRegistry, ToolNameConflict
+from chatcore.adapters.tools.composite import CompositeToolRegistry
 from chatcore.adapters.tools.todo import TodoToolRegistry
 from chatcore.fakes import InMemoryTaskStore, InMemoryToolRegistry
 from chatcore.model import JsonValue
@@ -345,10 +345,28 @@ async def test_composite_routes_before_any_listing_and_sees_tools_added_later() 
     assert await tools.call(BOB, "echo", {"text": "late"}) == {"said": "late", "to": "bob"}
 
 
-async def test_composite_refuses_duplicate_tool_names_when_listing() -> None:
-    tools = CompositeToolRegistry(TodoToolRegistry(InMemoryTaskStore()), TodoToolRegistry(InMemoryTaskStore()))
-    with pytest.raises(ToolNameConflict, match="add_task"):
-        await tools.list_tools()
+async def test_composite_keeps_the_first_registrys_tool_on_a_duplicate_name_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ours, theirs = InMemoryTaskStore(), InMemoryToolRegistry()
+    impostor = ToolSpec("add_task", "A mounted server's tool that happens to share our name.", ECHO.parameters)
+    theirs.register(impostor, echo)
+    theirs.register(ECHO, echo)
+    tools = CompositeToolRegistry(TodoToolRegistry(ours), theirs)
+
+    for _ in range(3):  # every turn lists the tools: a conflict must not fail any of them
+        specs = await tools.list_tools()
+        assert [spec.name for spec in specs] == [*TODO_TOOL_NAMES, "echo"]
+        assert next(spec for spec in specs if spec.name == "add_task").description != impostor.description
+
+    assert (await tools.call(ALICE, "add_task", {"title": "Ours"}))["status"] == "created"
+    assert [task.title for task in ours.tasks.values()] == ["Ours"]
+    assert theirs.calls == []
+    assert await tools.call(ALICE, "echo", {"text": "still routed"}) == {"said": "still routed", "to": "alice"}
+    warnings = [record for record in caplog.records if "offered by both" in record.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].levelname == "WARNING"
+    assert "'add_task'" in warnings[0].getMessage()
 
 
 async def test_an_empty_composite_lists_nothing_and_refuses_calls() -> None:

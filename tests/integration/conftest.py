@@ -35,7 +35,7 @@ def app_client(postgres_url: str) -> AppClient:
 
     @asynccontextmanager
     async def open_client(agent: LLMAgent | None = None, **overrides: Any) -> AsyncIterator[AsyncTestClient[Any]]:
-        settings = Settings(database_url=postgres_url, auth_secret=SECRET, **overrides)
+        settings = Settings(**{"database_url": postgres_url, "auth_secret": SECRET, **overrides})
         container = build_container(settings)
         if agent is not None:
             container.agent.override(providers.Object(agent))

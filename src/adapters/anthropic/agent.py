@@ -15,7 +15,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Literal, assert_never
 
 import anthropic
@@ -32,7 +32,18 @@ from anthropic.types import (
 )
 
 from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
-from chatcore.model import AgentRequest, AgentResponse, ChatMessage, JsonValue, Role, ToolCall, ToolSpec
+from chatcore.model import (
+    AgentRequest,
+    AgentResponse,
+    AgentStreamEvent,
+    ChatMessage,
+    JsonValue,
+    Role,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+)
 
 logger = logging.getLogger("chatcore.adapters.anthropic")
 
@@ -42,6 +53,12 @@ DEFAULT_RETRY_AFTER = 10
 
 INVALID_JSON_KEY = "_invalid_json"
 """The key under which tool input that is not a JSON object is passed on, so the tool's schema rejects it."""
+
+CUT_OFF_REPLY = (
+    "My reply was cut off before I could finish what I was doing, so I did not do it. "
+    "Please try again, or ask for less at once."
+)
+"""The answer when the model stopped mid tool call and said nothing the user could read."""
 
 _CONTEXT_TOO_LONG = re.compile(r"prompt is too long|exceed context limit|context window")
 """How the Messages API words a prompt that does not fit (alone, or together with ``max_tokens``)."""
@@ -64,7 +81,7 @@ class AnthropicChatAgent:
     def __init__(
         self,
         *,
-        model: str = "claude-sonnet-4-5",
+        model: str = "claude-sonnet-4-6",
         api_key: str | None = None,
         base_url: str | None = None,
         max_tokens: int = 1024,
@@ -99,6 +116,42 @@ class AnthropicChatAgent:
         except anthropic.AnthropicError as error:
             raise _map_error(error) from error
         return _map_response(message)
+
+    async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
+        """``complete`` through the SDK's stream helper: ``text_delta`` and ``input_json_delta`` pieces as they
+        arrive, then the Message the SDK accumulated, read by ``_map_response``, so both paths answer alike.
+        """
+        tools = _map_tools(request.tools)
+        calls: dict[int, int] = {}
+        # content block index -> the tool call's index among this step's calls
+        try:
+            async with self._client.messages.stream(
+                model=self.model,
+                max_tokens=self.max_tokens,
+                system=request.system_prompt or omit,
+                messages=_map_messages(request.messages),
+                tools=tools or omit,
+                extra_body=None if self.temperature is None else {"temperature": self.temperature},
+            ) as events:
+                async for event in events:
+                    if isinstance(event, anthropic.types.RawContentBlockStartEvent):
+                        block = event.content_block
+                        if isinstance(block, ToolUseBlock):
+                            calls[event.index] = len(calls)
+                            yield ToolCallDelta(calls[event.index], id=block.id, name=block.name)
+                    elif isinstance(event, anthropic.types.RawContentBlockDeltaEvent):
+                        delta = event.delta
+                        if isinstance(delta, anthropic.types.TextDelta) and delta.text:
+                            yield TextDelta(delta.text)
+                        elif isinstance(delta, anthropic.types.InputJSONDelta) and event.index in calls:
+                            yield ToolCallDelta(calls[event.index], arguments=delta.partial_json)
+                message = await events.get_final_message()
+        except anthropic.AnthropicError as error:
+            raise _map_error(error) from error
+        except ValueError as error:  # the SDK could not parse a tool's streamed input as JSON
+            logger.warning("anthropic stream carried unreadable tool input", extra={"event": "agent_error"})
+            raise AgentUnavailable("Anthropic request failed: unreadable tool input", provider=PROVIDER) from error
+        yield _map_response(message)
 
     async def aclose(self) -> None:
         """Release the SDK client's connections, when this agent created the client."""
@@ -187,7 +240,13 @@ def _map_tools(tools: Sequence[ToolSpec]) -> list[ToolParam]:
 
 
 def _map_response(message: Message) -> AgentResponse:
-    """Text blocks joined, ``tool_use`` blocks as calls; other blocks (thinking, server tools) are not ours."""
+    """Text blocks joined, ``tool_use`` blocks as calls; other blocks (thinking, server tools) are not ours.
+
+    ``stop_reason`` decides whether the calls run: only ``tool_use`` means "run these and come back".
+    A ``tool_use`` block in a reply that stopped for another reason (``max_tokens`` cut it off) may
+    hold half its input, and running it would act on arguments the model never finished writing, so
+    the calls are dropped and the reply ends the turn (with a sentence saying why when it has no text).
+    """
     text: list[str] = []
     calls: list[ToolCall] = []
     for block in message.content:
@@ -195,7 +254,17 @@ def _map_response(message: Message) -> AgentResponse:
             text.append(block.text)
         elif isinstance(block, ToolUseBlock):
             calls.append(ToolCall(id=block.id, name=block.name, arguments=_arguments(block.input)))
-    return AgentResponse(text="".join(text), tool_calls=tuple(calls), stop_reason=message.stop_reason)
+    answer = "".join(text)
+    if calls and message.stop_reason != "tool_use":
+        logger.warning(
+            "anthropic reply stopped for %s with %d unfinished tool call(s); they are not run "
+            "(raise CHATCORE_MAX_TOKENS if this is max_tokens)",
+            message.stop_reason,
+            len(calls),
+            extra={"event": "agent_cut_off", "provider": PROVIDER, "stop_reason": message.stop_reason},
+        )
+        return AgentResponse(text=answer.strip() or CUT_OFF_REPLY, stop_reason=message.stop_reason)
+    return AgentResponse(text=answer, tool_calls=tuple(calls), stop_reason=message.stop_reason)
 
 
 def _arguments(value: object) -> dict[str, JsonValue]:

@@ -11,10 +11,11 @@ Design choices, each for a reason:
   requires a task group to be left by the task that entered it, and requests arrive on whatever
   task serves the chat turn. Requests from any task share the session (JSON-RPC multiplexes them).
 * **Tool names are exposed as the servers give them**, so the model sees ``get_weather``, not
-  ``weather__get_weather``. Two servers offering the same name is a configuration error:
-  ``list_tools`` raises ToolNameConflict, exactly like CompositeToolRegistry does when an MCP tool
-  collides with chatcore's own. A name providers would reject (outside ``[A-Za-z0-9_-]{1,64}``)
-  is skipped with a warning instead of failing every turn.
+  ``weather__get_weather``. When two servers offer the same name, the server configured first
+  keeps it and the other's tool is left out with a warning (once), exactly like
+  CompositeToolRegistry does when an MCP tool collides with chatcore's own: a server that adds a
+  tool while the app runs must not fail every turn. A name providers would reject (outside
+  ``[A-Za-z0-9_-]{1,64}``) is skipped with a warning for the same reason.
 * **A server that is down or too slow is left out**: its tools are not listed and a call to one of
   them is a ToolError saying the server is unavailable; the other servers' tools and the turn go on.
   After a failure the server is not retried for ``retry_unavailable_seconds``, so an outage costs
@@ -49,7 +50,6 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, CallToolResult, Implementation, PaginatedRequestParams, TextContent, Tool
 
 from chatcore.adapters.mcp.config import McpServerConfig, parse_mcp_servers
-from chatcore.adapters.tools.composite import ToolNameConflict
 from chatcore.errors import ToolError
 from chatcore.model import JsonValue, Principal, ToolSpec
 
@@ -225,6 +225,7 @@ class McpToolRegistry:
             _Server(server, _Connection(server, connect_timeout=connect_timeout_seconds)) for server in servers
         ]
         self._owners: dict[str, _Server] = {}
+        self._warned: set[tuple[str, str, str]] = set()
 
     def __repr__(self) -> str:
         return f"McpToolRegistry(servers={[s.config.name for s in self._servers]!r})"
@@ -250,10 +251,8 @@ class McpToolRegistry:
                 continue
             for spec in server.tools:
                 if spec.name in owners:
-                    raise ToolNameConflict(
-                        f"Tool {spec.name!r} is offered by both MCP servers {owners[spec.name].config.name!r} and "
-                        f"{server.config.name!r}; tool names must be unique across mounted servers."
-                    )
+                    self._warn_shadowed(spec.name, owners[spec.name], server)
+                    continue
                 owners[spec.name] = server
                 specs.append(spec)
         for server in self._servers:
@@ -261,6 +260,20 @@ class McpToolRegistry:
                 owners.setdefault(spec.name, server)
         self._owners = owners
         return specs
+
+    def _warn_shadowed(self, name: str, kept: _Server, shadowed: _Server) -> None:
+        """One warning per name and pair of servers, not one per turn."""
+        key = (name, kept.config.name, shadowed.config.name)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        logger.warning(
+            "tool %r is offered by both MCP servers %r and %r; the first is used, the other left out",
+            name,
+            kept.config.name,
+            shadowed.config.name,
+            extra={"event": "tool_name_conflict", "tool": name, "mcp_server": shadowed.config.name},
+        )
 
     async def call(self, principal: Principal, name: str, arguments: Mapping[str, JsonValue]) -> JsonValue:
         """Forward the call to the server that offers ``name``; ``principal`` is deliberately not sent."""

@@ -11,12 +11,24 @@ The parser is a table of compiled regexes, tried in order, each with a small han
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from chatcore.model import AgentRequest, AgentResponse, ChatMessage, JsonValue, Role, ToolCall, ToolResult
+from chatcore.model import (
+    AgentRequest,
+    AgentResponse,
+    AgentStreamEvent,
+    ChatMessage,
+    JsonValue,
+    Role,
+    TextDelta,
+    ToolCall,
+    ToolResult,
+)
+from chatcore.streaming import stream_of_response
 
 EXAMPLES: Final = (
     "- “Add a task to buy groceries”\n"
@@ -76,6 +88,18 @@ class OfflineTodoAgent:
     """An LLMAgent that understands everyday todo phrasing without a model. Never raises, never calls out."""
 
     provider = "offline"
+
+    def __init__(self, *, word_delay_seconds: float = 0.0) -> None:
+        if word_delay_seconds < 0:
+            raise ValueError("word_delay_seconds must not be negative")
+        self.word_delay_seconds = word_delay_seconds
+
+    async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
+        """The reply word by word, like a model streams it; ``word_delay_seconds`` paces a demo so it can be seen."""
+        for event in stream_of_response(await self.complete(request)):
+            if isinstance(event, TextDelta):
+                await asyncio.sleep(self.word_delay_seconds)
+            yield event
 
     async def complete(self, request: AgentRequest) -> AgentResponse:
         turn = _read_turn(request)

@@ -6,14 +6,21 @@ until commit, so concurrent writers to one conversation queue up instead of
 colliding. On PostgreSQL each write is a single statement (data-modifying CTEs),
 plus one re-read of the window when ``begin_turn`` had to wait for another turn;
 elsewhere the same steps run as a few statements in one transaction.
+
+The same UPDATE takes and gives back the conversation's lease (``lease_owner``,
+``lease_expires_at``): it matches no row while another turn holds a live lease, so a
+busy conversation costs no extra statement on the normal path, and no lock is waited
+for behind a turn that is thinking. Only when it matches nothing does a second query
+tell "not yours" from "busy". Idempotency-Key rows are in ``idempotency.py``.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -28,12 +35,15 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
+    delete,
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -41,14 +51,19 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
 
+from chatcore.adapters.sqlalchemy import idempotency as keys
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import TITLE_MAX_LENGTH, as_utc
 from chatcore.adapters.sqlalchemy.tables import conversations as conversations_table
 from chatcore.adapters.sqlalchemy.tables import messages as messages_table
-from chatcore.errors import ConversationNotFound
+from chatcore.errors import ChatError, ConversationBusy, ConversationNotFound, LeaseLost
+from chatcore.idempotency import IdempotentReply
 from chatcore.model import (
+    PREVIEW_LENGTH,
     ChatMessage,
+    ChatReply,
     Conversation,
+    ConversationSummary,
     JsonValue,
     Message,
     MessageStatus,
@@ -82,10 +97,15 @@ _BATCH_COLUMNS: dict[str, TypeEngine[Any]] = {
 
 
 class SqlAlchemyConversationStore:
-    """A ``chatcore.ports.ConversationStore`` on an AsyncEngine from ``engine.create_engine``."""
+    """A ``chatcore.ports.ConversationStore`` on an AsyncEngine from ``engine.create_engine``.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    ``clock`` stamps rows and judges lease and key expiry; every replica's clock should be NTP-synced
+    (a skew of well under the lease is harmless).
+    """
+
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
+        self._clock = clock
         self._single_statement = engine.dialect.name == "postgresql"
 
     async def begin_turn(
@@ -97,25 +117,28 @@ class SqlAlchemyConversationStore:
         turn_id: uuid.UUID,
         history_limit: int,
         title: str | None = None,
+        lease_seconds: float | None = None,
     ) -> TurnStart:
+        now = self._clock()
+        lease = _Lease(turn_id, now, None if lease_seconds is None else now + timedelta(seconds=lease_seconds))
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             if conversation_id is None:
-                return await self._create(connection, user_id, message, turn_id, title)
+                return await self._create(connection, user_id, message, lease, title)
             if self._single_statement:
                 return await self._continue_in_one_statement(
-                    connection, user_id, conversation_id, message, turn_id, history_limit
+                    connection, user_id, conversation_id, message, lease, history_limit
                 )
-            return await self._continue(connection, user_id, conversation_id, message, turn_id, history_limit)
+            return await self._continue(connection, user_id, conversation_id, message, lease, history_limit)
 
     async def _create(
         self,
         connection: AsyncConnection,
         user_id: str,
         message: ChatMessage,
-        turn_id: uuid.UUID,
+        lease: _Lease,
         title: str | None,
     ) -> TurnStart:
-        now = utcnow()
+        now, turn_id = lease.now, lease.turn_id
         conversation = Conversation(
             id=uuid.uuid4(),
             user_id=user_id,
@@ -131,6 +154,8 @@ class SqlAlchemyConversationStore:
             created_at=now,
             updated_at=now,
             last_seq=1,
+            lease_owner=None if lease.until is None else str(turn_id),
+            lease_expires_at=lease.until,
         )
         row = _row(user_message)
         if self._single_statement:
@@ -153,17 +178,18 @@ class SqlAlchemyConversationStore:
         user_id: str,
         conversation_id: uuid.UUID,
         message: ChatMessage,
-        turn_id: uuid.UUID,
+        lease: _Lease,
         history_limit: int,
     ) -> TurnStart:
-        """Reserve the next seq (checking ownership), read the window below it, store the message."""
+        """Reserve the next seq (checking ownership and the lease), read the window below it, store the message."""
+        turn_id = lease.turn_id
         found = (
             await connection.execute(
-                _bump(user_id, conversation_id, by=1, now=utcnow()).returning(*_CONVERSATION_COLUMNS)
+                _bump(user_id, conversation_id, by=1, lease=lease).returning(*_CONVERSATION_COLUMNS)
             )
         ).one_or_none()
         if found is None:
-            raise ConversationNotFound()
+            raise await _missing_or(connection, user_id, conversation_id, ConversationBusy())
         seq: int = found.last_seq
         history = await _window(connection, conversation_id, before=seq, limit=history_limit)
         user_message = _stored(message, conversation_id, seq, turn_id)
@@ -176,7 +202,7 @@ class SqlAlchemyConversationStore:
         user_id: str,
         conversation_id: uuid.UUID,
         message: ChatMessage,
-        turn_id: uuid.UUID,
+        lease: _Lease,
         history_limit: int,
     ) -> TurnStart:
         """``_continue`` as one PostgreSQL statement: one round trip, whatever the window size.
@@ -187,7 +213,8 @@ class SqlAlchemyConversationStore:
         Committed seqs have no gaps, so such a window is recognisable (it does not end right
         below the reserved seq) and is read again: now, holding the lock, completely.
         """
-        bumped = _bump(user_id, conversation_id, by=1, now=utcnow()).returning(*_CONVERSATION_COLUMNS).cte("bumped")
+        turn_id = lease.turn_id
+        bumped = _bump(user_id, conversation_id, by=1, lease=lease).returning(*_CONVERSATION_COLUMNS).cte("bumped")
         row = _row(_stored(message, conversation_id, 0, turn_id))
         row["seq"] = bumped.c.last_seq
         store = (
@@ -212,7 +239,7 @@ class SqlAlchemyConversationStore:
         )
         rows = (await connection.execute(statement)).all()
         if not rows:
-            raise ConversationNotFound()
+            raise await _missing_or(connection, user_id, conversation_id, ConversationBusy())
         first = rows[0]._mapping
         seq: int = first["last_seq"]
         history = tuple(
@@ -238,24 +265,43 @@ class SqlAlchemyConversationStore:
         messages: Sequence[ChatMessage],
         *,
         turn_id: uuid.UUID,
+        idempotency: IdempotentReply | None = None,
     ) -> tuple[Message, ...]:
+        now = self._clock()
+        release = _Lease(turn_id, now, None, True)
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             if messages and self._single_statement:
-                return await self._append_in_one_statement(connection, user_id, conversation_id, messages, turn_id)
-            last_seq = (
-                await connection.execute(
-                    _bump(user_id, conversation_id, by=len(messages), now=utcnow()).returning(
-                        conversations_table.c.last_seq
-                    )
-                )
-            ).scalar_one_or_none()
-            if last_seq is None:
-                raise ConversationNotFound()
-            first = last_seq - len(messages) + 1
-            stored = tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(messages))
-            if stored:
-                await connection.execute(insert(messages_table).values([_row(m) for m in stored]))
+                stored = await self._append_in_one_statement(connection, user_id, conversation_id, messages, release)
+            else:
+                stored = await self._append(connection, user_id, conversation_id, messages, release)
+            if idempotency is not None and not await keys.complete(
+                connection, user_id, idempotency, turn_id=turn_id, conversation_id=conversation_id, now=now
+            ):
+                raise LeaseLost()  # leaving the block rolls the messages back with it
             return stored
+
+    async def _append(
+        self,
+        connection: AsyncConnection,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        messages: Sequence[ChatMessage],
+        release: _Lease,
+    ) -> tuple[Message, ...]:
+        last_seq = (
+            await connection.execute(
+                _bump(user_id, conversation_id, by=len(messages), lease=release).returning(
+                    conversations_table.c.last_seq
+                )
+            )
+        ).scalar_one_or_none()
+        if last_seq is None:
+            raise await _missing_or(connection, user_id, conversation_id, LeaseLost())
+        first = last_seq - len(messages) + 1
+        stored = tuple(_stored(m, conversation_id, first + i, release.turn_id) for i, m in enumerate(messages))
+        if stored:
+            await connection.execute(insert(messages_table).values([_row(m) for m in stored]))
+        return stored
 
     async def _append_in_one_statement(
         self,
@@ -263,7 +309,7 @@ class SqlAlchemyConversationStore:
         user_id: str,
         conversation_id: uuid.UUID,
         batch: Sequence[ChatMessage],
-        turn_id: uuid.UUID,
+        release: _Lease,
     ) -> tuple[Message, ...]:
         """``finish_turn`` as one PostgreSQL statement: bump ``last_seq`` by n, insert n rows numbered below it.
 
@@ -271,8 +317,9 @@ class SqlAlchemyConversationStore:
         same for every batch size and asyncpg reuses one prepared statement.
         """
         count = len(batch)
+        turn_id = release.turn_id
         bumped = (
-            _bump(user_id, conversation_id, by=count, now=utcnow())
+            _bump(user_id, conversation_id, by=count, lease=release)
             .returning(conversations_table.c.last_seq)
             .cte("bumped")
         )
@@ -306,7 +353,7 @@ class SqlAlchemyConversationStore:
         )
         seqs = sorted((await connection.execute(statement)).scalars().all())
         if not seqs:
-            raise ConversationNotFound()
+            raise await _missing_or(connection, user_id, conversation_id, LeaseLost())
         first = seqs[0]
         return tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(batch))
 
@@ -323,6 +370,64 @@ class SqlAlchemyConversationStore:
             )
             if result.rowcount == 0 and (await connection.scalar(_owned(user_id, conversation_id))) is None:
                 raise ConversationNotFound()
+
+    async def renew_turn(
+        self,
+        user_id: str,
+        turn_id: uuid.UUID,
+        *,
+        conversation_id: uuid.UUID | None,
+        idempotency_key: str | None,
+        lease_seconds: float,
+    ) -> bool:
+        until = self._clock() + timedelta(seconds=lease_seconds)
+        held = True
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            if conversation_id is not None:
+                renewed = await connection.execute(
+                    _held_by(user_id, conversation_id, turn_id).values(lease_expires_at=until)
+                )
+                held = renewed.rowcount == 1
+            if idempotency_key is not None:
+                held = await keys.renew(connection, user_id, idempotency_key, turn_id=turn_id, until=until) and held
+        return held
+
+    async def release_turn(
+        self,
+        user_id: str,
+        turn_id: uuid.UUID,
+        *,
+        conversation_id: uuid.UUID | None,
+        idempotency_key: str | None,
+    ) -> None:
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            if conversation_id is not None:
+                await connection.execute(
+                    _held_by(user_id, conversation_id, turn_id).values(lease_owner=None, lease_expires_at=None)
+                )
+            if idempotency_key is not None:
+                await keys.release(connection, user_id, idempotency_key, turn_id=turn_id)
+
+    async def claim_idempotency_key(
+        self,
+        user_id: str,
+        key: str,
+        request_hash: str,
+        *,
+        turn_id: uuid.UUID,
+        hold_seconds: float,
+    ) -> ChatReply | None:
+        now = self._clock()
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            return await keys.claim(
+                connection,
+                user_id,
+                key,
+                request_hash,
+                turn_id=turn_id,
+                now=now,
+                hold_until=now + timedelta(seconds=hold_seconds),
+            )
 
     async def get(self, user_id: str, conversation_id: uuid.UUID) -> Conversation:
         async with store_unavailable_on_outage(), self._engine.connect() as connection:
@@ -365,6 +470,99 @@ class SqlAlchemyConversationStore:
         found = [_message_from(r._mapping, prefix=_MESSAGE_PREFIX) for r in rows if r._mapping["m_id"] is not None]
         return tuple(sorted(found, key=lambda m: m.seq))
 
+    async def list_conversations(
+        self, user_id: str, *, limit: int, before: tuple[datetime, uuid.UUID] | None = None
+    ) -> tuple[ConversationSummary, ...]:
+        """One statement: a backward scan of (user_id, updated_at DESC), each row with its preview subquery."""
+        if limit <= 0:
+            return ()
+        preview = (
+            select(func.substr(messages_table.c.content, 1, PREVIEW_LENGTH))
+            .where(
+                messages_table.c.conversation_id == conversations_table.c.id,
+                messages_table.c.role.in_((Role.USER.value, Role.ASSISTANT.value)),
+                messages_table.c.content != "",
+            )
+            .order_by(messages_table.c.seq.desc())
+            .limit(1)
+            .correlate(conversations_table)
+            .scalar_subquery()
+        )
+        statement = (
+            select(*_CONVERSATION_COLUMNS, preview.label("preview"))
+            .where(conversations_table.c.user_id == user_id)
+            .order_by(conversations_table.c.updated_at.desc(), conversations_table.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            keyset = tuple_(
+                literal(as_utc(before[0]), conversations_table.c.updated_at.type), literal(before[1], Uuid())
+            )
+            statement = statement.where(tuple_(conversations_table.c.updated_at, conversations_table.c.id) < keyset)
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+        return tuple(
+            ConversationSummary(
+                id=row.id,
+                title=row.title,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+                preview=row.preview,
+            )
+            for row in rows
+        )
+
+    async def list_messages(
+        self, user_id: str, conversation_id: uuid.UUID, *, limit: int, after_seq: int = 0
+    ) -> tuple[Message, ...]:
+        """One statement, like ``history``: the ownership row left-joined to a forward scan of the unique index."""
+        page = (
+            select(*_MESSAGE_COLUMNS)
+            .where(messages_table.c.conversation_id == conversation_id, messages_table.c.seq > after_seq)
+            .order_by(messages_table.c.seq)
+            .limit(max(limit, 0))
+            .subquery("page")
+        )
+        statement = (
+            select(
+                conversations_table.c.id.label("conversation"),
+                *(page.c[c.name].label(_MESSAGE_PREFIX + c.name) for c in _MESSAGE_COLUMNS),
+            )
+            .select_from(conversations_table.outerjoin(page, true()))
+            .where(conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id)
+        )
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+        if not rows:
+            raise ConversationNotFound()
+        found = [_message_from(r._mapping, prefix=_MESSAGE_PREFIX) for r in rows if r._mapping["m_id"] is not None]
+        return tuple(sorted(found, key=lambda m: m.seq))
+
+    async def rename(self, user_id: str, conversation_id: uuid.UUID, title: str) -> Conversation:
+        statement = (
+            update(conversations_table)
+            .where(conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id)
+            .values(title=title[:TITLE_MAX_LENGTH])
+            .returning(*_CONVERSATION_COLUMNS)
+        )
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            found = (await connection.execute(statement)).one_or_none()
+        if found is None:
+            raise ConversationNotFound()
+        return _conversation_from(found._mapping)
+
+    async def delete(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        """One DELETE; messages, turns and turn events go with it through ON DELETE CASCADE."""
+        statement = (
+            delete(conversations_table)
+            .where(conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id)
+            .returning(conversations_table.c.id)
+        )
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            found = (await connection.execute(statement)).one_or_none()
+        if found is None:
+            raise ConversationNotFound()
+
     async def ping(self) -> None:
         async with store_unavailable_on_outage(), self._engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -386,13 +584,57 @@ async def _window(
     return tuple(_message_from(row._mapping) for row in reversed(rows))
 
 
-def _bump(user_id: str, conversation_id: uuid.UUID, *, by: int, now: datetime) -> Update:
-    """Reserve ``by`` seqs of the user's conversation; matches no row when another user owns it."""
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    """What a bump does with the conversation's lease for ``turn_id``: take it until ``until``, give it back
+    (``release``), or neither; in every case it matches no row while another turn's lease is live."""
+
+    turn_id: uuid.UUID
+    now: datetime
+    until: datetime | None
+    release: bool = False
+
+
+def _bump(user_id: str, conversation_id: uuid.UUID, *, by: int, lease: _Lease) -> Update:
+    """Reserve ``by`` seqs of the user's conversation; matches no row when another user owns it or holds it."""
+    columns = conversations_table.c
+    values: dict[str, Any] = {"last_seq": columns.last_seq + by, "updated_at": lease.now}
+    if lease.until is not None:
+        values.update(lease_owner=str(lease.turn_id), lease_expires_at=lease.until)
+    elif lease.release:
+        values.update(lease_owner=None, lease_expires_at=None)
     return (
         update(conversations_table)
-        .where(conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id)
-        .values(last_seq=conversations_table.c.last_seq + by, updated_at=now)
+        .where(columns.id == conversation_id, columns.user_id == user_id, _free_for(lease.turn_id, lease.now))
+        .values(**values)
     )
+
+
+def _free_for(turn_id: uuid.UUID, now: datetime) -> ColumnElement[bool]:
+    """No turn but ``turn_id`` holds a lease that is still live at ``now``."""
+    columns = conversations_table.c
+    return or_(
+        columns.lease_owner.is_(None),
+        columns.lease_owner == str(turn_id),
+        columns.lease_expires_at.is_(None),
+        columns.lease_expires_at <= now,
+    )
+
+
+def _held_by(user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> Update:
+    columns = conversations_table.c
+    return update(conversations_table).where(
+        columns.id == conversation_id, columns.user_id == user_id, columns.lease_owner == str(turn_id)
+    )
+
+
+async def _missing_or(
+    connection: AsyncConnection, user_id: str, conversation_id: uuid.UUID, otherwise: ChatError
+) -> ChatError:
+    """Why a bump matched nothing: the conversation is not the user's, or (``otherwise``) another turn holds it."""
+    if (await connection.scalar(_owned(user_id, conversation_id))) is None:
+        return ConversationNotFound()
+    return otherwise
 
 
 def _owned(user_id: str, conversation_id: uuid.UUID) -> Select[tuple[uuid.UUID]]:

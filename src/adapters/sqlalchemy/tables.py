@@ -140,6 +140,8 @@ idempotency_keys = Table(
     Column("conversation_id", Uuid(), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+    # The turn running the request while status is in_progress; only it may complete, renew or release the key.
+    Column("turn_id", Uuid(), nullable=True),
     PrimaryKeyConstraint("user_id", "key"),
     Index("ix_idempotency_keys_expires_at", "expires_at"),
 )
@@ -162,3 +164,24 @@ turn_events = Table(
     PrimaryKeyConstraint("turn_id", "seq"),
     Index("ix_turn_events_conversation_id", "conversation_id"),
 )
+
+turns = Table(
+    "turns",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("user_id", String(255), nullable=False),
+    # running | complete | failed | interrupted
+    Column("status", String(16), nullable=False),
+    # Set by a stop request on any replica; the replica running the turn polls it.
+    Column("stop_requested_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_turns_conversation_id_status", "conversation_id", "status"),
+)
+"""Streamed turns, so a stop or a resume reaching another replica finds the turn and its state."""

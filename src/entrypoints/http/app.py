@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import gc
+import inspect
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import MutableScopeHeaders
+from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import Message, Scope
 
 import chatcore
 from chatcore.entrypoints.container import Container, build_container
+from chatcore.entrypoints.http.auth import BEARER_SECURITY, BearerAuthenticationMiddleware
 from chatcore.entrypoints.http.controllers import ChatController, HealthController
+from chatcore.entrypoints.http.conversations import ConversationsController, attach_conversations, detach_conversations
 from chatcore.entrypoints.http.errors import EXCEPTION_HANDLERS
-from chatcore.entrypoints.http.request_id import RequestIdMiddleware
+from chatcore.entrypoints.http.page import PageController
+from chatcore.entrypoints.http.rate_limit import RATE_LIMIT_STORE, rate_limit_config
+from chatcore.entrypoints.http.request_id import HEADER as REQUEST_ID_HEADER
+from chatcore.entrypoints.http.request_id import RequestIdMiddleware, request_id_of
+from chatcore.entrypoints.logging import configure_logging
+from chatcore.entrypoints.metrics import ObservabilityMiddleware, metrics_route, record_outcomes
 from chatcore.entrypoints.settings import Settings
 from chatcore.service import ChatService
 
@@ -29,10 +41,13 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+EXPOSED_HEADERS = ("Retry-After", "X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+"""What a browser frontend on an allowed origin may read: when to retry, and the id to quote in a bug report."""
 
 
 def create_app(container: Container) -> Litestar:
     settings: Settings = container.settings()
+    metrics = container.metrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -41,9 +56,18 @@ def create_app(container: Container) -> Litestar:
             await initialising
         service = container.chat_service()
         app.state.service = service if isinstance(service, ChatService) else await service
+        await attach_conversations(app.state, container, app.state.service, dev_mode=settings.dev_mode)
+        store = container.rate_limit_store()
+        store = await store if inspect.isawaitable(store) else store
+        if store is not None:
+            app.stores.register(RATE_LIMIT_STORE, store, allow_override=True)
+        # What start-up built (modules, routes, clients) lives as long as the process: frozen, the collector's
+        # full passes under load skip it instead of walking it all each time.
+        gc.freeze()
         try:
             yield
         finally:
+            await detach_conversations(app.state)
             stopping = container.shutdown_resources()
             if stopping is not None:
                 await stopping
@@ -54,20 +78,50 @@ def create_app(container: Container) -> Litestar:
             for name, value in SECURITY_HEADERS.items():
                 if name not in headers:
                     headers[name] = value
+            if REQUEST_ID_HEADER not in headers:  # errors answered outside the route (routing, auth, rate limit)
+                headers[REQUEST_ID_HEADER] = request_id_of(scope) or uuid.uuid4().hex
+
+    # The API: authenticated in middleware, then counted per verified user. Its controllers go in this router.
+    api = Router(
+        path="/",
+        route_handlers=[ChatController, ConversationsController],
+        middleware=[
+            BearerAuthenticationMiddleware,
+            *([rate_limit_config(settings.rate_limit).middleware] if settings.rate_limit else []),
+        ],
+    )
 
     return Litestar(
-        route_handlers=[ChatController, HealthController],
+        route_handlers=[api, HealthController, PageController, metrics_route(metrics)],
         lifespan=[lifespan],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        middleware=[RequestIdMiddleware],
+        exception_handlers=record_outcomes(EXCEPTION_HANDLERS),
+        middleware=[
+            RequestIdMiddleware,
+            DefineMiddleware(ObservabilityMiddleware, metrics=metrics, tracing=container.tracing),
+        ],
+        logging_config=None,  # chatcore.entrypoints.logging owns logging; Litestar's default would replace it
         before_send=[add_security_headers],
         request_max_body_size=settings.max_body_bytes,
-        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
+        cors_config=(
+            CORSConfig(allow_origins=list(settings.cors_origins), expose_headers=list(EXPOSED_HEADERS))
+            if settings.cors_origins
+            else None
+        ),
         openapi_config=OpenAPIConfig(
             title="chatcore",
             version=chatcore.__version__,
             description="A stateless chat backend for tool-using AI assistants.",
             render_plugins=[SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    BEARER_SECURITY: SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="A Better Auth JWT (jwt plugin, verified with its JWKS) or an HS256 token",
+                    )
+                }
+            ),
         ),
         debug=False,
     )
@@ -75,4 +129,6 @@ def create_app(container: Container) -> Litestar:
 
 def create_app_from_env() -> Litestar:
     """The factory ``chatcore serve`` hands to uvicorn (each worker builds its own app from the environment)."""
-    return create_app(build_container(Settings.from_env()))
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(build_container(settings))

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body
+from litestar.params import Body, HeaderParameter
 from litestar.response import Response
 
-from chatcore.entrypoints.http.auth import principal_of, require_path_user
+from chatcore.entrypoints.http.auth import BEARER_SECURITY, principal_of, require_path_user
+from chatcore.entrypoints.http.conversations import accepts_event_stream, stream_turn
 from chatcore.entrypoints.http.dto import (
     CHAT_REQUEST_EXAMPLE,
     CHAT_RESPONSE_EXAMPLE,
@@ -36,15 +37,40 @@ CHAT_ERRORS = {
     401: _error("Missing, malformed, badly signed or expired token", "Missing or invalid bearer token", 401),
     403: _error("The path user is not the token's subject", "Access denied", 403),
     404: _error("Unknown conversation, or another user's", "Conversation not found", 404),
+    409: _error(
+        "Another turn holds the conversation, or the Idempotency-Key's first request still runs; "
+        "Retry-After says when to try again",
+        "Another turn is in progress on this conversation",
+        409,
+    ),
+    413: _error("The request body is over CHATCORE_MAX_BODY_BYTES", "Request body is too large", 413),
+    422: _error(
+        "The Idempotency-Key was used with a different request, or the conversation is too long for the model",
+        "This Idempotency-Key was used with a different request",
+        422,
+    ),
+    429: _error(
+        "Over the user's CHATCORE_RATE_LIMIT; Retry-After says when to try again",
+        "Too many requests: the limit is 30 per minute; retry in 42 seconds",
+        429,
+    ),
     502: _error("The model provider failed", "The model provider is unavailable", 502),
     503: _error("Database, auth server or provider unavailable", "The database is unavailable", 503),
     504: _error("The model provider timed out", "The model provider timed out", 504),
 }
 
+IDEMPOTENCY_KEY_DESCRIPTION = (
+    "Any unique string (1-255 printable ASCII characters, e.g. a UUID) naming this request. A retry with the same "
+    "key and body returns the stored reply (same ids) without running the model or its tools again; while the "
+    "first request still runs, a retry waits for it (or gets 409). Keys are per user and kept for "
+    "CHATCORE_IDEMPOTENCY_TTL seconds (24 h by default)."
+)
+
 
 class ChatController(Controller):
     path = "/api/{user_id:str}"
     guards = [require_path_user]
+    security = [{BEARER_SECURITY: []}]
     tags = ["chat"]
 
     @post(
@@ -53,6 +79,12 @@ class ChatController(Controller):
         description=(
             "Runs one chat turn: loads the conversation from the database (or starts one), stores the message, "
             "runs the assistant with its tools, stores every message and returns the reply with the tool calls made."
+            "\n\nWith `Accept: text/event-stream` the reply streams as Server-Sent Events instead: `turn` "
+            "(conversation_id, turn_id), `delta` (text), `tool_call`, `tool_result`, then `done` (message_id, "
+            "response, tool_calls, interrupted) or `error` (the status_code and detail this endpoint would answer). "
+            "Every event has an `id`; after a dropped connection, GET "
+            "`/api/{user_id}/conversations/{conversation_id}/turns/{turn_id}/events` with `Last-Event-ID` gets the "
+            "rest. The turn completes and is stored even if the client disconnects."
         ),
         status_code=200,
         responses={
@@ -71,10 +103,18 @@ class ChatController(Controller):
             ChatRequest,
             Body(examples=[Example(summary="Continue a conversation", value=CHAT_REQUEST_EXAMPLE)]),
         ],
-    ) -> ChatResponse:
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(name="Idempotency-Key", required=False, description=IDEMPOTENCY_KEY_DESCRIPTION),
+        ] = None,
+    ) -> Response[Any]:
+        if accepts_event_stream(request):
+            return await stream_turn(request, data.message, data.conversation_id)
         service: ChatService = request.app.state.service
-        reply = await service.send(principal_of(request), data.message, data.conversation_id)
-        return ChatResponse.from_reply(reply)
+        reply = await service.send(
+            principal_of(request), data.message, data.conversation_id, idempotency_key=idempotency_key
+        )
+        return Response(ChatResponse.from_reply(reply))
 
 
 class HealthController(Controller):

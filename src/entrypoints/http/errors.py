@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from chatcore.entrypoints.http.request_id import request_id_of
 from chatcore.errors import (
@@ -24,8 +25,10 @@ from chatcore.errors import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
     InvalidMessage,
+    InvalidRequest,
     StoreUnavailable,
     TurnFailed,
+    TurnNotFound,
     Unauthenticated,
 )
 
@@ -35,7 +38,9 @@ STATUS: dict[type[ChatError], int] = {
     Unauthenticated: 401,
     Forbidden: 403,
     ConversationNotFound: 404,
+    TurnNotFound: 404,
     InvalidMessage: 400,
+    InvalidRequest: 400,
     ConversationBusy: 409,
     IdempotencyInProgress: 409,
     IdempotencyKeyReused: 422,
@@ -92,6 +97,9 @@ def http_exception_handler(request: Request[Any, Any, Any], error: HTTPException
     if status >= 500:
         return internal_error_handler(request, error)
     body: dict[str, Any] = {"status_code": status, "detail": error.detail}
+    if isinstance(error, RequestEntityTooLarge):
+        limit = request.route_handler.resolve_request_max_body_size()
+        body["detail"] = f"Request body is too large: the limit is {limit} bytes" if limit else error.detail
     if error.extra:
         body["extra"] = error.extra
     return _error_response(status, body, dict(error.headers or {}))

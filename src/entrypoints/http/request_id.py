@@ -9,6 +9,7 @@ from typing import Any
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.contextvars import bound_contextvars
 
 HEADER = "x-request-id"
 _SAFE = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
@@ -40,4 +41,5 @@ class RequestIdMiddleware:
                 headers[HEADER] = request_id
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        with bound_contextvars(request_id=request_id):  # every log line of this request carries its id
+            await self.app(scope, receive, send_with_id)

@@ -1,0 +1,164 @@
+"""Where chatcore's CPU goes in the overhead scenario: py-spy samples, summarised as Markdown.
+
+py-spy attaches to the running ``chatcore serve`` (``--nonblocking``, so the server is never
+paused) while the overhead scenario runs once more, outside the measured figures. Only busy
+threads are sampled, so sample counts are CPU time. The summary gives the share of samples by
+package (where the leaf frame's code lives) and the functions with the most samples including
+their callees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.run import Bench, Scenario, Server
+
+SAMPLES_PER_SECOND = 250
+ATTACH_TIMEOUT_SECONDS = 15.0
+WRITE_TIMEOUT_SECONDS = 30.0
+TOP = 15
+TURN_ANCHOR = "ChatService._run_turn"
+"""Where a turn's own work starts below the HTTP plumbing."""
+
+
+def py_spy() -> str | None:
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def parse_raw(lines: Iterable[str]) -> list[tuple[list[str], int]]:
+    """py-spy's ``--format raw`` (collapsed stacks, root first): ``frame;frame;frame count`` per line."""
+    stacks = []
+    for line in lines:
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if stack and count.isdigit():
+            stacks.append((stack.split(";"), int(count)))
+    return stacks
+
+
+def package_of(frame: str) -> str:
+    """The top-level package of a frame such as ``Router.route (litestar/router.py:12)``; stdlib modules too."""
+    if frame.startswith("process "):
+        return "no Python frame (native code, GC)"
+    _, _, location = frame.rpartition(" (")
+    path = location.rstrip(")").rsplit(":", 1)[0]
+    if path.startswith("<"):
+        return "python internals"
+    head = path.split("/", 1)[0]
+    return head.removesuffix(".py") or "?"
+
+
+def function_of(frame: str) -> str:
+    name, _, location = frame.rpartition(" (")
+    path = location.rstrip(")").rsplit(":", 1)[0]
+    return f"{name} ({path})"
+
+
+def summarise(stacks: list[tuple[list[str], int]], top: int = TOP, anchor: str = TURN_ANCHOR) -> str:
+    """Shares of CPU by package, by function below ``anchor`` (with callees), and by function (own time).
+
+    Frames above ``anchor`` (event loop, server, middleware, route) are on the path of every turn and
+    would top any inclusive list; the share of samples outside ``anchor`` is that plumbing's cost.
+    """
+    total = sum(count for _, count in stacks)
+    if not total:
+        return "No samples were recorded."
+    by_package: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    in_turn = 0
+    for frames, count in stacks:
+        python_frames = [frame for frame in frames if not frame.startswith("process ")]
+        by_package[package_of(frames[-1])] += count
+        if python_frames:
+            leaf[function_of(python_frames[-1])] += count
+        depth = next((i for i, frame in enumerate(python_frames) if frame.startswith(anchor + " (")), None)
+        if depth is not None:
+            in_turn += count
+            for function in {function_of(frame) for frame in python_frames[depth + 1 :]}:
+                inclusive[function] += count
+
+    def share(count: int) -> str:
+        return f"{100 * count / total:.1f}%"
+
+    return "\n".join(
+        [
+            f"Samples: {total} at {SAMPLES_PER_SECOND}/s, busy threads only. Inside `{anchor}`: {share(in_turn)}; "
+            f"the rest is the event loop and its I/O callbacks, HTTP parsing, framework, middleware, auth and logging.",
+            "",
+            "| package of the running code | share of CPU |",
+            "|---|--:|",
+            *(f"| {package} | {share(count)} |" for package, count in by_package.most_common(top)),
+            "",
+            f"| function called by `{anchor}` (with its callees) | share of CPU |",
+            "|---|--:|",
+            *(f"| `{function}` | {share(count)} |" for function, count in inclusive.most_common(top * 2)),
+            "",
+            "| function (own time only) | share of CPU |",
+            "|---|--:|",
+            *(f"| `{function}` | {share(count)} |" for function, count in leaf.most_common(top)),
+        ]
+    )
+
+
+async def profile_overhead(bench: Bench, server: Server, scenario: Scenario, log_dir: Path) -> str:
+    """The overhead scenario once more under py-spy; Markdown for docs/performance.md (or why there is none)."""
+    executable = py_spy()
+    if executable is None:
+        return "## Profile\n\npy-spy is not installed (`pip install py-spy`), so there is no profile."
+    output = log_dir / "chatcore-overhead.raw"
+    output.unlink(missing_ok=True)
+    recorder = await asyncio.create_subprocess_exec(
+        executable,
+        "record",
+        "--pid",
+        str(server.pid),
+        "--subprocesses",
+        "--nonblocking",
+        "--rate",
+        str(SAMPLES_PER_SECOND),
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert recorder.stdout is not None
+    try:
+        async with asyncio.timeout(ATTACH_TIMEOUT_SECONDS):
+            while b"Sampling process" not in (line := await recorder.stdout.readline()):
+                if not line:
+                    return "## Profile\n\npy-spy could not attach to chatcore (it needs ptrace permission)."
+    except TimeoutError:
+        recorder.kill()
+        await recorder.wait()
+        return "## Profile\n\npy-spy did not start sampling in time."
+    drain = asyncio.create_task(recorder.stdout.read())
+    measurement = await bench.measure(server, scenario)
+    recorder.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(recorder.wait(), WRITE_TIMEOUT_SECONDS)
+    except TimeoutError:
+        recorder.kill()
+        await recorder.wait()
+    with contextlib.suppress(Exception):
+        await drain
+    if not output.exists():
+        return "## Profile\n\npy-spy wrote no samples."
+    summary = summarise(parse_raw(output.read_text().splitlines()))
+    return (
+        "## Profile: chatcore in the overhead scenario\n\n"
+        f"py-spy on `chatcore serve` during an extra overhead run ({measurement.ok} turns, "
+        f"{measurement.turns_per_second:.1f} turns/s while sampled; not part of the figures above). "
+        f"Raw samples: `{output}`.\n\n{summary}"
+    )

@@ -1,0 +1,195 @@
+"""The benchmark's figures as Markdown: the results table, chatcore's ratios to the floor, the targets."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+FLOOR = "floor"
+CHATCORE = "chatcore"
+DISTURBED_PERCENT = 10.0
+"""Above this share of the machine used by processes outside the benchmark, a measurement is flagged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One scenario against one server."""
+
+    scenario: str
+    server: str
+    users: int
+    turns_per_user: int
+    ok: int
+    failures: dict[str, int]
+    timed_out: bool
+    wall_seconds: float
+    turns_per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    server_cpu_ms_per_turn: float
+    db_cpu_ms_per_turn: float
+    peak_rss_mb: float
+    model_calls_per_turn: float
+    background_cpu_percent: float = 0.0
+    """The machine's CPU used by processes outside the benchmark, as a share of all its cores."""
+    harness_cpu_ms_per_turn: float = 0.0
+    """CPU of the load generator and the fake model per turn: what the harness itself takes from the machine."""
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A figure from the issue, its limit and whether this run met it."""
+
+    name: str
+    measured: float
+    limit: float
+    at_most: bool
+    unit: str = "×"
+
+    @property
+    def met(self) -> bool:
+        if math.isnan(self.measured):
+            return False
+        return self.measured <= self.limit if self.at_most else self.measured >= self.limit
+
+    def render_row(self) -> str:
+        sign = "≤" if self.at_most else "≥"
+        verdict = "**met**" if self.met else "**NOT met**"
+        return f"| {self.name} | {_num(self.measured)}{self.unit} | {sign} {_num(self.limit)}{self.unit} | {verdict} |"
+
+
+@dataclass(slots=True)
+class Report:
+    command: str
+    machine: dict[str, str]
+    measurements: list[Measurement] = field(default_factory=list)
+    runtime_seconds: float = math.nan
+    profile: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, scenario: str, server: str) -> Measurement | None:
+        for measurement in self.measurements:
+            if measurement.scenario == scenario and measurement.server == server:
+                return measurement
+        return None
+
+    def ratio(self, scenario: str, figure: Callable[[Measurement], float]) -> float:
+        """chatcore's figure divided by the floor's, in one scenario; NaN when either is missing."""
+        ours, floor = self.get(scenario, CHATCORE), self.get(scenario, FLOOR)
+        if ours is None or floor is None:
+            return math.nan
+        return _divide(figure(ours), figure(floor))
+
+    def targets(self, runtime_limit_seconds: float) -> list[Target]:
+        targets = [
+            Target(
+                "overhead: server CPU per turn, chatcore ÷ floor",
+                self.ratio("overhead", lambda m: m.server_cpu_ms_per_turn),
+                1.5,
+                at_most=True,
+            ),
+            Target(
+                "overhead: turns/s, chatcore ÷ floor", self.ratio("overhead", lambda m: m.turns_per_second), 0.7, False
+            ),
+            Target("slow model: p95, chatcore ÷ floor", self.ratio("slow-model", lambda m: m.p95_ms), 1.2, True),
+        ]
+        long, fresh = self.get("history-800", CHATCORE), self.get("history-fresh", CHATCORE)
+        targets.append(
+            Target(
+                "long history: chatcore p95, 800-message ÷ fresh conversations",
+                _divide(long.p95_ms, fresh.p95_ms) if long and fresh else math.nan,
+                1.2,
+                True,
+            )
+        )
+        slow = self.get("slow-model", CHATCORE)
+        targets.append(
+            Target(
+                "slow model: chatcore peak RSS per worker",
+                slow.peak_rss_mb if slow else math.nan,
+                150,
+                True,
+                " MB",
+            )
+        )
+        targets.append(Target("`make bench` runtime", self.runtime_seconds, runtime_limit_seconds, True, " s"))
+        return targets
+
+    def render(self, runtime_limit_seconds: float) -> str:
+        lines = [
+            "## Results",
+            "",
+            "| scenario | server | users × turns | ok | failed | turns/s | p50 ms | p95 ms | p99 ms "
+            "| server CPU ms/turn | PostgreSQL CPU ms/turn | peak RSS MB/worker | model calls/turn | other load |",
+            "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for m in self.measurements:
+            failed = str(m.failed) + (" (timed out)" if m.timed_out else "")
+            lines.append(
+                f"| {m.scenario} | {m.server} | {m.users} × {m.turns_per_user} | {m.ok} | {failed} "
+                f"| {m.turns_per_second:.1f} | {m.p50_ms:.1f} | {m.p95_ms:.1f} | {m.p99_ms:.1f} "
+                f"| {m.server_cpu_ms_per_turn:.2f} | {m.db_cpu_ms_per_turn:.2f} | {m.peak_rss_mb:.1f} "
+                f"| {m.model_calls_per_turn:.2f} | {m.background_cpu_percent:.0f}% |"
+            )
+        disturbed = [m for m in self.measurements if m.background_cpu_percent > DISTURBED_PERCENT]
+        if disturbed:
+            lines += [
+                "",
+                f"**Disturbed:** other processes used more than {DISTURBED_PERCENT:g}% of the machine during "
+                + ", ".join(f"{m.scenario}/{m.server}" for m in disturbed)
+                + "; their turns/s and latencies are not representative (CPU per turn still is, roughly).",
+            ]
+        failures = [(m, m.failures) for m in self.measurements if m.failures]
+        if failures:
+            lines += ["", "Failures: " + "; ".join(f"{m.scenario}/{m.server}: {dict(f)}" for m, f in failures)]
+        lines += [
+            "",
+            "## chatcore ÷ floor",
+            "",
+            "| scenario | turns/s | p50 | p95 | p99 | server CPU/turn | PostgreSQL CPU/turn | peak RSS |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        figures: Sequence[Callable[[Measurement], float]] = (
+            lambda m: m.turns_per_second,
+            lambda m: m.p50_ms,
+            lambda m: m.p95_ms,
+            lambda m: m.p99_ms,
+            lambda m: m.server_cpu_ms_per_turn,
+            lambda m: m.db_cpu_ms_per_turn,
+            lambda m: m.peak_rss_mb,
+        )
+        for scenario in dict.fromkeys(m.scenario for m in self.measurements):
+            cells = " | ".join(f"{_num(self.ratio(scenario, f))}×" for f in figures)
+            lines.append(f"| {scenario} | {cells} |")
+        floor_long, floor_fresh = self.get("history-800", FLOOR), self.get("history-fresh", FLOOR)
+        lines += [
+            "",
+            "## Targets",
+            "",
+            "| target | measured | limit | result |",
+            "|---|--:|--:|---|",
+            *(t.render_row() for t in self.targets(runtime_limit_seconds)),
+        ]
+        if floor_long and floor_fresh:
+            lines += [
+                "",
+                "For reference, the floor's own p95 with 800-message ÷ fresh conversations: "
+                f"{_num(_divide(floor_long.p95_ms, floor_fresh.p95_ms))}×.",
+            ]
+        return "\n".join(lines)
+
+
+def _divide(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan
+
+
+def _num(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"

@@ -1,0 +1,167 @@
+"""SqlAlchemyTurnEventStore: streamed turns and their events, beside the messages in PostgreSQL or SQLite.
+
+A turn row (``turns``) holds the status and the stop flag; its events (``turn_events``) are
+numbered by the one writer of the turn. Both reference the conversation with ON DELETE
+CASCADE, so deleting a conversation removes its turns and events too. Every statement
+filters by ``user_id``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import insert, literal, select, true, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
+from chatcore.adapters.sqlalchemy.tables import conversations, turn_events, turns
+from chatcore.errors import ConversationNotFound, TurnNotFound
+from chatcore.model import TurnEvent, TurnState, TurnStatus, utcnow
+
+_TURN_COLUMNS = (
+    turns.c.id,
+    turns.c.conversation_id,
+    turns.c.user_id,
+    turns.c.status,
+    turns.c.stop_requested_at,
+    turns.c.created_at,
+)
+
+
+class SqlAlchemyTurnEventStore:
+    """A ``chatcore.ports.TurnEventStore`` on an AsyncEngine from ``engine.create_engine``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def begin(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> TurnState:
+        """One INSERT ... SELECT from the user's conversation row: no row to copy means not the user's."""
+        now = utcnow()
+        statement = (
+            insert(turns)
+            .from_select(
+                ["conversation_id", "id", "user_id", "status", "created_at", "updated_at"],
+                select(
+                    conversations.c.id,
+                    literal(turn_id, turns.c.id.type),
+                    literal(user_id, turns.c.user_id.type),
+                    literal(TurnStatus.RUNNING.value, turns.c.status.type),
+                    literal(now, turns.c.created_at.type),
+                    literal(now, turns.c.updated_at.type),
+                ).where(conversations.c.id == conversation_id, conversations.c.user_id == user_id),
+            )
+            .returning(*_TURN_COLUMNS)
+        )
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            row = (await connection.execute(statement)).one_or_none()
+        if row is None:
+            raise ConversationNotFound()
+        return _state_from(row._mapping)
+
+    async def append(self, user_id: str, events: Sequence[TurnEvent]) -> None:
+        """One INSERT for the batch, its rows copied from the user's turns: another user's turn adds nothing."""
+        if not events:
+            return
+        turn_ids = {event.turn_id for event in events}
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            owners = {
+                row.id: row.conversation_id
+                for row in await connection.execute(
+                    select(turns.c.id, turns.c.conversation_id).where(
+                        turns.c.id.in_(turn_ids), turns.c.user_id == user_id
+                    )
+                )
+            }
+            if set(owners) != turn_ids:
+                raise TurnNotFound()
+            now = utcnow()
+            await connection.execute(
+                insert(turn_events),
+                [
+                    {
+                        "turn_id": event.turn_id,
+                        "seq": event.seq,
+                        "conversation_id": owners[event.turn_id],
+                        "user_id": user_id,
+                        "type": event.type,
+                        "data": dict(event.data),
+                        "created_at": now,
+                    }
+                    for event in events
+                ],
+            )
+
+    async def read(
+        self, user_id: str, turn_id: uuid.UUID, *, after: int = 0, limit: int = 500
+    ) -> tuple[TurnEvent, ...]:
+        """The turn row (ownership) and its events in one statement; a forward scan of the primary key."""
+        page = (
+            select(turn_events.c.seq, turn_events.c.type, turn_events.c.data)
+            .where(turn_events.c.turn_id == turn_id, turn_events.c.seq > after)
+            .order_by(turn_events.c.seq)
+            .limit(max(limit, 0))
+            .subquery("page")
+        )
+        statement = (
+            select(turns.c.id, page.c.seq, page.c.type, page.c.data)
+            .select_from(turns.outerjoin(page, true()))
+            .where(turns.c.id == turn_id, turns.c.user_id == user_id)
+        )
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+        if not rows:
+            raise TurnNotFound()
+        found = [TurnEvent(turn_id, row.seq, row.type, row.data) for row in rows if row.seq is not None]
+        return tuple(sorted(found, key=lambda event: event.seq))
+
+    async def state(self, user_id: str, turn_id: uuid.UUID) -> TurnState:
+        statement = select(*_TURN_COLUMNS).where(turns.c.id == turn_id, turns.c.user_id == user_id)
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            row = (await connection.execute(statement)).one_or_none()
+        if row is None:
+            raise TurnNotFound()
+        return _state_from(row._mapping)
+
+    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus) -> None:
+        statement = (
+            update(turns)
+            .where(turns.c.id == turn_id, turns.c.user_id == user_id)
+            .values(status=status.value, updated_at=utcnow())
+        )
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            result = await connection.execute(statement)
+        if result.rowcount == 0:
+            raise TurnNotFound()
+
+    async def request_stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
+        owned = select(conversations.c.id).where(
+            conversations.c.id == conversation_id, conversations.c.user_id == user_id
+        )
+        statement = (
+            update(turns)
+            .where(
+                turns.c.conversation_id == conversation_id,
+                turns.c.user_id == user_id,
+                turns.c.status == TurnStatus.RUNNING.value,
+            )
+            .values(stop_requested_at=utcnow())
+            .returning(turns.c.id)
+        )
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            if (await connection.scalar(owned)) is None:
+                raise ConversationNotFound()
+            stopped = (await connection.execute(statement)).scalars().all()
+        return tuple(stopped)
+
+
+def _state_from(row: RowMapping) -> TurnState:
+    return TurnState(
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        user_id=row["user_id"],
+        status=TurnStatus(row["status"]),
+        stop_requested=row["stop_requested_at"] is not None,
+        created_at=row["created_at"],
+    )

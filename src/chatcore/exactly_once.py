@@ -1,0 +1,183 @@
+"""Turns that happen exactly once: one turn at a time per conversation, idempotent retries.
+
+Several replicas serve one database and clients retry, so a turn first claims what it
+needs through the store: the request's Idempotency-Key (when it has one) and the
+conversation's lease. Both are rows with an expiry, not open transactions, so no
+database connection is held while the model thinks; a heartbeat renews them while the
+turn runs, and a turn that dies (kill -9) simply lets them expire. A turn that finds
+them taken polls with jittered backoff until its wait runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from types import TracebackType
+
+from chatcore.errors import ConversationBusy, IdempotencyInProgress, TurnFailed
+from chatcore.idempotency import IdempotentReply
+from chatcore.model import ChatMessage, ChatReply, TurnStart
+from chatcore.ports import ConversationStore
+
+logger = logging.getLogger("chatcore.service")
+
+FIRST_PAUSE_SECONDS = 0.02
+MAX_PAUSE_SECONDS = 0.5
+"""Polling a busy conversation: from 20 ms, growing with decorrelated jitter to at most 0.5 s a try."""
+
+
+def pauses(first: float = FIRST_PAUSE_SECONDS, cap: float = MAX_PAUSE_SECONDS) -> Iterator[float]:
+    """Jittered pauses ("decorrelated jitter"), so waiters on one conversation spread out instead of stampeding."""
+    pause = first
+    while True:
+        pause = min(cap, random.uniform(first, pause * 3))  # noqa: S311 - jitter, not a secret
+        yield pause
+
+
+class TurnHold:
+    """What one turn holds in the store — a conversation lease, an Idempotency-Key claim — and its heartbeat.
+
+    Use as ``async with``: the heartbeat renews the holds every third of the lease while the turn runs;
+    leaving without ``finished`` (the turn failed, was cancelled, or the process is shutting down) gives
+    them back, so the conversation is free at once and a retry with the key runs.
+    """
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        user_id: str,
+        turn_id: uuid.UUID,
+        *,
+        lease_seconds: float,
+        wait_seconds: float,
+        idempotency_ttl_seconds: float,
+    ) -> None:
+        self.store = store
+        self.user_id = user_id
+        self.turn_id = turn_id
+        self.lease_seconds = lease_seconds
+        self.idempotency_ttl_seconds = idempotency_ttl_seconds
+        self.conversation_id: uuid.UUID | None = None
+        self.idempotency_key: str | None = None
+        self.finished = False
+        self._deadline = time.monotonic() + wait_seconds
+        self._stop = asyncio.Event()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TurnHold:
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"turn-heartbeat-{self.turn_id}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self._stop_heartbeat()
+        if isinstance(error, TurnFailed) and error.conversation_id is None:
+            error.conversation_id = self.conversation_id
+        if self.finished or (self.conversation_id is None and self.idempotency_key is None):
+            return
+        try:
+            await self.store.release_turn(
+                self.user_id, self.turn_id, conversation_id=self.conversation_id, idempotency_key=self.idempotency_key
+            )
+        except Exception:
+            # The holds expire by themselves; a failed release only delays the next turn.
+            logger.warning(
+                "could not release turn %s; its holds will expire",
+                self.turn_id,
+                exc_info=True,
+                extra={"event": "turn_release_failed", "turn_id": str(self.turn_id)},
+            )
+
+    async def claim(self, key: str, request_hash: str) -> ChatReply | None:
+        """Claim ``key`` for this turn (None), or the same request's stored reply; waits while it runs elsewhere."""
+        waits = pauses()
+        while True:
+            try:
+                replay = await self.store.claim_idempotency_key(
+                    self.user_id, key, request_hash, turn_id=self.turn_id, hold_seconds=self.lease_seconds
+                )
+            except IdempotencyInProgress:
+                await self._pause(waits, IdempotencyInProgress)
+                continue
+            if replay is None:
+                self.idempotency_key = key
+            return replay
+
+    async def begin(
+        self, conversation_id: uuid.UUID | None, text: str, *, history_limit: int, title: str | None
+    ) -> TurnStart:
+        """Store the user's message and take the conversation's lease, waiting while another turn holds it."""
+        waits = pauses()
+        while True:
+            try:
+                start = await self.store.begin_turn(
+                    self.user_id,
+                    conversation_id,
+                    ChatMessage.user(text),  # made per try, so its created_at is when it is stored
+                    turn_id=self.turn_id,
+                    history_limit=history_limit,
+                    title=title,
+                    lease_seconds=self.lease_seconds,
+                )
+            except ConversationBusy:
+                await self._pause(waits, ConversationBusy)
+                continue
+            self.conversation_id = start.conversation.id
+            return start
+
+    def completion(self, reply: ChatReply) -> IdempotentReply | None:
+        """What ``finish_turn`` stores beside the messages: the reply under the claimed key, if there is one."""
+        if self.idempotency_key is None:
+            return None
+        return IdempotentReply(self.idempotency_key, reply, self.idempotency_ttl_seconds)
+
+    async def _pause(self, waits: Iterator[float], busy: type[ConversationBusy] | type[IdempotencyInProgress]) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise busy()
+        await asyncio.sleep(min(next(waits), remaining))
+
+    async def _beat(self) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._stop.is_set():
+                return
+            if self.conversation_id is None and self.idempotency_key is None:
+                continue
+            try:
+                held = await self.store.renew_turn(
+                    self.user_id,
+                    self.turn_id,
+                    conversation_id=self.conversation_id,
+                    idempotency_key=self.idempotency_key,
+                    lease_seconds=self.lease_seconds,
+                )
+            except Exception as error:  # a heartbeat must outlive an outage: the next beat tries again
+                logger.warning(
+                    "could not renew turn %s: %s",
+                    self.turn_id,
+                    type(error).__name__,
+                    extra={"event": "turn_renew_failed", "turn_id": str(self.turn_id)},
+                )
+                continue
+            if not held:
+                logger.warning(
+                    "turn %s lost its lease; it will not be stored",
+                    self.turn_id,
+                    extra={"event": "turn_lease_lost", "turn_id": str(self.turn_id)},
+                )
+                return
+
+    async def _stop_heartbeat(self) -> None:
+        """Let a renewal in flight finish (cancelling it mid-statement would cost a pooled connection), then stop."""
+        self._stop.set()
+        if self._heartbeat is not None:
+            await asyncio.wait({self._heartbeat})  # never raises: a renewal's own failure was logged

@@ -1,0 +1,367 @@
+"""Streamed turns: run in the background, logged to the database, replayable and stoppable from any replica.
+
+A streamed turn is an ordinary ``ChatService.send`` with a sink (``TurnRun``). It runs as its
+own task, so a client that disconnects does not cancel it: the turn completes and is stored.
+Every event gets a number within its turn and is written to the ``TurnEventStore`` (in
+small batches, so text deltas do not cost a transaction each); a client that reconnects with
+the last number it saw gets the rest, replayed from the store and then followed live. A stop
+request is a flag in the store that the running turn polls, so it works whichever replica
+receives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from chatcore.errors import ChatError, TurnFailed, TurnNotFound
+from chatcore.model import (
+    AgentRequest,
+    AgentResponse,
+    ChatReply,
+    JsonValue,
+    Principal,
+    TextDelta,
+    ToolCall,
+    ToolCallRecord,
+    TurnEvent,
+    TurnStatus,
+)
+from chatcore.ports import LLMAgent, TurnEventStore
+from chatcore.service import ChatService, validate_message
+from chatcore.streaming import (
+    DELTA,
+    DONE,
+    ERROR,
+    TERMINAL_EVENTS,
+    TOOL_CALL,
+    TOOL_RESULT,
+    TURN,
+    TurnStopped,
+    tool_call_data,
+    tool_result_data,
+)
+
+logger = logging.getLogger("chatcore.live")
+
+ErrorBody = Callable[[BaseException], Mapping[str, JsonValue]]
+
+
+def plain_error_body(error: BaseException) -> dict[str, JsonValue]:
+    """An error event's data without transport words; the HTTP app passes its own (with the status code)."""
+    if isinstance(error, ChatError):
+        return {"error": type(error).__name__, "detail": error.detail}
+    return {"error": "InternalError", "detail": "Internal server error"}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPolicy:
+    """How often a streamed turn talks to the database, and how long followers wait."""
+
+    flush_seconds: float = 0.05
+    """Text deltas are written in batches at most this far apart (terminal events at once)."""
+    poll_seconds: float = 0.25
+    """How often a running turn checks its stop flag, and a follower on another replica checks for new events."""
+    idle_seconds: float = 300.0
+    """A follower gives up (the client may resume again) when a running turn sends nothing for this long."""
+    shutdown_seconds: float = 30.0
+    """At shutdown, running turns get this long to finish before they are cancelled."""
+    read_batch: int = 500
+
+
+class TurnRun:
+    """One streamed turn: the ``TurnSink`` its tool loop reports to, its events in order, its stop flag."""
+
+    def __init__(
+        self,
+        events: TurnEventStore,
+        principal: Principal,
+        policy: StreamPolicy,
+        error_body: ErrorBody,
+        registry: dict[uuid.UUID, TurnRun],
+    ) -> None:
+        self._store = events
+        self._registry = registry
+        self.principal = principal
+        self.policy = policy
+        self._error_body = error_body
+        self.turn_id: uuid.UUID | None = None
+        self.conversation_id: uuid.UUID | None = None
+        self.events: list[TurnEvent] = []
+        self.finished = False
+        self.stopped = False
+        self.stop_requested = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._unsaved: list[TurnEvent] = []
+        self._save_lock = asyncio.Lock()
+        self._saver: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- TurnSink ----------------------------------------------------------------------------------------------
+
+    async def started(self, conversation_id: uuid.UUID, turn_id: uuid.UUID, user_message_id: uuid.UUID) -> None:
+        await self._store.begin(self.principal.user_id, conversation_id, turn_id)
+        self.turn_id, self.conversation_id = turn_id, conversation_id
+        self._registry[turn_id] = self
+        await self._emit(
+            TURN,
+            {"conversation_id": str(conversation_id), "turn_id": str(turn_id), "user_message_id": str(user_message_id)},
+        )
+        await self.save()
+        self._watcher = asyncio.create_task(self._watch_stop_flag(), name=f"chatcore-stop-watch-{turn_id}")
+
+    async def step(self, agent: LLMAgent, request: AgentRequest) -> AgentResponse:
+        """Stream one model step, racing it against the stop flag; a stop keeps the text produced so far."""
+        if self.stop_requested.is_set():
+            self.stopped = True
+            raise TurnStopped()
+        text: list[str] = []
+        consumer = asyncio.create_task(self._consume(agent, request, text))
+        stop = asyncio.create_task(self.stop_requested.wait())
+        try:
+            await asyncio.wait({consumer, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not consumer.done():
+                consumer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consumer
+        if consumer.cancelled():
+            self.stopped = True
+            raise TurnStopped("".join(text))
+        return consumer.result()
+
+    async def tool_call(self, call: ToolCall) -> None:
+        await self._emit(TOOL_CALL, tool_call_data(call))
+
+    async def tool_result(self, record: ToolCallRecord) -> None:
+        await self._emit(TOOL_RESULT, tool_result_data(record))
+
+    # --- the end of the turn -----------------------------------------------------------------------------------
+
+    async def done(self, reply: ChatReply) -> None:
+        await self._emit(
+            DONE,
+            {
+                "conversation_id": str(reply.conversation_id),
+                "message_id": str(reply.message_id),
+                "response": reply.response,
+                "tool_calls": [{**tool_call_data(record), **tool_result_data(record)} for record in reply.tool_calls],
+                "interrupted": self.stopped,
+            },
+        )
+        await self._finish(TurnStatus.INTERRUPTED if self.stopped else TurnStatus.COMPLETE)
+
+    async def failed(self, error: BaseException) -> None:
+        body = dict(self._error_body(error))
+        conversation_id = error.conversation_id if isinstance(error, TurnFailed) else None
+        if conversation_id is None:
+            conversation_id = self.conversation_id
+        if conversation_id is not None:
+            body["conversation_id"] = str(conversation_id)
+        await self._emit(ERROR, body)
+        await self._finish(TurnStatus.FAILED)
+
+    async def _finish(self, status: TurnStatus) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        try:
+            await self.save()
+            if self.turn_id is not None:
+                await self._store.end(self.principal.user_id, self.turn_id, status)
+        finally:
+            self.finished = True
+            async with self._changed:
+                self._changed.notify_all()
+
+    # --- events ------------------------------------------------------------------------------------------------
+
+    async def _emit(self, kind: str, data: Mapping[str, JsonValue]) -> None:
+        event = TurnEvent(self.turn_id or uuid.UUID(int=0), len(self.events) + 1, kind, data)
+        self.events.append(event)
+        if self.turn_id is not None:
+            self._unsaved.append(event)
+            if kind == DELTA and (self._saver is None or self._saver.done()):
+                self._saver = asyncio.create_task(self._save_soon())
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _save_soon(self) -> None:
+        await asyncio.sleep(self.policy.flush_seconds)
+        await self.save()
+
+    async def save(self) -> None:
+        """Write the events not yet written. A failed write is kept for the next one: the turn goes on."""
+        async with self._save_lock:
+            batch, self._unsaved = self._unsaved, []
+            if not batch:
+                return
+            try:
+                await self._store.append(self.principal.user_id, batch)
+            except ChatError:
+                self._unsaved[:0] = batch
+                logger.warning("turn events not saved yet", extra={"event": "turn_events_unsaved"})
+
+    async def follow(self, after: int = 0) -> AsyncIterator[TurnEvent]:
+        """This turn's events with a number above ``after``, as they happen, until its last one."""
+        index = max(after, 0)
+        while True:
+            while index < len(self.events):
+                index += 1
+                yield self.events[index - 1]
+            if self.finished:
+                return
+            async with self._changed:
+                await self._changed.wait_for(functools.partial(self._has_news, index))
+
+    def _has_news(self, seen: int) -> bool:
+        return self.finished or len(self.events) > seen
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    async def _consume(self, agent: LLMAgent, request: AgentRequest, text: list[str]) -> AgentResponse:
+        stream = agent.stream(request)
+        try:
+            async for item in stream:
+                if isinstance(item, TextDelta):
+                    if item.text:
+                        text.append(item.text)
+                        await self._emit(DELTA, {"text": item.text})
+                elif isinstance(item, AgentResponse):
+                    return item
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+        raise RuntimeError(f"{agent.provider} agent's stream ended without a response")
+
+    async def _watch_stop_flag(self) -> None:
+        """Poll the stop flag another replica may have set; errors only delay the stop."""
+        assert self.turn_id is not None
+        while not self.stop_requested.is_set():
+            await asyncio.sleep(self.policy.poll_seconds)
+            try:
+                state = await self._store.state(self.principal.user_id, self.turn_id)
+            except ChatError:
+                continue
+            if state.stop_requested:
+                self.stop_requested.set()
+
+
+class TurnStreamer:
+    """Starts streamed turns, lets clients follow them (here or from the event log), and stops them."""
+
+    def __init__(
+        self,
+        service: ChatService,
+        events: TurnEventStore,
+        *,
+        policy: StreamPolicy | None = None,
+        error_body: ErrorBody = plain_error_body,
+    ) -> None:
+        self.service = service
+        self.events = events
+        self.policy = policy or StreamPolicy()
+        self.error_body = error_body
+        self._runs: dict[uuid.UUID, TurnRun] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(
+        self, principal: Principal, message: str, conversation_id: uuid.UUID | None = None
+    ) -> AsyncIterator[TurnEvent]:
+        """Start a turn in the background and return its events, live. Closing the iterator leaves the turn running.
+
+        A bad message raises InvalidMessage here, before anything runs; every later failure is the
+        turn's last event (``error``).
+        """
+        text = validate_message(message)
+        run = TurnRun(self.events, principal, self.policy, self.error_body, self._runs)
+        task = asyncio.create_task(self._run(run, text, conversation_id), name="chatcore-streamed-turn")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return run.follow()
+
+    async def _run(self, run: TurnRun, text: str, conversation_id: uuid.UUID | None) -> None:
+        try:
+            reply = await self.service.send(run.principal, text, conversation_id, sink=run)
+        except Exception as error:
+            if not isinstance(error, ChatError):
+                logger.exception("streamed turn failed", extra={"event": "streamed_turn_error"})
+            await self._record_end(run.failed(error))
+        else:
+            await self._record_end(run.done(reply))
+        finally:
+            if run.turn_id is not None:
+                self._runs.pop(run.turn_id, None)
+
+    @staticmethod
+    async def _record_end(ending: Awaitable[None]) -> None:
+        try:
+            await ending
+        except Exception:
+            logger.exception("could not record the end of a streamed turn", extra={"event": "streamed_turn_error"})
+
+    async def resume(
+        self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID, after: int = 0
+    ) -> AsyncIterator[TurnEvent]:
+        """The turn's events numbered above ``after``: replayed from the log, then live until its last one.
+
+        Raises TurnNotFound here (not while iterating) for an unknown turn, another user's, or another conversation's.
+        """
+        state = await self.events.state(user_id, turn_id)
+        if state.conversation_id != conversation_id:
+            raise TurnNotFound()
+        local = self._runs.get(turn_id)
+        if local is not None and local.principal.user_id == user_id:
+            return local.follow(after)
+        return self._replay(user_id, turn_id, after)
+
+    async def _replay(self, user_id: str, turn_id: uuid.UUID, after: int) -> AsyncIterator[TurnEvent]:
+        last, quiet_since = after, time.monotonic()
+        while True:
+            batch = await self.events.read(user_id, turn_id, after=last, limit=self.policy.read_batch)
+            for event in batch:
+                yield event
+                last = event.seq
+                if event.type in TERMINAL_EVENTS:
+                    return
+            if len(batch) == self.policy.read_batch:
+                continue
+            if batch:
+                quiet_since = time.monotonic()
+            else:
+                state = await self.events.state(user_id, turn_id)
+                if state.status is not TurnStatus.RUNNING:
+                    # A turn writes its events before its status: whatever is left is in the log now.
+                    for event in await self.events.read(user_id, turn_id, after=last, limit=self.policy.read_batch):
+                        yield event
+                    return
+                if time.monotonic() - quiet_since > self.policy.idle_seconds:
+                    return
+            await asyncio.sleep(self.policy.poll_seconds)
+
+    async def stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
+        """Ask the conversation's running turns to stop, wherever they run; returns their ids."""
+        stopped = await self.events.request_stop(user_id, conversation_id)
+        for turn_id in stopped:
+            local = self._runs.get(turn_id)
+            if local is not None:
+                local.stop_requested.set()
+        return stopped
+
+    async def aclose(self) -> None:
+        """Let running turns finish (they are stored), then cancel the ones that take longer than the grace period."""
+        pending = set(self._tasks)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=self.policy.shutdown_seconds)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)

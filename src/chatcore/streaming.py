@@ -1,0 +1,105 @@
+"""The pieces a streamed turn is made of: agent deltas, the turn's event names, and the sink the tool loop feeds.
+
+``ChatService`` runs the same tool loop for a streamed turn as for a JSON one; it only hands
+the loop a ``TurnSink``, which asks the model for a streamed step, reports each piece as an
+event, and ends the step early when the turn is asked to stop. What the turn stores is
+decided by the service alone, so a streamed turn stores exactly what a JSON turn does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Final, Protocol
+
+from chatcore.model import (
+    AgentRequest,
+    AgentResponse,
+    AgentStreamEvent,
+    JsonValue,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallRecord,
+)
+from chatcore.ports import LLMAgent
+
+TURN: Final = "turn"
+"""First event of a stream: ``{conversation_id, turn_id, user_message_id}``."""
+DELTA: Final = "delta"
+"""A piece of the reply's text: ``{text}``."""
+TOOL_CALL: Final = "tool_call"
+"""A tool the model asked for, about to run: ``{id, name, arguments}``."""
+TOOL_RESULT: Final = "tool_result"
+"""What a tool returned: ``{id, name, result}`` or ``{id, name, error}``."""
+DONE: Final = "done"
+"""Last event of a finished turn: ``{conversation_id, message_id, response, tool_calls, interrupted}``."""
+ERROR: Final = "error"
+"""Last event of a failed turn: ``{status_code, detail}`` as the JSON endpoint would answer, and ``conversation_id``."""
+TERMINAL_EVENTS: Final = frozenset({DONE, ERROR})
+
+_WORDS = re.compile(r"\s*\S+\s*|\s+")
+
+
+class TurnStopped(Exception):
+    """Raised inside the tool loop when a stop was requested (a signal, not an error); carries the text so far."""
+
+    def __init__(self, partial_text: str = "") -> None:
+        super().__init__("turn stopped")
+        self.partial_text = partial_text
+
+
+class TurnSink(Protocol):
+    """What the tool loop reports to while a streamed turn runs (``chatcore.live.TurnRun`` is the implementation)."""
+
+    async def started(self, conversation_id: uuid.UUID, turn_id: uuid.UUID, user_message_id: uuid.UUID) -> None:
+        """The user message is stored: the turn now has a conversation and can be followed and stopped."""
+        ...
+
+    async def step(self, agent: LLMAgent, request: AgentRequest) -> AgentResponse:
+        """One model step, streamed to the client as it comes. Raises TurnStopped when a stop was requested."""
+        ...
+
+    async def tool_call(self, call: ToolCall) -> None:
+        """A tool is about to run."""
+        ...
+
+    async def tool_result(self, record: ToolCallRecord) -> None:
+        """A tool has returned (or failed)."""
+        ...
+
+
+def stream_of_response(response: AgentResponse) -> Iterator[AgentStreamEvent]:
+    """A whole response as a stream: its text word by word, each call's arguments in two pieces, then the response.
+
+    For agents that compute a step at once (the offline agent, the fakes), so they stream like a provider does.
+    """
+    for word in words(response.text):
+        yield TextDelta(word)
+    for index, call in enumerate(response.tool_calls):
+        arguments = json.dumps(dict(call.arguments), ensure_ascii=False)
+        middle = len(arguments) // 2
+        yield ToolCallDelta(index, id=call.id, name=call.name, arguments=arguments[:middle])
+        yield ToolCallDelta(index, arguments=arguments[middle:])
+    yield response
+
+
+def words(text: str) -> list[str]:
+    """``text`` in pieces of one word each, whitespace kept, so that joining the pieces gives ``text`` back."""
+    return _WORDS.findall(text)
+
+
+def tool_result_data(record: ToolCallRecord) -> dict[str, JsonValue]:
+    """A tool_result event's data: the result, or the error, never both."""
+    data: dict[str, JsonValue] = {"id": record.id, "name": record.name}
+    if record.error is not None:
+        data["error"] = record.error
+    else:
+        data["result"] = record.result
+    return data
+
+
+def tool_call_data(record: ToolCallRecord | ToolCall) -> dict[str, JsonValue]:
+    return {"id": record.id, "name": record.name, "arguments": dict(record.arguments)}

@@ -1,0 +1,155 @@
+"""The TurnEventStore contract on every adapter: in-memory, SQLite, PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
+from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
+from chatcore.errors import ConversationNotFound, TurnNotFound
+from chatcore.fakes import InMemoryConversationStore, InMemoryTurnEventStore
+from chatcore.model import ChatMessage, TurnEvent, TurnStatus
+from chatcore.ports import ConversationStore, TurnEventStore
+
+STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
+
+
+@dataclass
+class Stores:
+    conversations: ConversationStore
+    events: TurnEventStore
+
+
+@pytest.fixture(params=STORES)
+def stores(request: pytest.FixtureRequest) -> Stores:
+    if request.param == "memory":
+        conversations = InMemoryConversationStore()
+        return Stores(conversations, InMemoryTurnEventStore(conversations))
+    engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
+    return Stores(SqlAlchemyConversationStore(engine), SqlAlchemyTurnEventStore(engine))
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex}"
+
+
+async def conversation_of(stores: Stores, user: str) -> uuid.UUID:
+    start = await stores.conversations.begin_turn(
+        user, None, ChatMessage.user("hi"), turn_id=uuid.uuid4(), history_limit=10
+    )
+    return start.conversation.id
+
+
+def events(turn_id: uuid.UUID, first: int, count: int) -> list[TurnEvent]:
+    return [
+        TurnEvent(turn_id, seq, "delta", {"text": f"word {seq}", "nested": [seq]})
+        for seq in range(first, first + count)
+    ]
+
+
+async def test_a_begun_turn_runs_and_its_events_read_back_in_order(stores: Stores) -> None:
+    alice = new_user()
+    conversation_id = await conversation_of(stores, alice)
+    turn_id = uuid.uuid4()
+
+    state = await stores.events.begin(alice, conversation_id, turn_id)
+    await stores.events.append(alice, events(turn_id, 1, 3))
+    await stores.events.append(alice, [TurnEvent(turn_id, 4, "done", {"response": "ok", "interrupted": False})])
+
+    assert (state.id, state.conversation_id, state.user_id) == (turn_id, conversation_id, alice)
+    assert (state.status, state.stop_requested) == (TurnStatus.RUNNING, False)
+    read = await stores.events.read(alice, turn_id)
+    assert [(e.seq, e.type) for e in read] == [(1, "delta"), (2, "delta"), (3, "delta"), (4, "done")]
+    assert read[0] == TurnEvent(turn_id, 1, "delta", {"text": "word 1", "nested": [1]})
+    assert [e.seq for e in await stores.events.read(alice, turn_id, after=2)] == [3, 4]
+    assert [e.seq for e in await stores.events.read(alice, turn_id, after=1, limit=2)] == [2, 3]
+    assert await stores.events.read(alice, turn_id, after=4) == ()
+
+
+async def test_end_records_the_status(stores: Stores) -> None:
+    alice = new_user()
+    turn_id = uuid.uuid4()
+    await stores.events.begin(alice, await conversation_of(stores, alice), turn_id)
+
+    await stores.events.end(alice, turn_id, TurnStatus.INTERRUPTED)
+
+    assert (await stores.events.state(alice, turn_id)).status is TurnStatus.INTERRUPTED
+
+
+async def test_a_stop_request_flags_only_the_running_turns_of_the_conversation(stores: Stores) -> None:
+    alice = new_user()
+    conversation_id = await conversation_of(stores, alice)
+    other_conversation = await conversation_of(stores, alice)
+    running, finished, elsewhere = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await stores.events.begin(alice, conversation_id, finished)
+    await stores.events.end(alice, finished, TurnStatus.COMPLETE)
+    await stores.events.begin(alice, conversation_id, running)
+    await stores.events.begin(alice, other_conversation, elsewhere)
+
+    stopped = await stores.events.request_stop(alice, conversation_id)
+
+    assert stopped == (running,)
+    assert (await stores.events.state(alice, running)).stop_requested is True
+    assert (await stores.events.state(alice, finished)).stop_requested is False
+    assert (await stores.events.state(alice, elsewhere)).stop_requested is False
+    assert await stores.events.request_stop(alice, other_conversation) == (elsewhere,)
+
+
+async def test_nothing_running_means_nothing_stopped(stores: Stores) -> None:
+    alice = new_user()
+
+    assert await stores.events.request_stop(alice, await conversation_of(stores, alice)) == ()
+
+
+async def test_another_users_turns_and_conversations_are_not_found(stores: Stores) -> None:
+    alice, bob = new_user(), new_user()
+    conversation_id = await conversation_of(stores, alice)
+    turn_id = uuid.uuid4()
+    await stores.events.begin(alice, conversation_id, turn_id)
+    await stores.events.append(alice, events(turn_id, 1, 1))
+
+    with pytest.raises(ConversationNotFound):
+        await stores.events.begin(bob, conversation_id, uuid.uuid4())
+    with pytest.raises(TurnNotFound):
+        await stores.events.read(bob, turn_id)
+    with pytest.raises(TurnNotFound):
+        await stores.events.state(bob, turn_id)
+    with pytest.raises(TurnNotFound):
+        await stores.events.append(bob, events(turn_id, 2, 1))
+    with pytest.raises(ConversationNotFound):
+        await stores.events.request_stop(bob, conversation_id)
+    with pytest.raises(TurnNotFound):
+        await stores.events.state(alice, uuid.uuid4())
+    assert [e.seq for e in await stores.events.read(alice, turn_id)] == [1]
+    assert (await stores.events.state(alice, turn_id)).stop_requested is False
+
+
+async def test_a_batch_with_a_taken_seq_stores_nothing(stores: Stores) -> None:
+    alice = new_user()
+    turn_id = uuid.uuid4()
+    await stores.events.begin(alice, await conversation_of(stores, alice), turn_id)
+    await stores.events.append(alice, events(turn_id, 1, 2))
+
+    with pytest.raises((ValueError, IntegrityError)):  # the fake's and the database's integrity errors
+        await stores.events.append(alice, events(turn_id, 2, 3))
+
+    assert [e.seq for e in await stores.events.read(alice, turn_id)] == [1, 2]
+
+
+async def test_deleting_the_conversation_deletes_its_turns_and_events(stores: Stores) -> None:
+    alice = new_user()
+    conversation_id = await conversation_of(stores, alice)
+    turn_id = uuid.uuid4()
+    await stores.events.begin(alice, conversation_id, turn_id)
+    await stores.events.append(alice, events(turn_id, 1, 2))
+
+    await stores.conversations.delete(alice, conversation_id)
+
+    with pytest.raises(TurnNotFound):
+        await stores.events.read(alice, turn_id)
+    with pytest.raises(TurnNotFound):
+        await stores.events.state(alice, turn_id)
