@@ -9,12 +9,9 @@ mapping below is where those rules are met. Timeouts and retries are the SDK's o
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import math
 import re
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Literal, assert_never
 
@@ -31,6 +28,7 @@ from anthropic.types import (
     ToolUseBlock,
 )
 
+from chatcore.adapters.provider_errors import retry_after_seconds, safe_token
 from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
 from chatcore.model import (
     AgentRequest,
@@ -48,7 +46,6 @@ from chatcore.model import (
 logger = logging.getLogger("chatcore.adapters.anthropic")
 
 PROVIDER = "anthropic"
-DEFAULT_RETRY_AFTER = 10
 """Seconds a client is told to wait after a rate limit that came without a usable Retry-After header."""
 
 INVALID_JSON_KEY = "_invalid_json"
@@ -63,7 +60,6 @@ CUT_OFF_REPLY = (
 _CONTEXT_TOO_LONG = re.compile(r"prompt is too long|exceed context limit|context window")
 """How the Messages API words a prompt that does not fit (alone, or together with ``max_tokens``)."""
 
-_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 _Role = Literal["user", "assistant"]
 
@@ -285,7 +281,7 @@ def _map_error(error: anthropic.AnthropicError) -> AgentError:
             return AgentRateLimited(
                 "Anthropic is rate limiting requests",
                 provider=PROVIDER,
-                retry_after=_retry_after(error.response.headers),
+                retry_after=retry_after_seconds(error.response.headers),
             )
         case anthropic.AuthenticationError():
             _log_status_error(error)
@@ -305,7 +301,7 @@ def _map_error(error: anthropic.AnthropicError) -> AgentError:
             )
         case anthropic.APIStatusError():
             _log_status_error(error)
-            reason = _safe_token(error.error_code) or _safe_token(error.type)
+            reason = safe_token(error.error_code) or safe_token(error.type)
             suffix = f" ({reason})" if reason else ""
             return AgentUnavailable(
                 f"Anthropic rejected the request: HTTP {error.status_code}{suffix}", provider=PROVIDER
@@ -325,28 +321,6 @@ def _is_context_too_long(error: anthropic.APIStatusError) -> bool:
     return error.status_code == 400 and bool(_CONTEXT_TOO_LONG.search((error.api_message or "").lower()))
 
 
-def _retry_after(headers: Mapping[str, str]) -> int:
-    """Whole seconds from a Retry-After header (seconds or an HTTP date), else DEFAULT_RETRY_AFTER."""
-    value = headers.get("retry-after")
-    if not value:
-        return DEFAULT_RETRY_AFTER
-    try:
-        seconds = float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return DEFAULT_RETRY_AFTER
-        seconds = email.utils.mktime_tz(parsed) - time.time()
-    if not math.isfinite(seconds):
-        return DEFAULT_RETRY_AFTER
-    return max(1, math.ceil(seconds))
-
-
-def _safe_token(value: object) -> str | None:
-    """A provider's short error code, or None when it is missing or not a plain identifier."""
-    return value if isinstance(value, str) and _SAFE_TOKEN.fullmatch(value) else None
-
-
 def _log_status_error(error: anthropic.APIStatusError) -> None:
     """What an operator needs to follow up with the provider; never the message, which may quote the request."""
     logger.warning(
@@ -357,7 +331,7 @@ def _log_status_error(error: anthropic.APIStatusError) -> None:
             "provider": PROVIDER,
             "status": error.status_code,
             "request_id": error.request_id,
-            "error_type": _safe_token(error.type),
-            "error_code": _safe_token(error.error_code),
+            "error_type": safe_token(error.type),
+            "error_code": safe_token(error.error_code),
         },
     )

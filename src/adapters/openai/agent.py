@@ -8,12 +8,9 @@ vLLM or llama.cpp. Timeouts and retries are the SDK's own, configured on the cli
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import math
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ from openai.types.chat import (
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_message_function_tool_call import Function
 
+from chatcore.adapters.provider_errors import retry_after_seconds, safe_token
 from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
 from chatcore.model import (
     AgentRequest,
@@ -54,7 +52,6 @@ PROVIDER = "openai"
 COMPLETIONS_PATH = "/chat/completions"
 _REQUEST_OPTIONS: RequestOptions = {"security": {"bearer_auth": True}}
 """What ``chat.completions.create`` passes to ``post``: the API key as a bearer token."""
-DEFAULT_RETRY_AFTER = 10
 """Seconds a client is told to wait after a rate limit that came without a usable Retry-After header."""
 
 INVALID_JSON_KEY = "_invalid_json"
@@ -68,8 +65,6 @@ error result naming the problem and can retry with valid arguments.
 
 _CONTEXT_TOO_LONG = re.compile(r"maximum context length|context window|context size|context_length_exceeded")
 """How OpenAI and compatible servers (vLLM, llama.cpp, LM Studio) word a prompt that does not fit."""
-
-_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class OpenAIChatAgent:
@@ -272,7 +267,7 @@ def _map_error(error: openai.OpenAIError) -> AgentError:
             return AgentRateLimited(
                 "OpenAI is rate limiting requests",
                 provider=PROVIDER,
-                retry_after=_retry_after(error.response.headers),
+                retry_after=retry_after_seconds(error.response.headers),
             )
         case openai.AuthenticationError():
             _log_status_error(error)
@@ -289,7 +284,7 @@ def _map_error(error: openai.OpenAIError) -> AgentError:
             )
         case openai.APIStatusError():
             _log_status_error(error)
-            reason = _safe_token(error.code) or _safe_token(error.type)
+            reason = safe_token(error.code) or safe_token(error.type)
             suffix = f" ({reason})" if reason else ""
             return AgentUnavailable(f"OpenAI rejected the request: HTTP {error.status_code}{suffix}", provider=PROVIDER)
         case _:
@@ -306,28 +301,6 @@ def _is_context_too_long(error: openai.APIStatusError) -> bool:
     return error.code == "context_length_exceeded" or bool(_CONTEXT_TOO_LONG.search(error.message.lower()))
 
 
-def _retry_after(headers: Mapping[str, str]) -> int:
-    """Whole seconds from a Retry-After header (seconds or an HTTP date), else DEFAULT_RETRY_AFTER."""
-    value = headers.get("retry-after")
-    if not value:
-        return DEFAULT_RETRY_AFTER
-    try:
-        seconds = float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return DEFAULT_RETRY_AFTER
-        seconds = email.utils.mktime_tz(parsed) - time.time()
-    if not math.isfinite(seconds):
-        return DEFAULT_RETRY_AFTER
-    return max(1, math.ceil(seconds))
-
-
-def _safe_token(value: object) -> str | None:
-    """A provider's short error code, or None when it is missing or not a plain identifier."""
-    return value if isinstance(value, str) and _SAFE_TOKEN.fullmatch(value) else None
-
-
 def _log_status_error(error: openai.APIStatusError) -> None:
     """What an operator needs to follow up with the provider; never the message, which may quote the request."""
     logger.warning(
@@ -338,8 +311,8 @@ def _log_status_error(error: openai.APIStatusError) -> None:
             "provider": PROVIDER,
             "status": error.status_code,
             "request_id": error.request_id,
-            "error_type": _safe_token(error.type),
-            "error_code": _safe_token(error.code),
+            "error_type": safe_token(error.type),
+            "error_code": safe_token(error.code),
         },
     )
 
