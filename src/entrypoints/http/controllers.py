@@ -17,20 +17,11 @@ from chatcore.entrypoints.http.dto import (
     CHAT_RESPONSE_EXAMPLE,
     ChatRequest,
     ChatResponse,
-    ErrorBody,
     HealthBody,
 )
+from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.ports import ConversationStore
 from chatcore.service import ChatService
-
-
-def _error(description: str, detail: str, status: int) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=ErrorBody,
-        description=description,
-        examples=[Example(summary=description, value={"status_code": status, "detail": detail})],
-    )
-
 
 CHAT_ERRORS = {
     400: _error("Bad request body", "message must not be empty", 400),

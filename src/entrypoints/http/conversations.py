@@ -37,7 +37,7 @@ from chatcore.entrypoints.http.conversation_dto import (
     StopResponse,
     TaskOut,
 )
-from chatcore.entrypoints.http.dto import ErrorBody
+from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.entrypoints.http.errors import INTERNAL_ERROR, status_of
 from chatcore.errors import ChatError
 from chatcore.live import TurnStreamer
@@ -48,14 +48,6 @@ from chatcore.service import ChatService
 EVENT_STREAM = "text/event-stream"
 DEMO_TOKEN_ENV = "CHATCORE_DEMO_TOKEN"
 """Where ``chatcore serve --dev`` leaves the demo user's token for the workers (see cli.py)."""
-
-
-def _error(description: str, detail: str, status: int) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=ErrorBody,
-        description=description,
-        examples=[Example(summary=description, value={"status_code": status, "detail": detail})],
-    )
 
 
 AUTH_ERRORS = {

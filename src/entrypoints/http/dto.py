@@ -6,6 +6,8 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 
 from chatcore.model import MAX_MESSAGE_LENGTH, ChatReply
 
@@ -76,3 +78,12 @@ CHAT_RESPONSE_EXAMPLE = {
         }
     ],
 }
+
+
+def error_spec(description: str, detail: str, status: int) -> ResponseSpec:
+    """An OpenAPI response of the one error body every endpoint uses, with an example."""
+    return ResponseSpec(
+        data_container=ErrorBody,
+        description=description,
+        examples=[Example(summary=description, value={"status_code": status, "detail": detail})],
+    )
