@@ -19,17 +19,12 @@ from typing import assert_never
 import openai
 from openai import AsyncOpenAI, AsyncStream, RequestOptions
 from openai.types.chat import (
-    ChatCompletion,
     ChatCompletionAssistantMessageParam,
     ChatCompletionChunk,
     ChatCompletionFunctionToolParam,
-    ChatCompletionMessage,
-    ChatCompletionMessageFunctionToolCall,
     ChatCompletionMessageFunctionToolCallParam,
     ChatCompletionMessageParam,
 )
-from openai.types.chat.chat_completion import Choice
-from openai.types.chat.chat_completion_message_function_tool_call import Function
 
 from chatcore.adapters.provider_errors import retry_after_seconds, safe_token
 from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
@@ -52,7 +47,6 @@ PROVIDER = "openai"
 COMPLETIONS_PATH = "/chat/completions"
 _REQUEST_OPTIONS: RequestOptions = {"security": {"bearer_auth": True}}
 """What ``chat.completions.create`` passes to ``post``: the API key as a bearer token."""
-"""Seconds a client is told to wait after a rate limit that came without a usable Retry-After header."""
 
 INVALID_JSON_KEY = "_invalid_json"
 """The key under which tool-call arguments that are not a JSON object are passed on, as the raw text.
@@ -99,11 +93,14 @@ class OpenAIChatAgent:
         self.temperature = temperature
         self._owns_client = client is None
         self._client = client or _new_client(api_key, base_url, timeout_seconds, max_retries)
+        # Absolute, so the SDK need not join it onto base_url on every request.
+        self._completions_url = str(self._client.base_url).rstrip("/") + COMPLETIONS_PATH
 
     async def complete(self, request: AgentRequest) -> AgentResponse:
         try:
+            # ``object``: the JSON body as parsed, without building the SDK's pydantic models from it.
             completion = await self._client.post(
-                COMPLETIONS_PATH, body=self._body(request), cast_to=ChatCompletion, options=_REQUEST_OPTIONS
+                self._completions_url, content=self._body(request), cast_to=object, options=_REQUEST_OPTIONS
             )
         except openai.OpenAIError as error:
             raise _map_error(error) from error
@@ -111,14 +108,14 @@ class OpenAIChatAgent:
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
         """``complete`` with ``stream=True``: text and tool-call argument deltas as the chunks arrive, then the chunks
-        put back together into a ChatCompletion and read by ``_map_response``, so both paths answer alike.
+        put back together into a completion's JSON and read by ``_map_response``, so both paths answer alike.
         """
         assembly = _ChunkAssembly()
         try:
             chunks = await self._client.post(
-                COMPLETIONS_PATH,
-                body={**self._body(request), "stream": True},
-                cast_to=ChatCompletion,
+                self._completions_url,
+                content=self._body(request, stream=True),
+                cast_to=object,
                 options=_REQUEST_OPTIONS,
                 stream=True,
                 stream_cls=AsyncStream[ChatCompletionChunk],
@@ -131,13 +128,14 @@ class OpenAIChatAgent:
             raise _map_error(error) from error
         yield _map_response(assembly.completion())
 
-    def _body(self, request: AgentRequest) -> dict[str, object]:
-        """The chat completions request body as plain JSON-ready values.
+    def _body(self, request: AgentRequest, *, stream: bool = False) -> bytes:
+        """The chat completions request body, serialised as the SDK would (compact UTF-8 JSON).
 
-        It goes through the SDK's low-level ``post`` rather than ``chat.completions.create``: the
-        SDK's retries, timeouts, auth and error classes all still apply, but not its request
-        ``transform``, which walks every message and tool schema against the TypedDict annotations
-        on each call (a fifth of a turn's CPU) only to return these same plain values.
+        It goes through the SDK's low-level ``post`` as ready bytes rather than through
+        ``chat.completions.create``: the SDK's retries, timeouts, auth and error classes all still
+        apply, but it does not walk every message and tool schema on each call, first to
+        ``transform`` them against the TypedDict annotations and then to copy them into its request
+        options, only to send the same plain values (together a fifth of a turn's CPU).
         """
         body: dict[str, object] = {
             "model": self.model,
@@ -149,7 +147,9 @@ class OpenAIChatAgent:
         tools = _map_tools(request.tools)
         if tools:
             body["tools"] = tools
-        return body
+        if stream:
+            body["stream"] = True
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
     async def aclose(self) -> None:
         """Release the SDK client's connections, when this agent created the client."""
@@ -214,29 +214,37 @@ def _map_tools(tools: Sequence[ToolSpec]) -> list[ChatCompletionFunctionToolPara
     ]
 
 
-def _map_response(completion: ChatCompletion) -> AgentResponse:
-    """The first choice's text (or refusal) and function calls; ``finish_reason`` becomes ``stop_reason``."""
-    if not completion.choices:
+def _map_response(completion: object) -> AgentResponse:
+    """The first choice's text (or refusal) and function calls; ``finish_reason`` becomes ``stop_reason``.
+
+    ``completion`` is the response's JSON, read as leniently as the SDK's own models would: compatible
+    servers omit fields, send nulls, or send tool-call arguments as an object instead of its JSON text.
+    """
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise AgentUnavailable("OpenAI returned a response without choices", provider=PROVIDER)
-    choice = completion.choices[0]
-    message = choice.message
+    choice = choices[0]
+    message = choice.get("message")
+    message = message if isinstance(message, dict) else {}
     calls: list[ToolCall] = []
-    for call in message.tool_calls or ():
-        if isinstance(call, ChatCompletionMessageFunctionToolCall):
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and call.get("type", "function") == "function":
             calls.append(
                 ToolCall(
                     # Some compatible servers leave ids empty; the result must still find its call.
-                    id=call.id or f"call_{uuid.uuid4().hex}",
-                    name=call.function.name,
-                    arguments=_parse_arguments(call.function.arguments),
+                    id=call.get("id") or f"call_{uuid.uuid4().hex}",
+                    name=function.get("name") or "",
+                    arguments=_parse_arguments(function.get("arguments") or ""),
                 )
             )
         else:
-            logger.warning("ignoring a %s tool call: only function tools are offered", call.type)
+            kind = call.get("type") if isinstance(call, dict) else None
+            logger.warning("ignoring a %s tool call: only function tools are offered", safe_token(kind) or "malformed")
     return AgentResponse(
-        text=message.content or message.refusal or "",
+        text=message.get("content") or message.get("refusal") or "",
         tool_calls=tuple(calls),
-        stop_reason=choice.finish_reason,
+        stop_reason=choice.get("finish_reason"),
     )
 
 
@@ -367,28 +375,31 @@ class _ChunkAssembly:
                 self.finish_reason = choice.finish_reason
         return events
 
-    def completion(self) -> ChatCompletion:
+    def completion(self) -> dict[str, object]:
         """What the same request without ``stream`` would have returned (no choices when the stream had none)."""
         tool_calls = [
-            ChatCompletionMessageFunctionToolCall.model_construct(
-                id=call.id or "",
-                type="function",
-                function=Function.model_construct(name=call.name or "", arguments="".join(call.arguments)),
-            )
+            {
+                "id": call.id or "",
+                "type": "function",
+                "function": {"name": call.name or "", "arguments": "".join(call.arguments)},
+            }
             for _, call in sorted(self.calls.items())
         ]
-        message = ChatCompletionMessage.model_construct(
-            role="assistant",
-            content="".join(self.text) or None,
-            refusal="".join(self.refusal) or None,
-            tool_calls=tool_calls or None,
-        )
-        finish_reason = self.finish_reason or "stop"
+        message = {
+            "role": "assistant",
+            "content": "".join(self.text) or None,
+            "refusal": "".join(self.refusal) or None,
+            "tool_calls": tool_calls or None,
+        }
         choices = (
-            [Choice.model_construct(index=0, finish_reason=finish_reason, logprobs=None, message=message)]
+            [{"index": 0, "finish_reason": self.finish_reason or "stop", "logprobs": None, "message": message}]
             if self.had_choice
             else []
         )
-        return ChatCompletion.model_construct(
-            id=self.id, choices=choices, created=self.created, model=self.model, object="chat.completion"
-        )
+        return {
+            "id": self.id,
+            "choices": choices,
+            "created": self.created,
+            "model": self.model,
+            "object": "chat.completion",
+        }

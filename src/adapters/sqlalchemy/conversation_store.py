@@ -3,9 +3,10 @@
 Sequence numbers come from ``conversations.last_seq``: a turn bumps it with one
 UPDATE, which checks ownership, reserves the seqs and row-locks the conversation
 until commit, so concurrent writers to one conversation queue up instead of
-colliding. On PostgreSQL each write is a single statement (data-modifying CTEs),
-plus one re-read of the window when ``begin_turn`` had to wait for another turn;
-elsewhere the same steps run as a few statements in one transaction.
+colliding. On PostgreSQL each write is a single statement (data-modifying CTEs, built
+once in ``turn_statements.py`` and run without BEGIN/COMMIT around them), plus one re-read
+of the window when ``begin_turn`` had to wait for another turn; elsewhere the same steps
+run as a few statements in one transaction.
 
 The same UPDATE takes and gives back the conversation's lease (``lease_owner``,
 ``lease_expires_at``): it matches no row while another turn holds a live lease, so a
@@ -16,7 +17,6 @@ tell "not yours" from "busy". Idempotency-Key rows are in ``idempotency.py``.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,17 +24,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
     ColumnElement,
-    DateTime,
     Select,
-    String,
-    Text,
     Update,
     Uuid,
-    bindparam,
-    cast,
-    column,
     delete,
     func,
     insert,
@@ -46,12 +39,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.types import TypeEngine
 
 from chatcore.adapters.sqlalchemy import idempotency as keys
+from chatcore.adapters.sqlalchemy import turn_statements as turn_sql
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import TITLE_MAX_LENGTH, as_utc
 from chatcore.adapters.sqlalchemy.tables import conversations as conversations_table
@@ -83,17 +75,6 @@ _CONVERSATION_COLUMNS = (
 )
 _MESSAGE_COLUMNS = tuple(messages_table.c)
 _MESSAGE_PREFIX = "m_"
-_BATCH_COLUMNS: dict[str, TypeEngine[Any]] = {
-    "id": Uuid(),
-    "role": String(),
-    "content": Text(),
-    "tool_calls": Text(),
-    "tool_call_id": String(),
-    "is_error": Boolean(),
-    "status": String(),
-    "created_at": DateTime(timezone=True),
-}
-"""The per-message columns of a batch, as PostgreSQL array element types (tool_calls as JSON text, cast in SQL)."""
 
 
 class SqlAlchemyConversationStore:
@@ -107,6 +88,8 @@ class SqlAlchemyConversationStore:
         self._engine = engine
         self._clock = clock
         self._single_statement = engine.dialect.name == "postgresql"
+        # A turn's statements on PostgreSQL are atomic one by one: run alone, they need no BEGIN/COMMIT round trips.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") if self._single_statement else engine
 
     async def begin_turn(
         self,
@@ -121,13 +104,16 @@ class SqlAlchemyConversationStore:
     ) -> TurnStart:
         now = self._clock()
         lease = _Lease(turn_id, now, None if lease_seconds is None else now + timedelta(seconds=lease_seconds))
-        async with store_unavailable_on_outage(), self._engine.begin() as connection:
-            if conversation_id is None:
-                return await self._create(connection, user_id, message, lease, title)
-            if self._single_statement:
+        if self._single_statement:  # one statement (plus, rarely, reads after it): autocommit
+            async with store_unavailable_on_outage(), self._autocommit.connect() as connection:
+                if conversation_id is None:
+                    return await self._create(connection, user_id, message, lease, title)
                 return await self._continue_in_one_statement(
                     connection, user_id, conversation_id, message, lease, history_limit
                 )
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            if conversation_id is None:
+                return await self._create(connection, user_id, message, lease, title)
             return await self._continue(connection, user_id, conversation_id, message, lease, history_limit)
 
     async def _create(
@@ -147,6 +133,13 @@ class SqlAlchemyConversationStore:
             updated_at=now,
         )
         user_message = _stored(message, conversation.id, 1, turn_id)
+        if self._single_statement:
+            parameters = turn_sql.bump_parameters(
+                user_id, conversation.id, turn_id, now=now, by=1, lease_until=lease.until
+            )
+            parameters["p_title"] = conversation.title
+            await connection.execute(turn_sql.CREATE, parameters | turn_sql.message_parameters(user_message))
+            return TurnStart(conversation, (), user_message, created=True)
         create = insert(conversations_table).values(
             id=conversation.id,
             user_id=user_id,
@@ -157,19 +150,8 @@ class SqlAlchemyConversationStore:
             lease_owner=None if lease.until is None else str(turn_id),
             lease_expires_at=lease.until,
         )
-        row = _row(user_message)
-        if self._single_statement:
-            # PostgreSQL checks the message's foreign key at the end of the statement, after the CTE's insert.
-            created = create.returning(conversations_table.c.id).cte("created")
-            row["conversation_id"] = created.c.id
-            await connection.execute(
-                insert(messages_table).from_select(
-                    list(row), select(*(_typed(messages_table.c[name], value) for name, value in row.items()))
-                )
-            )
-        else:
-            await connection.execute(create)
-            await connection.execute(insert(messages_table).values(row))
+        await connection.execute(create)
+        await connection.execute(insert(messages_table).values(_row(user_message)))
         return TurnStart(conversation, (), user_message, created=True)
 
     async def _continue(
@@ -211,40 +193,24 @@ class SqlAlchemyConversationStore:
         statement reads the snapshot taken when it started, so the window cannot see the new
         row, but also misses a turn that committed while the UPDATE waited for the row lock.
         Committed seqs have no gaps, so such a window is recognisable (it does not end right
-        below the reserved seq) and is read again: now, holding the lock, completely.
+        below the reserved seq) and is read again by a new statement: every seq below ours was
+        committed before our UPDATE got the row lock, so the second read sees them all.
         """
         turn_id = lease.turn_id
-        bumped = _bump(user_id, conversation_id, by=1, lease=lease).returning(*_CONVERSATION_COLUMNS).cte("bumped")
-        row = _row(_stored(message, conversation_id, 0, turn_id))
-        row["seq"] = bumped.c.last_seq
-        store = (
-            insert(messages_table)
-            .from_select(
-                list(row),
-                select(*(_typed(messages_table.c[name], value) for name, value in row.items())),
-            )
-            .cte("store")
+        parameters = turn_sql.bump_parameters(
+            user_id, conversation_id, turn_id, now=lease.now, by=1, lease_until=lease.until
         )
-        window = (
-            select(*_MESSAGE_COLUMNS)
-            .where(messages_table.c.conversation_id == bumped.c.id, messages_table.c.seq < bumped.c.last_seq)
-            .order_by(messages_table.c.seq.desc())
-            .limit(max(history_limit, 0))
-            .lateral("window")
-        )
-        statement = (
-            select(*bumped.c, *(window.c[c.name].label(_MESSAGE_PREFIX + c.name) for c in _MESSAGE_COLUMNS))
-            .select_from(bumped.outerjoin(window, true()))
-            .add_cte(store)
-        )
-        rows = (await connection.execute(statement)).all()
+        parameters["p_limit"] = max(history_limit, 0)
+        parameters |= turn_sql.message_parameters(_stored(message, conversation_id, 0, turn_id))
+        statement = turn_sql.CONTINUE if lease.until is None else turn_sql.CONTINUE_TAKING_LEASE
+        rows = (await connection.execute(statement, parameters)).all()
         if not rows:
             raise await _missing_or(connection, user_id, conversation_id, ConversationBusy())
-        first = rows[0]._mapping
-        seq: int = first["last_seq"]
+        first = rows[0]
+        seq: int = first[turn_sql.LAST_SEQ]
         history = tuple(
             sorted(
-                (_message_from(r._mapping, prefix=_MESSAGE_PREFIX) for r in rows if r._mapping["m_id"] is not None),
+                (turn_sql.window_message(row) for row in rows if row[turn_sql.WINDOW_ID] is not None),
                 key=lambda m: m.seq,
             )
         )
@@ -252,7 +218,7 @@ class SqlAlchemyConversationStore:
         if [m.seq for m in history] != complete:
             history = await _window(connection, conversation_id, before=seq, limit=history_limit)
         return TurnStart(
-            _conversation_from(first),
+            turn_sql.conversation_of(first),
             history,
             _stored(message, conversation_id, seq, turn_id),
             created=False,
@@ -269,6 +235,9 @@ class SqlAlchemyConversationStore:
     ) -> tuple[Message, ...]:
         now = self._clock()
         release = _Lease(turn_id, now, None, True)
+        if messages and self._single_statement and idempotency is None:  # one statement: autocommit
+            async with store_unavailable_on_outage(), self._autocommit.connect() as connection:
+                return await self._append_in_one_statement(connection, user_id, conversation_id, messages, release)
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             if messages and self._single_statement:
                 stored = await self._append_in_one_statement(connection, user_id, conversation_id, messages, release)
@@ -316,42 +285,11 @@ class SqlAlchemyConversationStore:
         The rows travel as one array per column through ``unnest``, so the SQL text is the
         same for every batch size and asyncpg reuses one prepared statement.
         """
-        count = len(batch)
         turn_id = release.turn_id
-        bumped = (
-            _bump(user_id, conversation_id, by=count, lease=release)
-            .returning(conversations_table.c.last_seq)
-            .cte("bumped")
-        )
-        rows = [_row(_stored(m, conversation_id, 0, turn_id)) for m in batch]
-        for row in rows:
-            row["tool_calls"] = None if row["tool_calls"] is None else json.dumps(row["tool_calls"], ensure_ascii=False)
-        arrays = (
-            bindparam(f"batch_{name}", [row[name] for row in rows], type_=ARRAY(type_))
-            for name, type_ in _BATCH_COLUMNS.items()
-        )
-        unnested = (
-            func.unnest(*arrays)
-            .table_valued(*(column(name, type_) for name, type_ in _BATCH_COLUMNS.items()), with_ordinality="position")
-            .render_derived(name="batch")
-        )
-        from_batch: dict[str, ColumnElement[Any]] = {name: unnested.c[name] for name in _BATCH_COLUMNS}
-        from_batch["tool_calls"] = cast(unnested.c.tool_calls, JSONB)
-        statement = (
-            insert(messages_table)
-            .from_select(
-                ["seq", "conversation_id", "turn_id", *from_batch],
-                select(
-                    bumped.c.last_seq - count + unnested.c.position,
-                    literal(conversation_id, Uuid()),
-                    literal(turn_id, Uuid()),
-                    *from_batch.values(),
-                ).select_from(bumped.join(unnested, true())),
-            )
-            .returning(messages_table.c.seq)
-            .add_cte(bumped)
-        )
-        seqs = sorted((await connection.execute(statement)).scalars().all())
+        parameters = turn_sql.bump_parameters(user_id, conversation_id, turn_id, now=release.now, by=len(batch))
+        parameters["p_turn_id"] = turn_id
+        parameters |= turn_sql.batch_parameters([_stored(m, conversation_id, 0, turn_id) for m in batch])
+        seqs = sorted((await connection.execute(turn_sql.APPEND, parameters)).scalars().all())
         if not seqs:
             raise await _missing_or(connection, user_id, conversation_id, LeaseLost())
         first = seqs[0]
@@ -641,13 +579,6 @@ def _owned(user_id: str, conversation_id: uuid.UUID) -> Select[tuple[uuid.UUID]]
     return select(conversations_table.c.id).where(
         conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id
     )
-
-
-def _typed(target: Any, value: Any) -> ColumnElement[Any]:
-    """A value for INSERT ... SELECT: a bound parameter of the column's type (so it is cast and serialised)."""
-    if isinstance(value, ColumnElement):
-        return value.label(target.name)
-    return literal(value, target.type).label(target.name)
 
 
 def _stored(message: ChatMessage, conversation_id: uuid.UUID, seq: int, turn_id: uuid.UUID) -> Message:

@@ -6,9 +6,10 @@ building the application never needs a reachable database.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -19,6 +20,11 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./chatcore.db"
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 """How long a SQLite writer waits for another writer's lock before failing with 'database is locked'."""
+
+PING_AFTER_IDLE_SECONDS = 10.0
+"""A pooled PostgreSQL connection left idle longer than this is pinged before it is used again."""
+
+_IDLE_SINCE = "chatcore_idle_since"
 
 _LIBPQ_ONLY_PARAMETERS = ("channel_binding",)
 """libpq URL parameters that asyncpg rejects as unknown keyword arguments (hosted PostgreSQL URLs carry them)."""
@@ -67,24 +73,25 @@ def create_engine(
 ) -> AsyncEngine:
     """An AsyncEngine for ``url`` (normalised by ``database_url_from`` first), tuned per dialect.
 
-    PostgreSQL: a pre-pinged pool, so a connection dropped by a restart or an idle timeout is
-    replaced instead of failing a request; ``pool_timeout`` also bounds a new connection's handshake.
+    PostgreSQL: a connection dropped by a restart or an idle timeout is replaced instead of failing
+    a request (see ``_replace_dead_connections``); ``pool_timeout`` also bounds a new connection's handshake.
     SQLite: WAL (readers do not block the writer), a busy timeout instead of instant
     'database is locked', foreign keys on, and transactions begun by SQLAlchemy (see ``_sqlite_setup``).
     """
     parsed = make_url(database_url_from(url))
     backend = parsed.get_backend_name()
     if backend == "postgresql":
-        return create_async_engine(
+        engine = create_async_engine(
             parsed,
             echo=echo,
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
-            pool_pre_ping=True,
             pool_recycle=1_800,
             connect_args={"timeout": pool_timeout, "server_settings": {"application_name": "chatcore"}},
         )
+        _replace_dead_connections(engine)
+        return engine
     if backend == "sqlite":
         options: dict[str, Any] = {}
         if not _is_sqlite_memory(parsed):
@@ -95,6 +102,33 @@ def create_engine(
     return create_async_engine(
         parsed, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
     )
+
+
+def _replace_dead_connections(engine: AsyncEngine, ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """``pool_pre_ping``'s protection without its three round trips (BEGIN, ``;``, ROLLBACK) per checkout.
+
+    A server that goes away (restart, failover, an idle timeout, a reset) closes the socket, and
+    asyncpg marks the connection closed as soon as the event loop sees that: checking that costs
+    nothing. A connection idle long enough to have been dropped silently (a NAT or proxy timeout)
+    is pinged as well. Either way ``DisconnectionError`` makes the pool replace it before use,
+    SQLAlchemy's documented way; a connection in steady use is never pinged.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(dbapi_connection: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.pop(_IDLE_SINCE, None)
+        if record.driver_connection is None or record.driver_connection.is_closed():
+            raise exc.DisconnectionError("the connection was closed")
+        if idle_since is not None and time.monotonic() - idle_since > ping_after_idle_seconds:
+            try:
+                engine.dialect.do_ping(dbapi_connection)
+            except Exception as error:
+                raise exc.DisconnectionError("the connection did not answer a ping") from error
 
 
 def _is_sqlite_memory(url: URL) -> bool:

@@ -1,0 +1,307 @@
+"""The PostgreSQL statements of a turn, built once: begin (create or continue a conversation) and finish.
+
+Every chat turn runs them, so they are module-level constructs with named ``bindparam``s rather
+than expressions rebuilt on each call. SQLAlchemy then memoizes each statement's cache key and
+finds its compiled form in the engine's cache, so a turn only binds values; rebuilding the CTEs,
+the lateral window and their column collections, and generating their cache keys, used to cost
+more CPU than the rest of the store's work together.
+
+Each statement is one round trip and atomic by itself, which is why ``SqlAlchemyConversationStore``
+runs them on an autocommit connection (no BEGIN and COMMIT around them). Parameter names start with
+``p_`` (or ``m_``/``batch_``): an UPDATE takes execution parameters named like one of its table's
+columns as extra SET values, so none may be called ``user_id`` or ``title``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Text,
+    Update,
+    Uuid,
+    bindparam,
+    cast,
+    column,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy.types import TypeEngine
+
+from chatcore.adapters.sqlalchemy.tables import conversations, messages
+from chatcore.model import Conversation, Message, MessageStatus, Role, ToolCall
+
+_C = conversations.c
+_M = messages.c
+
+CONVERSATION_COLUMNS: Final = (_C.id, _C.user_id, _C.title, _C.created_at, _C.updated_at, _C.last_seq)
+"""What ``CONTINUE`` returns first, in this order; ``conversation_of`` and ``LAST_SEQ`` read rows by position."""
+LAST_SEQ: Final = CONVERSATION_COLUMNS.index(_C.last_seq)
+
+MESSAGE_COLUMNS: Final = (
+    _M.id,
+    _M.conversation_id,
+    _M.seq,
+    _M.role,
+    _M.content,
+    _M.tool_calls,
+    _M.tool_call_id,
+    _M.is_error,
+    _M.status,
+    _M.turn_id,
+    _M.created_at,
+)
+"""The message columns the statements write and read, in this order (``window_message`` reads by position)."""
+WINDOW_ID: Final = len(CONVERSATION_COLUMNS)
+"""Where a ``CONTINUE`` row's window message starts; None there means the window is empty."""
+
+_ROLES: Final = {role.value: role for role in Role}
+_STATUSES: Final = {status.value: status for status in MessageStatus}
+
+
+def _bump(*, take_lease: bool, release: bool) -> Update:
+    """Reserve ``p_by`` seqs of the user's conversation; matches no row when another user owns it or holds it.
+
+    The same UPDATE takes the lease (``take_lease``), gives it back (``release``) or leaves it, and
+    matches nothing while another turn's lease is live (see ``conversation_store``).
+    """
+    values: dict[str, Any] = {
+        "last_seq": _C.last_seq + bindparam("p_by", type_=Integer()),
+        "updated_at": bindparam("p_now", type_=_C.updated_at.type),
+    }
+    if take_lease:
+        values.update(
+            lease_owner=bindparam("p_owner", type_=_C.lease_owner.type),
+            lease_expires_at=bindparam("p_until", type_=_C.lease_expires_at.type),
+        )
+    elif release:
+        values.update(lease_owner=None, lease_expires_at=None)
+    free = or_(
+        _C.lease_owner.is_(None),
+        _C.lease_owner == bindparam("p_turn", type_=_C.lease_owner.type),
+        _C.lease_expires_at.is_(None),
+        _C.lease_expires_at <= bindparam("p_now", type_=_C.lease_expires_at.type),
+    )
+    return (
+        update(conversations)
+        .where(
+            _C.id == bindparam("p_conversation", type_=_C.id.type),
+            _C.user_id == bindparam("p_user", type_=_C.user_id.type),
+            free,
+        )
+        .values(**values)
+    )
+
+
+def _message_values() -> list[ColumnElement[Any]]:
+    """The user message's columns as bound values ``m_<column>``, for INSERT ... SELECT."""
+    return [bindparam(f"m_{c.name}", type_=c.type).label(c.name) for c in MESSAGE_COLUMNS]
+
+
+def _continue(*, take_lease: bool) -> Select[Any]:
+    """Bump by one, store the user message at the new seq, and read the window below it: one round trip.
+
+    The INSERT's CTE runs exactly once even though nothing reads it; every part of the statement
+    reads the snapshot taken when it started (see ``SqlAlchemyConversationStore._continue_in_one_statement``).
+    """
+    bumped = _bump(take_lease=take_lease, release=False).returning(*CONVERSATION_COLUMNS).cte("bumped")
+    values = [bumped.c.last_seq.label("seq") if value.name == "seq" else value for value in _message_values()]
+    store = (
+        insert(messages)
+        .from_select([c.name for c in MESSAGE_COLUMNS], select(*values).select_from(bumped))
+        .cte("store")
+    )
+    window = (
+        select(*MESSAGE_COLUMNS)
+        .where(_M.conversation_id == bumped.c.id, _M.seq < bumped.c.last_seq)
+        .order_by(_M.seq.desc())
+        .limit(bindparam("p_limit", type_=Integer()))
+        .lateral("window")
+    )
+    return (
+        select(*(bumped.c[c.name] for c in CONVERSATION_COLUMNS), *(window.c[c.name] for c in MESSAGE_COLUMNS))
+        .select_from(bumped.outerjoin(window, true()))
+        .add_cte(store)
+    )
+
+
+CONTINUE_TAKING_LEASE: Final = _continue(take_lease=True)
+CONTINUE: Final = _continue(take_lease=False)
+
+
+def _create() -> ReturningInsert[Any]:
+    """The conversation and its first message; PostgreSQL checks the message's foreign key at the statement's end."""
+    created = (
+        insert(conversations)
+        .values(
+            id=bindparam("p_conversation", type_=_C.id.type),
+            user_id=bindparam("p_user", type_=_C.user_id.type),
+            title=bindparam("p_title", type_=_C.title.type),
+            created_at=bindparam("p_now", type_=_C.created_at.type),
+            updated_at=bindparam("p_now", type_=_C.updated_at.type),
+            last_seq=1,
+            lease_owner=bindparam("p_owner", type_=_C.lease_owner.type),
+            lease_expires_at=bindparam("p_until", type_=_C.lease_expires_at.type),
+        )
+        .returning(_C.id)
+        .cte("created")
+    )
+    values = [created.c.id.label("conversation_id") if v.name == "conversation_id" else v for v in _message_values()]
+    return (
+        insert(messages)
+        .from_select([c.name for c in MESSAGE_COLUMNS], select(*values).select_from(created))
+        .returning(_M.seq)
+    )
+
+
+CREATE: Final = _create()
+
+BATCH_COLUMNS: Final[dict[str, TypeEngine[Any]]] = {
+    "id": Uuid(),
+    "role": String(),
+    "content": Text(),
+    "tool_calls": Text(),
+    "tool_call_id": String(),
+    "is_error": Boolean(),
+    "status": String(),
+    "created_at": DateTime(timezone=True),
+}
+"""The per-message columns of a batch, as PostgreSQL array element types (tool_calls as JSON text, cast in SQL)."""
+
+
+def _append() -> ReturningInsert[Any]:
+    """Bump ``last_seq`` by ``p_by``, giving the lease back, and insert the batch numbered up to it.
+
+    The rows travel as one array per column through ``unnest``, so the SQL text is the same for
+    every batch size and asyncpg reuses one prepared statement.
+    """
+    bumped = _bump(take_lease=False, release=True).returning(_C.last_seq).cte("bumped")
+    arrays = (bindparam(f"batch_{name}", type_=ARRAY(type_)) for name, type_ in BATCH_COLUMNS.items())
+    unnested = (
+        func.unnest(*arrays)
+        .table_valued(*(column(name, type_) for name, type_ in BATCH_COLUMNS.items()), with_ordinality="position")
+        .render_derived(name="batch")
+    )
+    from_batch: dict[str, ColumnElement[Any]] = {name: unnested.c[name] for name in BATCH_COLUMNS}
+    from_batch["tool_calls"] = cast(unnested.c.tool_calls, JSONB)
+    return (
+        insert(messages)
+        .from_select(
+            ["seq", "conversation_id", "turn_id", *from_batch],
+            select(
+                bumped.c.last_seq - bindparam("p_by", type_=Integer()) + unnested.c.position,
+                bindparam("p_conversation", type_=_M.conversation_id.type),
+                bindparam("p_turn_id", type_=_M.turn_id.type),
+                *from_batch.values(),
+            ).select_from(bumped.join(unnested, true())),
+        )
+        .returning(_M.seq)
+        .add_cte(bumped)
+    )
+
+
+APPEND: Final = _append()
+
+
+def bump_parameters(
+    user_id: str,
+    conversation_id: uuid.UUID,
+    turn_id: uuid.UUID,
+    *,
+    now: datetime,
+    by: int,
+    lease_until: datetime | None = None,
+) -> dict[str, Any]:
+    """The bump's parameters, shared by every statement here; ``lease_until`` is for taking the lease."""
+    owner = str(turn_id)
+    return {
+        "p_user": user_id,
+        "p_conversation": conversation_id,
+        "p_turn": owner,
+        "p_now": now,
+        "p_by": by,
+        "p_owner": None if lease_until is None else owner,
+        "p_until": lease_until,
+    }
+
+
+def message_parameters(message: Message) -> dict[str, Any]:
+    """``m_<column>`` values of one stored message."""
+    return {
+        "m_id": message.id,
+        "m_conversation_id": message.conversation_id,
+        "m_seq": message.seq,
+        "m_role": message.role.value,
+        "m_content": message.content,
+        "m_tool_calls": calls_to_json(message.tool_calls),
+        "m_tool_call_id": message.tool_call_id,
+        "m_is_error": message.is_error,
+        "m_status": message.status.value,
+        "m_turn_id": message.turn_id,
+        "m_created_at": message.created_at,
+    }
+
+
+def batch_parameters(batch: Sequence[Message]) -> dict[str, Any]:
+    """One array per column of the batch's messages (``APPEND``'s ``batch_<column>``)."""
+    return {
+        "batch_id": [m.id for m in batch],
+        "batch_role": [m.role.value for m in batch],
+        "batch_content": [m.content for m in batch],
+        "batch_tool_calls": [
+            None if not m.tool_calls else json.dumps(calls_to_json(m.tool_calls), ensure_ascii=False) for m in batch
+        ],
+        "batch_tool_call_id": [m.tool_call_id for m in batch],
+        "batch_is_error": [m.is_error for m in batch],
+        "batch_status": [m.status.value for m in batch],
+        "batch_created_at": [m.created_at for m in batch],
+    }
+
+
+def calls_to_json(calls: Sequence[ToolCall]) -> list[dict[str, Any]] | None:
+    if not calls:
+        return None
+    return [{"id": call.id, "name": call.name, "arguments": dict(call.arguments)} for call in calls]
+
+
+def conversation_of(row: Sequence[Any]) -> Conversation:
+    """The conversation of a ``CONTINUE`` row (its first columns)."""
+    return Conversation(id=row[0], user_id=row[1], title=row[2], created_at=row[3], updated_at=row[4])
+
+
+def window_message(row: Sequence[Any]) -> Message:
+    """The window message of a ``CONTINUE`` row, read by position rather than by name: 66 rows a turn."""
+    id_, conversation_id, seq, role, content, tool_calls, tool_call_id, is_error, status, turn_id, created_at = row[
+        WINDOW_ID:
+    ]
+    return Message(
+        id=id_,
+        role=_ROLES[role],
+        content=content,
+        tool_calls=tuple(ToolCall(id=c["id"], name=c["name"], arguments=c.get("arguments") or {}) for c in tool_calls)
+        if tool_calls
+        else (),
+        tool_call_id=tool_call_id,
+        is_error=bool(is_error),
+        created_at=created_at,
+        conversation_id=conversation_id,
+        seq=seq,
+        status=_STATUSES[status],
+        turn_id=turn_id,
+    )
