@@ -70,6 +70,7 @@ def create_engine(
     max_overflow: int = 10,
     pool_timeout: float = 10.0,
     echo: bool = False,
+    ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
 ) -> AsyncEngine:
     """An AsyncEngine for ``url`` (normalised by ``database_url_from`` first), tuned per dialect.
 
@@ -90,7 +91,7 @@ def create_engine(
             pool_recycle=1_800,
             connect_args={"timeout": pool_timeout, "server_settings": {"application_name": "chatcore"}},
         )
-        _replace_dead_connections(engine)
+        _replace_dead_connections(engine, ping_after_idle_seconds)
         return engine
     if backend == "sqlite":
         options: dict[str, Any] = {}
@@ -104,7 +105,7 @@ def create_engine(
     )
 
 
-def _replace_dead_connections(engine: AsyncEngine, ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+def _replace_dead_connections(engine: AsyncEngine, ping_after_idle_seconds: float) -> None:
     """``pool_pre_ping``'s protection without its three round trips (BEGIN, ``;``, ROLLBACK) per checkout.
 
     A server that goes away (restart, failover, an idle timeout, a reset) closes the socket, and

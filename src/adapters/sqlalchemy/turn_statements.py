@@ -38,13 +38,14 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.types import TypeEngine
 
-from chatcore.adapters.sqlalchemy.tables import conversations, messages
+from chatcore.adapters.sqlalchemy.tables import UTCDateTime, conversations, messages
 from chatcore.model import Conversation, Message, MessageStatus, Role, ToolCall
 
 _C = conversations.c
@@ -135,10 +136,24 @@ def _continue(*, take_lease: bool) -> Select[Any]:
         .lateral("window")
     )
     return (
-        select(*(bumped.c[c.name] for c in CONVERSATION_COLUMNS), *(window.c[c.name] for c in MESSAGE_COLUMNS))
+        select(
+            *(_read(bumped.c[c.name]) for c in CONVERSATION_COLUMNS),
+            *(_read(window.c[c.name]) for c in MESSAGE_COLUMNS),
+        )
         .select_from(bumped.outerjoin(window, true()))
         .add_cte(store)
     )
+
+
+def _read(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A column as the window reads it: timestamps as asyncpg returns them, already aware and in UTC.
+
+    ``UTCDateTime`` attaches UTC for SQLite; on PostgreSQL its result processor would only copy each
+    of the three timestamps in every one of a window's rows.
+    """
+    if isinstance(column.type, UTCDateTime):
+        return type_coerce(column, DateTime(timezone=True)).label(column.name)
+    return column
 
 
 CONTINUE_TAKING_LEASE: Final = _continue(take_lease=True)
