@@ -765,6 +765,19 @@ def document(report: Report) -> str:
     return "\n".join(parts) + "\n"
 
 
+KEPT_HEADING = "## Tuning log"
+"""A section of the output file written by hand (what was changed, and the profiles before and after): kept
+across runs, after the measured sections, so a rerun refreshes the figures without losing the history."""
+
+
+def kept_by_hand(previous: str) -> str:
+    """The hand-written ``KEPT_HEADING`` section of the previous output, to end the new one with ('' if none)."""
+    start = previous.find("\n" + KEPT_HEADING + "\n")
+    if start < 0:
+        return ""
+    return "\n" + previous[start + 1 :].rstrip() + "\n"
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description="chatcore's benchmark, against the floor.")
     parser.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -817,7 +830,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in report.notes:
         print(f"- {note}")
     if args.output != "-":
-        Path(args.output).write_text(text)
+        output = Path(args.output)
+        output.write_text(text + kept_by_hand(output.read_text() if output.exists() else ""))
         print(f"\nbench: wrote {args.output}")
     failed = any(m.failed or m.timed_out for m in report.measurements)
     return 1 if failed or math.isnan(report.runtime_seconds) else 0

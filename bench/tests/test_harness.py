@@ -18,7 +18,7 @@ from bench.floor import model_messages
 from bench.load import LoadResult, VirtualUser, percentile, run_load
 from bench.profile import package_of, parse_raw, summarise
 from bench.report import CHATCORE, FLOOR, Measurement, Report
-from bench.run import reply_check, seeded_messages
+from bench.run import KEPT_HEADING, kept_by_hand, reply_check, seeded_messages
 
 
 def measurement(scenario: str, server: str, **figures: float) -> Measurement:
@@ -252,3 +252,14 @@ def test_pools_shrink_only_when_both_servers_would_not_fit() -> None:
     assert sum(pool_budget(100, servers=2, workers=4) or ()) * 2 * 4 <= 90
     with pytest.raises(SystemExit):
         pool_budget(20, servers=2, workers=8)
+
+
+def test_the_hand_written_tuning_log_survives_a_rerun() -> None:
+    log = f"{KEPT_HEADING}\n\nBefore: 12 ms a turn.\n\n### Profile before\n\n| a | b |\n"
+    previous = f"# Performance\n\nold figures\n\n{log}"
+
+    kept = kept_by_hand(previous)
+
+    assert kept == f"\n{log}"
+    assert "old figures" not in kept
+    assert kept_by_hand("# Performance\n\nno log yet\n") == ""
