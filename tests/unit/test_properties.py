@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Mapping
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,12 +63,8 @@ def test_history_is_ordered_scoped_to_its_owner_and_pairs_tool_calls(plan: list[
             assert [m.seq for m in stored] == list(range(1, len(stored) + 1))
             assert all(m.conversation_id == conversation_id for m in stored)
             for other in {"alice", "bob", "carol"} - {conversation.user_id}:
-                try:
+                with pytest.raises(ConversationNotFound):
                     await store.history(other, conversation_id, 50)
-                except ConversationNotFound:
-                    pass
-                else:
-                    raise AssertionError(f"{other} read {conversation.user_id}'s conversation")
             open_calls: set[str] = set()
             for message in stored:
                 if message.role is Role.TOOL:
