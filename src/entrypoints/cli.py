@@ -163,6 +163,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=args.workers if args.workers > 1 else None,
         log_level=settings.log_level.lower(),
         log_config=None,  # configure_logging's JSON handler stays in charge of uvicorn's loggers
+        access_log=settings.access_log,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),  # in-flight turns finish first
         loop="uvloop" if _installed("uvloop") else "asyncio",
         http="httptools" if _installed("httptools") else "h11",

@@ -178,11 +178,14 @@ def chat_policy(settings: Settings) -> ChatPolicy:
     )
 
 
+def _untraced(tracing: object | None) -> bool:
+    return tracing is None
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
     engine = providers.Resource(engine_resource, settings)
-    store = providers.Singleton(SqlAlchemyConversationStore, engine)
     tasks = providers.Singleton(SqlAlchemyTaskStore, engine)
     turn_events = providers.Singleton(SqlAlchemyTurnEventStore, engine)
     tools = providers.Resource(tools_resource, settings, tasks)
@@ -198,6 +201,10 @@ class Container(containers.DeclarativeContainer):
     tracing = providers.Resource(tracing_resource, settings.provided.otlp_traces_endpoint)
     engine_tracing = providers.Resource(engine_tracing_resource, tracing, engine)
     tracer = providers.Callable(tracer_of, tracing)
+    # With tracing on, the turn's statements stay in SQLAlchemy's execution layer, where they get their SQL spans.
+    store = providers.Singleton(
+        SqlAlchemyConversationStore, engine, driver_statements=providers.Callable(_untraced, tracing)
+    )
     observed_agent = providers.Singleton(InstrumentedAgent, agent, metrics, tracer)
     observed_tools = providers.Singleton(InstrumentedToolRegistry, tools, metrics, tracer)
 

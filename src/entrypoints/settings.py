@@ -105,6 +105,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat | None = None
     """None: JSON unless stdout is a terminal."""
+    access_log: bool = False
+    """uvicorn's line per HTTP request; off by default because every chat turn writes its own ``chat_turn`` line."""
     otlp_traces_endpoint: str | None = None
     """Where OpenTelemetry spans go (OTLP/HTTP); None: no tracing, and no OpenTelemetry SDK loaded."""
     dev_mode: bool = False
@@ -181,6 +183,7 @@ class Settings:
             redis_namespace=reader.text("CHATCORE_REDIS_NAMESPACE") or defaults.redis_namespace,
             log_level=(reader.text("CHATCORE_LOG_LEVEL") or defaults.log_level).upper(),
             log_format=reader.log_format("CHATCORE_LOG_FORMAT"),
+            access_log=reader.flag("CHATCORE_ACCESS_LOG"),
             otlp_traces_endpoint=reader.otlp_traces_endpoint(),
             dev_mode=reader.flag("CHATCORE_DEV"),
         )

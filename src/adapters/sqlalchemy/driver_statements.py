@@ -1,0 +1,61 @@
+"""The turn's prebuilt statements run on asyncpg itself: compiled once, bound by position, no result layer.
+
+Every chat turn runs two of ``turn_statements``' statements. Through ``AsyncConnection.execute``
+each one passes SQLAlchemy's execution context, its DBAPI cursor adapter (in a greenlet), and its
+result layer, which together cost more CPU than asyncpg's own work and the rest of the store's
+(measured in docs/performance.md). The statements are fixed, so the SQL text, the order of its
+``$n`` parameters, their build-time values and SQLAlchemy's own bind processors (JSON, the UTC
+timestamp type, arrays) are taken from one compilation against the engine's dialect; a turn then
+only binds values and calls asyncpg's ``fetch`` on the pooled connection's driver connection, so the
+pool, its liveness checks and the connection's JSON codecs are still SQLAlchemy's. Rows come back as
+asyncpg ``Record``s, read by position like the Core path's rows.
+
+Statements run this way do not fire SQLAlchemy's cursor events; asyncpg's query logger sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStatement:
+    """One statement as asyncpg takes it: SQL text, and how to turn named parameters into positional ones."""
+
+    sql: str
+    bindings: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]
+    """Per ``$n``, in order: the parameter's name, its value when none is given, SQLAlchemy's bind processor."""
+
+    @classmethod
+    def compile(cls, statement: ClauseElement, dialect: Dialect) -> DriverStatement:
+        compiled = statement.compile(dialect=dialect)
+        if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
+            raise ValueError(f"{dialect.name}+{dialect.driver} does not compile to positional parameters")
+        if compiled.post_compile_params or compiled.literal_execute_params:
+            raise ValueError("statements with parameters rendered at execution time cannot be precompiled")
+        bindings = []
+        for name in compiled.positiontup:
+            process = compiled._bind_processors.get(name)
+            if process is not None and not callable(process):  # a tuple type's per-element processors
+                raise ValueError(f"parameter {name!r} has a composite type, which is not supported here")
+            bindings.append((name, compiled.binds[name].effective_value, process))
+        return cls(compiled.string, tuple(bindings))
+
+    def arguments(self, parameters: Mapping[str, Any]) -> list[Any]:
+        """Positional values; like SQLAlchemy, a processor sees every value, None included (JSON turns it into null)."""
+        return [
+            value if process is None else process(value)
+            for name, default, process in self.bindings
+            for value in (parameters.get(name, default),)
+        ]
+
+
+def compile_all(statements: Sequence[ClauseElement], dialect: Dialect) -> dict[int, DriverStatement]:
+    """``DriverStatement``s keyed by the statement's ``id`` (statements are module-level constants)."""
+    return {id(statement): DriverStatement.compile(statement, dialect) for statement in statements}
