@@ -679,3 +679,80 @@ def test_agent_is_named_for_its_provider() -> None:
 def test_nonsense_settings_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         OpenAIChatAgent(api_key=API_KEY, **kwargs)
+
+
+async def test_a_failing_server_gets_one_attempt_plus_the_retry_budget(httpx2_mock: respx.Router) -> None:
+    """The first attempt is the agent's own; the SDK's retries take over with what is left of the budget."""
+    route = httpx2_mock.post(COMPLETIONS_URL).respond(
+        503, headers={"retry-after-ms": "1"}, json=error_body("Overloaded", "server_error")
+    )
+    agent = OpenAIChatAgent(api_key=API_KEY, base_url=BASE_URL, max_retries=2)
+
+    with pytest.raises(AgentUnavailable, match="server error"):
+        await agent.complete(request())
+    await agent.aclose()
+
+    assert route.call_count == 3
+    assert sent_body(route, 0) == sent_body(route, 1) == sent_body(route, 2)
+
+
+async def test_a_request_the_server_refuses_is_not_sent_again(httpx2_mock: respx.Router) -> None:
+    route = httpx2_mock.post(COMPLETIONS_URL).respond(
+        400, json=error_body("Invalid 'messages'", "invalid_request_error", "invalid_value")
+    )
+    agent = OpenAIChatAgent(api_key=API_KEY, base_url=BASE_URL, max_retries=2)
+
+    with pytest.raises(AgentUnavailable, match="HTTP 400"):
+        await agent.complete(request())
+    await agent.aclose()
+
+    assert route.call_count == 1
+
+
+async def test_a_dropped_connection_is_retried_then_answered(httpx2_mock: respx.Router) -> None:
+    route = httpx2_mock.post(COMPLETIONS_URL).mock(
+        side_effect=[httpcore2.ConnectError("connection reset"), httpx.Response(200, json=TEXT_RESPONSE)]
+    )
+    agent = OpenAIChatAgent(api_key=API_KEY, base_url=BASE_URL, max_retries=1)
+
+    response = await agent.complete(request())
+    await agent.aclose()
+
+    assert response.text == "You have 2 pending tasks: Buy milk and Call mom."
+    assert route.call_count == 2
+
+
+async def test_the_first_attempt_sends_the_sdks_own_headers(httpx2_mock: respx.Router) -> None:
+    route = httpx2_mock.post(COMPLETIONS_URL).respond(200, json=TEXT_RESPONSE)
+    agent = OpenAIChatAgent(api_key=API_KEY, base_url=BASE_URL)
+
+    await agent.complete(request())
+    await agent.aclose()
+
+    sent = route.calls.last.request.headers
+    assert sent["user-agent"].startswith("AsyncOpenAI/Python")
+    assert sent["x-stainless-lang"] == "python"
+    assert sent["accept"] == "application/json"
+    assert "openai-organization" not in sent
+
+
+async def test_a_callers_own_client_is_used_through_the_sdk(httpx2_mock: respx.Router) -> None:
+    route = httpx2_mock.post(COMPLETIONS_URL).respond(200, json=TEXT_RESPONSE)
+    client = openai.AsyncOpenAI(api_key=API_KEY, base_url=BASE_URL, max_retries=0, default_headers={"X-Team": "todo"})
+    agent = OpenAIChatAgent(client=client)
+
+    response = await agent.complete(request())
+    await agent.aclose()
+    await client.close()
+
+    assert response.text == "You have 2 pending tasks: Buy milk and Call mom."
+    assert route.calls.last.request.headers["x-team"] == "todo"
+
+
+async def test_a_reply_that_is_not_json_is_an_unavailable_provider(httpx2_mock: respx.Router) -> None:
+    httpx2_mock.post(COMPLETIONS_URL).respond(200, text="<html>proxy error</html>")
+    agent = OpenAIChatAgent(api_key=API_KEY, base_url=BASE_URL, max_retries=0)
+
+    with pytest.raises(AgentUnavailable, match="not JSON"):
+        await agent.complete(request())
+    await agent.aclose()

@@ -4,18 +4,29 @@ Everything OpenAI-shaped stays in this module: ``_map_messages`` and ``_map_tool
 request, ``_map_response`` reads the reply, ``_map_error`` turns SDK errors into domain errors.
 ``base_url`` (or ``OPENAI_BASE_URL``) points it at an OpenAI-compatible server such as Ollama,
 vLLM or llama.cpp. Timeouts and retries are the SDK's own, configured on the client.
+
+A turn's request is first sent on the SDK client's own HTTP connection pool, with the headers the
+SDK sends, and a 2xx reply is read straight from its JSON: the SDK's per-request machinery (request
+options as pydantic models copied per attempt, header merging, URL joining, its response wrapper)
+cost more CPU than the HTTP exchange itself (docs/performance.md). Anything else goes the SDK's way:
+a non-retryable status becomes the SDK's own error class, and a retryable one (or a connection error)
+is retried by the SDK's ``post`` with the rest of the retry budget, after the SDK's first backoff.
+An ``AsyncOpenAI`` passed in by the caller is used through the SDK only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
 
+import httpx2
 import msgspec
 import openai
 from openai import AsyncOpenAI, AsyncStream, RequestOptions
@@ -48,6 +59,9 @@ PROVIDER = "openai"
 COMPLETIONS_PATH = "/chat/completions"
 _REQUEST_OPTIONS: RequestOptions = {"security": {"bearer_auth": True}}
 """What ``chat.completions.create`` passes to ``post``: the API key as a bearer token."""
+INITIAL_RETRY_DELAY_SECONDS = 0.5
+MAX_RETRY_AFTER_SECONDS = 120.0
+"""The SDK's first backoff and the longest Retry-After it honours (``openai._constants``)."""
 
 INVALID_JSON_KEY = "_invalid_json"
 """The key under which tool-call arguments that are not a JSON object are passed on, as the raw text.
@@ -93,19 +107,56 @@ class OpenAIChatAgent:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._owns_client = client is None
-        self._client = client or _new_client(api_key, base_url, timeout_seconds, max_retries)
+        self._max_retries = max_retries
+        # Our own client's HTTP connection pool, shared with it: a turn's request is sent on it directly (below).
+        self._http: httpx2.AsyncClient | None = None
+        if client is None:
+            self._http = openai.DefaultAsyncHttpx2Client(timeout=timeout_seconds)
+            client = _new_client(api_key, base_url, timeout_seconds, max_retries, self._http)
+        self._client = client
+        self._sent_headers: dict[str, str] | None = None
         # Absolute, so the SDK need not join it onto base_url on every request.
         self._completions_url = str(self._client.base_url).rstrip("/") + COMPLETIONS_PATH
 
     async def complete(self, request: AgentRequest) -> AgentResponse:
+        body = self._body(request)
+        if self._http is None:  # a caller's client: everything through the SDK
+            return await self._complete_through_sdk(body, _REQUEST_OPTIONS)
+        response: httpx2.Response | None = None
+        try:
+            response = await self._http.post(
+                self._completions_url, content=body, headers=self._headers(), timeout=self._client.timeout
+            )
+        except httpx2.TimeoutException as error:
+            failure: openai.OpenAIError = openai.APITimeoutError(request=error.request)
+        except httpx2.TransportError as error:
+            failure = openai.APIConnectionError(request=error.request)
+        else:
+            if response.is_success:
+                return _map_response(_json_of(response))
+            failure = self._client._make_status_error_from_response(response)
+            if not self._client._should_retry(response):
+                raise _map_error(failure) from failure
+        if self._max_retries == 0:
+            raise _map_error(failure) from failure
+        # The SDK's own retries take over, as if this had been their first attempt.
+        await asyncio.sleep(_first_retry_delay(response))
+        return await self._complete_through_sdk(body, {**_REQUEST_OPTIONS, "max_retries": self._max_retries - 1})
+
+    async def _complete_through_sdk(self, body: bytes, options: RequestOptions) -> AgentResponse:
         try:
             # ``object``: the JSON body as parsed, without building the SDK's pydantic models from it.
-            completion = await self._client.post(
-                self._completions_url, content=self._body(request), cast_to=object, options=_REQUEST_OPTIONS
-            )
+            completion = await self._client.post(self._completions_url, content=body, cast_to=object, options=options)
         except openai.OpenAIError as error:
             raise _map_error(error) from error
         return _map_response(completion)
+
+    def _headers(self) -> dict[str, str]:
+        """What the SDK sends with every request (auth, content type, its client headers), worked out once."""
+        if self._sent_headers is None:
+            headers = {k: v for k, v in self._client.default_headers.items() if isinstance(v, str)}
+            self._sent_headers = headers | self._client.auth_headers
+        return self._sent_headers
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
         """``complete`` with ``stream=True``: text and tool-call argument deltas as the chunks arrive, then the chunks
@@ -156,12 +207,18 @@ class OpenAIChatAgent:
         """Release the SDK client's connections, when this agent created the client."""
         if self._owns_client:
             await self._client.close()
+            if self._http is not None:
+                await self._http.aclose()
 
 
-def _new_client(api_key: str | None, base_url: str | None, timeout_seconds: float, max_retries: int) -> AsyncOpenAI:
+def _new_client(
+    api_key: str | None, base_url: str | None, timeout_seconds: float, max_retries: int, http: httpx2.AsyncClient
+) -> AsyncOpenAI:
     """A client with the SDK's own timeout and retries. None reads OPENAI_API_KEY/OPENAI_BASE_URL; nothing connects."""
     try:
-        return AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries)
+        return AsyncOpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries, http_client=http
+        )
     except openai.OpenAIError as error:  # raised for missing credentials: a configuration mistake, caught at startup
         raise ValueError(
             "OpenAIChatAgent needs an API key: pass api_key or set OPENAI_API_KEY "
@@ -213,6 +270,26 @@ def _map_tools(tools: Sequence[ToolSpec]) -> list[ChatCompletionFunctionToolPara
         }
         for spec in tools
     ]
+
+
+def _json_of(response: httpx2.Response) -> object:
+    try:
+        return msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        raise AgentUnavailable("OpenAI returned a response that is not JSON", provider=PROVIDER) from None
+
+
+def _first_retry_delay(response: httpx2.Response | None) -> float:
+    """What the SDK waits before its first retry: the server's Retry-After (up to 2 min), else 0.5 s less jitter."""
+    if response is not None:
+        for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+            try:
+                delay = float(response.headers.get(header, "")) / divisor
+            except ValueError:
+                continue
+            if 0 < delay <= MAX_RETRY_AFTER_SECONDS:
+                return delay
+    return INITIAL_RETRY_DELAY_SECONDS * (1 - 0.25 * random.random())  # noqa: S311  # jitter, not a secret
 
 
 def _map_response(completion: object) -> AgentResponse:
