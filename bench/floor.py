@@ -172,7 +172,7 @@ class FloorSettings:
             model=env.get("CHATCORE_MODEL", "gpt-4o-mini"),
             history_limit=int(env.get("CHATCORE_HISTORY_LIMIT", "50")),
             max_tool_steps=int(env.get("CHATCORE_MAX_TOOL_STEPS", "8")),
-            pool_size=int(env.get("CHATCORE_DB_POOL_SIZE", "20")) + int(env.get("CHATCORE_DB_MAX_OVERFLOW", "10")),
+            pool_size=int(env.get("CHATCORE_DB_POOL_SIZE", "30")) + int(env.get("CHATCORE_DB_MAX_OVERFLOW", "0")),
         )
 
 

@@ -57,7 +57,7 @@ START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
 RSS_SAMPLE_SECONDS = 0.1
 MIB = 1024 * 1024
-DEFAULT_POOL_SIZE, DEFAULT_MAX_OVERFLOW = 20, 10
+DEFAULT_POOL_SIZE, DEFAULT_MAX_OVERFLOW = 30, 0
 """chatcore's SQLAlchemy pool defaults (``CHATCORE_DB_POOL_SIZE``, ``CHATCORE_DB_MAX_OVERFLOW``)."""
 RESERVED_CONNECTIONS = 10
 """Left for PostgreSQL's superuser slots and the orchestrator's own connections (seeding, ANALYZE)."""
@@ -160,8 +160,7 @@ def pool_budget(max_connections: int, servers: int, workers: int) -> tuple[int, 
         return None
     if per_worker < 2:
         raise SystemExit(f"PostgreSQL's max_connections ({max_connections}) is too small for {workers} workers")
-    size = max(1, per_worker * 2 // 3)
-    return size, per_worker - size
+    return per_worker, 0  # like chatcore's default: a fixed pool, no overflow connections to open and close
 
 
 def server_env(

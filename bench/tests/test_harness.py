@@ -248,7 +248,7 @@ def test_pools_shrink_only_when_both_servers_would_not_fit() -> None:
     from bench.run import pool_budget
 
     assert pool_budget(100, servers=2, workers=1) is None
-    assert pool_budget(100, servers=2, workers=2) == (14, 8)  # 90 connections // 4 workers = 22 each
+    assert pool_budget(100, servers=2, workers=2) == (22, 0)  # 90 connections // 4 workers = 22 each
     assert sum(pool_budget(100, servers=2, workers=4) or ()) * 2 * 4 <= 90
     with pytest.raises(SystemExit):
         pool_budget(20, servers=2, workers=8)

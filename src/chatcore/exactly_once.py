@@ -68,10 +68,17 @@ class TurnHold:
         self._deadline = time.monotonic() + wait_seconds
         self._stop = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._first_beat: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> TurnHold:
-        self._heartbeat = asyncio.create_task(self._beat(), name=f"turn-heartbeat-{self.turn_id}")
+        # A timer rather than a task: most turns end before the first beat is due, and never pay for a task.
+        self._first_beat = asyncio.get_running_loop().call_later(self.lease_seconds / 3, self._start_heartbeat)
         return self
+
+    def _start_heartbeat(self) -> None:
+        self._first_beat = None
+        if not self._stop.is_set():
+            self._heartbeat = asyncio.create_task(self._beat(), name=f"turn-heartbeat-{self.turn_id}")
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
@@ -144,13 +151,11 @@ class TurnHold:
         await asyncio.sleep(min(next(waits), remaining))
 
     async def _beat(self) -> None:
+        """Renew now (a third of the lease has passed), then every third of the lease until stopped."""
         interval = self.lease_seconds / 3
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval)
-            if self._stop.is_set():
-                return
+        while not self._stop.is_set():
             if self.conversation_id is None and self.idempotency_key is None:
+                await self._wait_for_stop(interval)
                 continue
             try:
                 held = await self.store.renew_turn(
@@ -167,6 +172,7 @@ class TurnHold:
                     type(error).__name__,
                     extra={"event": "turn_renew_failed", "turn_id": str(self.turn_id)},
                 )
+                await self._wait_for_stop(interval)
                 continue
             if not held:
                 logger.warning(
@@ -175,9 +181,17 @@ class TurnHold:
                     extra={"event": "turn_lease_lost", "turn_id": str(self.turn_id)},
                 )
                 return
+            await self._wait_for_stop(interval)
+
+    async def _wait_for_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _stop_heartbeat(self) -> None:
         """Let a renewal in flight finish (cancelling it mid-statement would cost a pooled connection), then stop."""
         self._stop.set()
+        if self._first_beat is not None:
+            self._first_beat.cancel()
+            self._first_beat = None
         if self._heartbeat is not None:
             await asyncio.wait({self._heartbeat})  # never raises: a renewal's own failure was logged

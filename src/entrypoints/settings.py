@@ -58,8 +58,11 @@ class Settings:
     """Every knob of a deployment. ``from_env`` documents the variable behind each field."""
 
     database_url: str | None = None
-    db_pool_size: int = 20
-    db_max_overflow: int = 10
+    db_pool_size: int = 30
+    db_max_overflow: int = 0
+    """Overflow connections are closed as soon as they are given back, so under bursty load every burst pays a new
+    PostgreSQL backend and handshake (measured: 16% of a 2-core machine at 200 concurrent turns); a fixed pool
+    is cheaper. A turn holds a connection only for its two statements, so 30 serve hundreds of concurrent turns."""
     db_pool_timeout_seconds: float = 10.0
 
     auth_secret: str | None = field(default=None, repr=False)

@@ -177,3 +177,18 @@ async def test_spans_for_model_and_tool_calls_nest_under_the_current_span() -> N
     assert spans["execute_tool add_task"].status.is_ok
     for span in spans.values():  # no arguments or message text in span attributes
         assert "secret" not in repr(dict(span.attributes or {}))
+
+
+def test_json_lines_write_values_and_keys_json_cannot_hold_as_their_repr() -> None:
+    import json as json_module
+
+    from chatcore.entrypoints.logging import _json_line
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    line = json_module.loads(_json_line({"event": "x", "thing": Opaque(), "when": 1.5}))
+    assert line == {"event": "x", "thing": "<opaque>", "when": 1.5}
+    odd_keys = json_module.loads(_json_line({"event": "x", "nested": {(1, 2): "tuple key", 3: "int key"}}))
+    assert odd_keys == {"event": "x", "nested": {"(1, 2)": "tuple key", "3": "int key"}}

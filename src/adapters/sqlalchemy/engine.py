@@ -66,8 +66,8 @@ def _asyncpg_query(url: URL) -> str:
 def create_engine(
     url: str,
     *,
-    pool_size: int = 20,
-    max_overflow: int = 10,
+    pool_size: int = 30,
+    max_overflow: int = 0,
     pool_timeout: float = 10.0,
     echo: bool = False,
     ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
