@@ -41,14 +41,19 @@ def check_leeway(leeway_seconds: float) -> float:
     return float(leeway_seconds)
 
 
-def read_header(token: str) -> dict[str, Any]:
-    """The token's JOSE header, unverified: only for choosing how to verify, never for trusting."""
+def check_shape(token: str) -> None:
+    """Refuse what no verifier should parse: nothing, too much, or non-ASCII."""
     if not isinstance(token, str) or not token:
         raise Unauthenticated("Missing bearer token")
     if len(token) > MAX_TOKEN_BYTES:
         raise Unauthenticated("Token is too large")
     if not token.isascii():
         raise Unauthenticated("Token is malformed")
+
+
+def read_header(token: str) -> dict[str, Any]:
+    """The token's JOSE header, unverified: only for choosing how to verify, never for trusting."""
+    check_shape(token)
     try:
         return jwt.get_unverified_header(token)
     except jwt.PyJWTError:
