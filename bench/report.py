@@ -72,6 +72,8 @@ class Report:
     runtime_seconds: float = math.nan
     profile: str | None = None
     notes: list[str] = field(default_factory=list)
+    instructions: dict[str, float] = field(default_factory=dict)
+    """Instructions per turn by server, counted under valgrind (``bench/instructions.py``); empty when not run."""
 
     def get(self, scenario: str, server: str) -> Measurement | None:
         for measurement in self.measurements:
@@ -181,6 +183,25 @@ class Report:
                 "",
                 "For reference, the floor's own p95 with 800-message ÷ fresh conversations: "
                 f"{_num(_divide(floor_long.p95_ms, floor_fresh.p95_ms))}×.",
+            ]
+        if self.instructions:
+            floor = self.instructions.get(FLOOR, math.nan)
+            lines += [
+                "",
+                "## Instructions per turn",
+                "",
+                "Counted by valgrind (cachegrind, no cache simulation) in the server process, as the difference "
+                "between runs of 20 and 120 sequential turns by 4 users with the instant model "
+                "(`bench/instructions.py`): the same for the same code whatever else the machine is doing, "
+                "unlike the CPU times above. Not a target; the CPU ratio is usually below this one, since "
+                "both servers also spend kernel time on the same sockets.",
+                "",
+                "| server | million instructions per turn | ÷ floor |",
+                "|---|--:|--:|",
+                *(
+                    f"| {server} | {count / 1e6:.2f} | {_num(_divide(count, floor))}× |"
+                    for server, count in self.instructions.items()
+                ),
             ]
         return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import math
 import os
@@ -46,6 +47,7 @@ import msgspec
 
 from bench import procstat
 from bench.fake_model import Mode
+from bench.instructions import USERS, instructions_per_turn, valgrind
 from bench.load import LoadResult, ReplyCheck, VirtualUser, run_load, user_client
 from bench.profile import profile_overhead, py_spy
 from bench.report import CHATCORE, DISTURBED_PERCENT, FLOOR, Measurement, Report
@@ -602,6 +604,21 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def server_argv(name: str, port: int, *, workers: int) -> list[str]:
+    if name == FLOOR:
+        return [sys.executable, "-m", "bench.floor", "--port", str(port), "--workers", str(workers)]
+    if name == CHATCORE:
+        return chatcore_argv(port, workers)
+    raise SystemExit(f"unknown target {name!r}: choose from {FLOOR}, {CHATCORE}")
+
+
+def counted_users(secret: str, server: str, turns: int) -> list[VirtualUser]:
+    """New users for one valgrind run (``bench/instructions.py``), each starting a conversation of their own."""
+    return [
+        VirtualUser(uid, mint_token(secret, uid)) for uid in (f"{server}-counted-{turns}-{i}" for i in range(USERS))
+    ]
+
+
 def chatcore_argv(port: int, workers: int) -> list[str]:
     script = Path(sys.executable).with_name("chatcore")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "chatcore.entrypoints.cli"]
@@ -654,13 +671,9 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
         servers: list[Server] = []
         for name in targets:
             port = free_port()
-            if name == FLOOR:
-                argv_ = [sys.executable, "-m", "bench.floor", "--port", str(port), "--workers", str(args.workers)]
-            elif name == CHATCORE:
-                argv_ = chatcore_argv(port, args.workers)
-            else:
-                raise SystemExit(f"unknown target {name!r}: choose from {FLOOR}, {CHATCORE}")
-            server = Server(name, argv_, env, port, log_dir, workers=args.workers)
+            server = Server(
+                name, server_argv(name, port, workers=args.workers), env, port, log_dir, workers=args.workers
+            )
             stack.push_async_callback(server.stop)
             servers.append(server)
         await asyncio.gather(*(server.start(control) for server in servers))
@@ -709,6 +722,20 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
                 )
 
         report.notes.extend(saturation_notes(scenarios, report.measurements))
+        if args.instructions or (args.instructions is None and valgrind() is not None):
+            await model.configure(control, latency_ms=0, mode="text")
+            for server in servers:
+                print(f"bench: instructions per turn on {server.name} (valgrind)", flush=True)
+                report.instructions[server.name] = await instructions_per_turn(
+                    server.name,
+                    functools.partial(server_argv, server.name, workers=1),
+                    env,
+                    functools.partial(counted_users, secret, server.name),
+                    free_port,
+                    log_dir,
+                    REPO,
+                )
+                print(f"bench:   {report.instructions[server.name] / 1e6:.2f} M instructions/turn", flush=True)
         if CHATCORE in targets and (args.profile or (args.profile is None and py_spy() is not None)):
             chatcore = next(s for s in servers if s.name == CHATCORE)
             overhead = next((s for s in scenarios if s.name == "overhead"), None) or Scenario(
@@ -799,6 +826,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--history-latency-ms", type=float, default=0)
     parser.add_argument("--scenario-timeout", type=float, default=120.0, help="seconds one scenario may take")
     parser.add_argument("--chatcore-log-level", default="INFO", help="CHATCORE_LOG_LEVEL for chatcore (as shipped)")
+    parser.add_argument(
+        "--instructions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="count instructions per turn of each server under valgrind (default: when valgrind is installed)",
+    )
     parser.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
