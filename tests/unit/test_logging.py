@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chatcore.entrypoints.logging import REDACTED, configure_logging, redact
 from chatcore.entrypoints.settings import ConfigurationError, Settings
@@ -148,3 +150,19 @@ def test_settings_read_the_log_format_and_the_otlp_endpoint() -> None:
     exact = {**base, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318/custom"}
     assert Settings.from_env(exact).otlp_traces_endpoint == "http://traces:4318/custom"
     assert Settings.from_env({**base, "OTEL_SDK_DISABLED": "true"}).otlp_traces_endpoint is None
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=12),
+            st.sampled_from(["bearer ", "BEARER\t", "BeArEr  ", "eyJ", ".", "sk-", "-", "_", "abcdefghijklmnop"]),
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_the_cheap_secret_check_never_skips_text_the_pattern_would_mask(text: str) -> None:
+    from chatcore.entrypoints.logging import SECRET_IN_TEXT, _may_hold_secret
+
+    if SECRET_IN_TEXT.search(text) is not None:
+        assert _may_hold_secret(text)
