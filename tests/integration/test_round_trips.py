@@ -9,9 +9,10 @@ query logger: the turn's own statements, which the store runs on asyncpg directl
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +62,14 @@ async def log_driver_queries(engine: AsyncEngine) -> list[str]:
     return queries
 
 
-@contextmanager
-def counting(engine: AsyncEngine, driver_queries: list[str] | None = None) -> Iterator[Counts]:
-    """Every statement sent (``before_cursor_execute``), transaction begun and connection checked out."""
+@asynccontextmanager
+async def counting(engine: AsyncEngine, driver_queries: list[str] | None = None) -> AsyncIterator[Counts]:
+    """Every statement sent (``before_cursor_execute``), transaction begun and connection checked out.
+
+    asyncpg hands a query to its loggers with ``call_soon`` on the loop the app runs on: a query is logged a
+    little after it answered, so the count starts and ends once the log has been quiet for a moment.
+    """
+    await _quiet(driver_queries)
     counts = Counts()
     sync_engine = engine.sync_engine
     already = len(driver_queries or ())
@@ -83,9 +89,22 @@ def counting(engine: AsyncEngine, driver_queries: list[str] | None = None) -> It
     try:
         yield counts
     finally:
+        await _quiet(driver_queries)
         for name, listener in listeners:
             event.remove(sync_engine, name, listener)
         counts.driver_queries = list((driver_queries or [])[already:])
+
+
+async def _quiet(queries: list[str] | None, settle_seconds: float = 0.05, limit_seconds: float = 2.0) -> None:
+    """Until ``queries`` has not grown for ``settle_seconds`` (at most ``limit_seconds``)."""
+    if queries is None:
+        return
+    waited = 0.0
+    seen = -1
+    while len(queries) != seen and waited < limit_seconds:
+        seen = len(queries)
+        await asyncio.sleep(settle_seconds)
+        waited += settle_seconds
 
 
 class PoolWatchingAgent(FunctionAgent):
@@ -116,10 +135,10 @@ async def test_a_turn_without_tools_takes_at_most_three_statements_new_or_contin
             more = {"message": "And again", "conversation_id": conversation}
             assert (await client.post(f"/api/{user}/chat", json=more, headers=auth(user))).status_code == 200
 
-        with counting(agent.engine, driver_queries) as new:
+        async with counting(agent.engine, driver_queries) as new:
             created = await client.post(f"/api/{user}/chat", json={"message": "A new one"}, headers=auth(user))
         assert created.status_code == 200, created.text
-        with counting(agent.engine, driver_queries) as continued:
+        async with counting(agent.engine, driver_queries) as continued:
             payload = {"message": "Go on", "conversation_id": conversation}
             answered = await client.post(f"/api/{user}/chat", json=payload, headers=auth(user))
         assert answered.status_code == 200, answered.text
@@ -143,7 +162,7 @@ async def test_a_turn_with_one_add_task_call_stays_within_five_statements(postgr
         warm = await client.post(f"/api/{user}/chat", json={"message": "Hello"}, headers=auth(user))  # connections
         assert warm.status_code == 200, warm.text
         agent.script = [AgentResponse("", (call,)), AgentResponse("Added 'Buy milk'.")]
-        with counting(agent.engine, driver_queries) as counts:
+        async with counting(agent.engine, driver_queries) as counts:
             response = await client.post(f"/api/{user}/chat", json={"message": "Add milk"}, headers=auth(user))
     assert response.status_code == 200, response.text
     assert [c["name"] for c in response.json()["tool_calls"]] == ["add_task"]

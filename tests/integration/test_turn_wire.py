@@ -31,9 +31,9 @@ async def test_a_turn_without_tools_sends_its_statements_and_nothing_else(postgr
         assert first.status_code == 200, first.text
         conversation = first.json()["conversation_id"]
 
-        with counting(agent.engine, driver_queries) as new:
+        async with counting(agent.engine, driver_queries) as new:
             created = await client.post(f"/api/{user}/chat", json={"message": "A new one"}, headers=auth(user))
-        with counting(agent.engine, driver_queries) as continued:
+        async with counting(agent.engine, driver_queries) as continued:
             payload = {"message": "Go on", "conversation_id": conversation}
             answered = await client.post(f"/api/{user}/chat", json=payload, headers=auth(user))
 
