@@ -102,6 +102,12 @@ def configure_logging(
             renderer,
         ],
     )
+    # Fields no line of ours shows, so no record computes them (the logging HOWTO's "Optimization" list): the
+    # caller's frame (a stack walk per line), thread, process and multiprocessing names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = _ChatcoreHandler(stream)
     handler.setFormatter(formatter)
 

@@ -6,12 +6,11 @@ import gc
 import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
-from litestar.datastructures import MutableScopeHeaders
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -45,6 +44,22 @@ EXPOSED_HEADERS = ("Retry-After", "X-Request-ID", "RateLimit-Limit", "RateLimit-
 """What a browser frontend on an allowed origin may read: when to retry, and the id to quote in a bug report."""
 
 
+_SECURITY_HEADERS_RAW = tuple((name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items())
+_REQUEST_ID_RAW = REQUEST_ID_HEADER.lower().encode()
+
+
+def add_missing_headers(message: Message, scope: Scope) -> None:
+    """The security headers, and the request id for errors answered outside a route (routing, auth, rate limit),
+    unless the response set them itself. On the raw header list: every response passes here."""
+    raw: Iterable[tuple[bytes, bytes]] = message.get("headers") or ()  # type: ignore[assignment]
+    headers = list(raw)
+    present = {name.lower() for name, _ in headers}
+    headers.extend(header for header in _SECURITY_HEADERS_RAW if header[0] not in present)
+    if _REQUEST_ID_RAW not in present:
+        headers.append((_REQUEST_ID_RAW, (request_id_of(scope) or uuid.uuid4().hex).encode()))
+    message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+
+
 def create_app(container: Container) -> Litestar:
     settings: Settings = container.settings()
     metrics = container.metrics()
@@ -74,12 +89,7 @@ def create_app(container: Container) -> Litestar:
 
     async def add_security_headers(message: Message, scope: Scope) -> None:
         if message["type"] == "http.response.start":
-            headers = MutableScopeHeaders.from_message(message)
-            for name, value in SECURITY_HEADERS.items():
-                if name not in headers:
-                    headers[name] = value
-            if REQUEST_ID_HEADER not in headers:  # errors answered outside the route (routing, auth, rate limit)
-                headers[REQUEST_ID_HEADER] = request_id_of(scope) or uuid.uuid4().hex
+            add_missing_headers(message, scope)
 
     # The API: authenticated in middleware, then counted per verified user. Its controllers go in this router.
     api = Router(

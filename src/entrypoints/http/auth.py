@@ -2,10 +2,11 @@
 
 ``BearerAuthenticationMiddleware`` verifies the token on the API routes and puts the
 ``Principal`` in ``scope["user"]``, so the rate limiter behind it can count by verified
-user. The ``require_path_user`` guard then only reuses that principal; it authenticates
-by itself wherever a controller is mounted without the middleware, so no
-``/api/{user_id}`` route is ever open. Errors are the domain's (Unauthenticated 401,
-Forbidden 403, AuthUnavailable 503), answered by the one handler in ``errors.py``.
+user. The ``require_path_user`` guard (the chat route calls ``authorize_path_user``, its body,
+itself) then only reuses that principal; it authenticates by itself wherever a controller is
+mounted without the middleware, so no ``/api/{user_id}`` route is ever open. Errors are the
+domain's (Unauthenticated 401, Forbidden 403, AuthUnavailable 503), answered by the one handler
+in ``errors.py``.
 """
 
 from __future__ import annotations
@@ -51,10 +52,17 @@ class BearerAuthenticationMiddleware(AbstractAuthenticationMiddleware):
 
 
 async def require_path_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    await authorize_path_user(connection)
+
+
+async def authorize_path_user(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """What ``require_path_user`` does, called by a handler itself: Litestar's guard machinery copies the
+    route handler on every guarded request, a cost the chat route (the hot path) does not pay."""
     principal = connection.scope.get("user")
     if not isinstance(principal, Principal) or principal.user_id != connection.path_params.get("user_id"):
         principal = await authenticate(connection)
     connection.state[PRINCIPAL_KEY] = principal
+    return principal
 
 
 def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:

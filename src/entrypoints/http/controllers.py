@@ -10,7 +10,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, HeaderParameter
 from litestar.response import Response
 
-from chatcore.entrypoints.http.auth import BEARER_SECURITY, principal_of, require_path_user
+from chatcore.entrypoints.http.auth import BEARER_SECURITY, authorize_path_user
 from chatcore.entrypoints.http.conversations import accepts_event_stream, stream_turn
 from chatcore.entrypoints.http.dto import (
     CHAT_REQUEST_EXAMPLE,
@@ -60,7 +60,6 @@ IDEMPOTENCY_KEY_DESCRIPTION = (
 
 class ChatController(Controller):
     path = "/api/{user_id:str}"
-    guards = [require_path_user]
     security = [{BEARER_SECURITY: []}]
     tags = ["chat"]
 
@@ -99,12 +98,11 @@ class ChatController(Controller):
             HeaderParameter(name="Idempotency-Key", required=False, description=IDEMPOTENCY_KEY_DESCRIPTION),
         ] = None,
     ) -> Response[Any]:
+        principal = await authorize_path_user(request)  # not a guard: see authorize_path_user
         if accepts_event_stream(request):
             return await stream_turn(request, data.message, data.conversation_id)
         service: ChatService = request.app.state.service
-        reply = await service.send(
-            principal_of(request), data.message, data.conversation_id, idempotency_key=idempotency_key
-        )
+        reply = await service.send(principal, data.message, data.conversation_id, idempotency_key=idempotency_key)
         return Response(ChatResponse.from_reply(reply))
 
 
