@@ -91,14 +91,14 @@ EXPECTED_REQUEST: dict[str, Any] = {
                 {
                     "id": "call_milk",
                     "type": "function",
-                    "function": {"name": "add_task", "arguments": '{"title": "Buy milk"}'},
+                    "function": {"name": "add_task", "arguments": '{"title":"Buy milk"}'},
                 },
                 {
                     "id": "call_eggs",
                     "type": "function",
                     "function": {
                         "name": "add_task",
-                        "arguments": '{"title": "Buy eggs", "description": "a dozen, free-range"}',
+                        "arguments": '{"title":"Buy eggs","description":"a dozen, free-range"}',
                     },
                 },
             ],

@@ -131,7 +131,10 @@ def completion(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
         {
             "id": f"call_{secrets.token_urlsafe(18)[:24]}",
             "type": "function",
-            "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            "function": {
+                "name": call.name,
+                "arguments": json.dumps(call.arguments, separators=(",", ":")),
+            },  # compact, as OpenAI sends them
         }
         for call in decision.calls
     ]

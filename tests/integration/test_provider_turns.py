@@ -138,7 +138,7 @@ def assert_the_second_turn_replays_the_first_exactly(
                     {
                         "id": call["id"],
                         "type": "function",
-                        "function": {"name": "add_task", "arguments": '{"title": "Buy milk"}'},
+                        "function": {"name": "add_task", "arguments": '{"title":"Buy milk"}'},
                     }
                 ],
             },

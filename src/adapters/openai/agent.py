@@ -72,6 +72,9 @@ leave the model waiting for a result; guessing would run a tool with made-up arg
 error result naming the problem and can retry with valid arguments.
 """
 
+_JSON_TEXT = msgspec.json.Encoder()
+"""Tool-call arguments as the JSON text OpenAI's wire format carries them (compact UTF-8, like the SDK's)."""
+
 _CONTEXT_TOO_LONG = re.compile(r"maximum context length|context window|context size|context_length_exceeded")
 """How OpenAI and compatible servers (vLLM, llama.cpp, LM Studio) word a prompt that does not fit."""
 
@@ -258,7 +261,7 @@ def _map_tool_call(call: ToolCall) -> ChatCompletionMessageFunctionToolCallParam
     return {
         "id": call.id,
         "type": "function",
-        "function": {"name": call.name, "arguments": json.dumps(dict(call.arguments), ensure_ascii=False)},
+        "function": {"name": call.name, "arguments": _JSON_TEXT.encode(dict(call.arguments)).decode()},
     }
 
 
