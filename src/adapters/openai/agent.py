@@ -143,7 +143,7 @@ class OpenAIChatAgent:
         if self._max_retries == 0:
             raise _map_error(failure) from failure
         # The SDK's own retries take over, as if this had been their first attempt.
-        await asyncio.sleep(_first_retry_delay(response))
+        await asyncio.sleep(self._first_retry_delay(response))
         return await self._complete_through_sdk(body, {**_REQUEST_OPTIONS, "max_retries": self._max_retries - 1})
 
     async def _complete_through_sdk(self, body: bytes, options: RequestOptions) -> AgentResponse:
@@ -153,6 +153,15 @@ class OpenAIChatAgent:
         except openai.OpenAIError as error:
             raise _map_error(error) from error
         return _map_response(completion)
+
+    def _first_retry_delay(self, response: httpx2.Response | None) -> float:
+        """What the SDK waits before its first retry: the server's Retry-After (read by the SDK, honoured up to
+        two minutes), else 0.5 s less up to a quarter of jitter."""
+        if response is not None:
+            delay = self._client._parse_retry_after_header(response.headers)
+            if delay is not None and 0 < delay <= MAX_RETRY_AFTER_SECONDS:
+                return delay
+        return INITIAL_RETRY_DELAY_SECONDS * (1 - 0.25 * random.random())  # noqa: S311  # jitter, not a secret
 
     def _headers(self) -> dict[str, str]:
         """What the SDK sends with every request (auth, content type, its client headers), worked out once."""
@@ -280,19 +289,6 @@ def _json_of(response: httpx2.Response) -> object:
         return msgspec.json.decode(response.content)
     except msgspec.DecodeError:
         raise AgentUnavailable("OpenAI returned a response that is not JSON", provider=PROVIDER) from None
-
-
-def _first_retry_delay(response: httpx2.Response | None) -> float:
-    """What the SDK waits before its first retry: the server's Retry-After (up to 2 min), else 0.5 s less jitter."""
-    if response is not None:
-        for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-            try:
-                delay = float(response.headers.get(header, "")) / divisor
-            except ValueError:
-                continue
-            if 0 < delay <= MAX_RETRY_AFTER_SECONDS:
-                return delay
-    return INITIAL_RETRY_DELAY_SECONDS * (1 - 0.25 * random.random())  # noqa: S311  # jitter, not a secret
 
 
 def _map_response(completion: object) -> AgentResponse:
