@@ -14,9 +14,10 @@ beyond this is its overhead. It reads the same environment as ``chatcore serve``
 ``CHATCORE_HISTORY_LIMIT``, ``CHATCORE_MAX_TOOL_STEPS``, ``CHATCORE_DB_POOL_SIZE``,
 ``CHATCORE_DB_MAX_OVERFLOW``).
 
-The model client is httpx2, the fork the OpenAI SDK (so chatcore) uses: httpx's own pool spends CPU in
-proportion to its open connections on every request, which at 200 concurrent model calls would raise
-the floor above the least work a turn needs.
+The model client is httpx2, the fork the OpenAI SDK (so chatcore) uses, on the same transport as
+chatcore's (``SpreadConnectionPools``): a single httpx2 pool probes every idle connection's socket on
+each request, which at 32 concurrent turns cost the floor 0.9 ms of CPU a turn, more than its
+database work, and would make chatcore's ratios measure httpx2's pool rather than chatcore.
 
 Run: ``python -m bench.floor --port 9200 [--workers N]``.
 """
@@ -36,6 +37,8 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx2
 import jwt
 import msgspec
+
+from chatcore.adapters.provider_http import SpreadConnectionPools
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -264,8 +267,7 @@ class FloorApp:
                 self._pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=self.settings.pool_size)
                 self._http = httpx2.AsyncClient(
                     timeout=60.0,
-                    limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
-                    transport=self._model_transport,
+                    transport=self._model_transport or SpreadConnectionPools(),
                     trust_env=False,
                 )
                 await send({"type": "lifespan.startup.complete"})

@@ -29,6 +29,7 @@ from anthropic.types import (
 )
 
 from chatcore.adapters.provider_errors import retry_after_seconds, safe_token
+from chatcore.adapters.provider_http import SpreadConnectionPools
 from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
 from chatcore.model import (
     AgentRequest,
@@ -161,7 +162,13 @@ def _new_client(api_key: str | None, base_url: str | None, timeout_seconds: floa
     Without any credential the SDK fails every request with a TypeError; refusing here turns
     that into a configuration error at startup. Nothing connects.
     """
-    client = AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries)
+    client = AsyncAnthropic(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout_seconds,
+        max_retries=max_retries,
+        http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout_seconds, transport=SpreadConnectionPools()),
+    )
     if client.api_key is None and client.auth_token is None and client.credentials is None:
         raise ValueError("AnthropicChatAgent needs an API key: pass api_key or set ANTHROPIC_API_KEY")
     return client

@@ -39,6 +39,7 @@ from openai.types.chat import (
 )
 
 from chatcore.adapters.provider_errors import retry_after_seconds, safe_token
+from chatcore.adapters.provider_http import SpreadConnectionPools
 from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
 from chatcore.model import (
     AgentRequest,
@@ -114,7 +115,7 @@ class OpenAIChatAgent:
         # Our own client's HTTP connection pool, shared with it: a turn's request is sent on it directly (below).
         self._http: httpx2.AsyncClient | None = None
         if client is None:
-            self._http = openai.DefaultAsyncHttpx2Client(timeout=timeout_seconds)
+            self._http = openai.DefaultAsyncHttpx2Client(timeout=timeout_seconds, transport=SpreadConnectionPools())
             client = _new_client(api_key, base_url, timeout_seconds, max_retries, self._http)
         self._client = client
         self._sent_headers: dict[str, str] | None = None
