@@ -251,6 +251,9 @@ async def test_tool_calls_and_results_round_trip(store: ConversationStore, alice
     assert ToolResult.from_content(history[2].content, is_error=False).result == {"id": 7, "title": "Buy 牛奶 🥛"}
     assert (history[3].tool_call_id, history[3].is_error) == ("call_list_2", True)
     assert history[4].tool_calls == ()
+    # The window the next turn begins with is read another way on PostgreSQL (one JSON column): the same messages.
+    next_turn = await begin(store, alice, start.conversation.id, "and now?", limit=10)
+    assert next_turn.history == history
 
 
 async def test_timestamps_are_timezone_aware_and_keep_the_instant(store: ConversationStore, alice: str) -> None:
@@ -266,6 +269,9 @@ async def test_timestamps_are_timezone_aware_and_keep_the_instant(store: Convers
         assert moment.utcoffset() is not None
     assert history[1].created_at == written_in_india
     assert history[1].created_at.astimezone(UTC) == datetime(2025, 3, 1, 4, 0, 15, 123456, tzinfo=UTC)
+    window = (await begin(store, alice, start.conversation.id, "next", limit=10)).history
+    assert window == history
+    assert all(m.created_at.utcoffset() is not None for m in window)
     assert conversation.updated_at >= start.conversation.updated_at >= conversation.created_at
 
 
