@@ -72,17 +72,11 @@ MESSAGE_COLUMNS: Final = (
 """The message columns the statements write and read, in this order (``window_message`` reads by position)."""
 WINDOW: Final = len(CONVERSATION_COLUMNS)
 """Where a ``CONTINUE`` row holds its window: JSON text, an array of ``WINDOW_FIELDS`` rows; None when empty."""
-WINDOW_FIELDS: Final = (
-    _M.id,
-    _M.seq,
-    _M.role,
-    _M.content,
-    _M.tool_calls,
-    _M.tool_call_id,
-    _M.is_error,
-    _M.status,
-    _M.turn_id,
-    func.timezone("UTC", _M.created_at).label("created_at"),  # no offset in the JSON: read as UTC below
+WINDOW_FIELDS: Final = tuple(
+    # timestamps without an offset in the JSON, read as UTC by ``window_messages``
+    func.timezone("UTC", c).label(c.name) if c is _M.created_at else c
+    for c in MESSAGE_COLUMNS
+    if c is not _M.conversation_id  # the caller knows it
 )
 """A window message's fields in ``CONTINUE``'s JSON, in this order (``window_messages`` reads them by position)."""
 
