@@ -132,7 +132,7 @@ def serve(args: argparse.Namespace) -> int:
             "no token secret configured: set BETTER_AUTH_SECRET (HS256) or BETTER_AUTH_JWKS_URL (Better Auth JWKS), "
             "or run `chatcore serve --dev` for a demo with an ephemeral secret"
         )
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     if not args.no_migrate:
         run_migrations(database_url_from(settings.database_url))
     if args.dev and settings.auth_secret:

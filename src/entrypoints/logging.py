@@ -45,7 +45,8 @@ SECRET_IN_TEXT = re.compile(
     r"|\bsk-[A-Za-z0-9_-]{16,}"  # OpenAI / Anthropic style API keys
 )
 
-UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+ACCESS_LOGGER = "uvicorn.access"
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", ACCESS_LOGGER, "uvicorn.asgi")
 HTTP_CLIENT_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
 """The provider SDKs' HTTP clients log every request at INFO; above DEBUG only their warnings are kept, since the
 turn's own line already carries the model's time and calls (and each extra line is CPU on every turn)."""
@@ -64,10 +65,16 @@ def default_format(stream: TextIO) -> LogFormat:
 
 
 def configure_logging(
-    level: str | int = "INFO", fmt: LogFormat | None = None, *, stream: TextIO | None = None
+    level: str | int = "INFO",
+    fmt: LogFormat | None = None,
+    *,
+    stream: TextIO | None = None,
+    access_log: bool = False,
 ) -> logging.Handler:
     """Route structlog and the stdlib root logger to one handler on ``stream`` (stdout); returns that handler.
 
+    ``access_log``: uvicorn's line per request (``CHATCORE_ACCESS_LOG``). Without it the ``uvicorn.access``
+    logger has no handler to reach, which uvicorn checks once per connection and then skips the line entirely.
     Calling it again replaces the previous configuration (the app factory and ``serve`` may both call it).
     """
     stream = stream if stream is not None else sys.stdout
@@ -119,7 +126,7 @@ def configure_logging(
     for name in UVICORN_LOGGERS:  # uvicorn's own handlers would print a second, unstructured line
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
-        uvicorn_logger.propagate = True
+        uvicorn_logger.propagate = access_log or name != ACCESS_LOGGER
     for name in HTTP_CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if numeric_level <= logging.DEBUG else logging.WARNING)
 

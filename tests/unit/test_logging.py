@@ -131,6 +131,22 @@ def test_configuring_again_replaces_the_handler_instead_of_doubling_lines(log_st
     assert "outcome" in second.getvalue()
 
 
+@pytest.mark.parametrize("access_log", [False, True])
+def test_uvicorns_access_lines_reach_the_handler_only_when_asked_for(log_stream: io.StringIO, access_log: bool) -> None:
+    configure_logging("INFO", "json", stream=log_stream, access_log=access_log)
+    access = logging.getLogger("uvicorn.access")
+
+    # uvicorn's protocol asks this once per connection and writes no access line at all when it is False
+    assert access.hasHandlers() is access_log
+    access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "POST", "/api/u/chat", "1.1", 200)
+    logging.getLogger("uvicorn.error").info("Started server process")
+
+    assert [line["logger"] for line in lines(log_stream)] == [
+        *(["uvicorn.access"] if access_log else []),
+        "uvicorn.error",
+    ]
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="log format"):
         configure_logging("INFO", "xml", stream=io.StringIO())  # type: ignore[arg-type]

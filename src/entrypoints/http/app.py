@@ -140,5 +140,5 @@ def create_app(container: Container) -> Litestar:
 def create_app_from_env() -> Litestar:
     """The factory ``chatcore serve`` hands to uvicorn (each worker builds its own app from the environment)."""
     settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     return create_app(build_container(settings))
