@@ -1,16 +1,19 @@
 """SqlAlchemyTaskStore: the todo toolset's tasks in PostgreSQL or SQLite.
 
 Every statement filters by ``user_id`` and writes with RETURNING, so each call is
-one statement and another user's task id simply matches no row.
+one statement and another user's task id simply matches no row. A statement run alone is atomic,
+so on PostgreSQL each call runs on an autocommit connection: one round trip, where a transaction
+around it would add BEGIN and COMMIT (a tool call's 3 round trips become 1).
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import tasks
@@ -28,6 +31,13 @@ class SqlAlchemyTaskStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._autocommit = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else None
+        )
+
+    def _one_statement(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for one statement: autocommit on PostgreSQL, else a transaction (SQLite's BEGIN)."""
+        return self._engine.begin() if self._autocommit is None else self._autocommit.connect()
 
     async def add(self, user_id: str, title: str, description: str | None = None) -> Task:
         now = utcnow()
@@ -38,7 +48,7 @@ class SqlAlchemyTaskStore:
             )
             .returning(*_TASK_COLUMNS)
         )
-        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+        async with store_unavailable_on_outage(), self._one_statement() as connection:
             row = (await connection.execute(statement)).one()
         return _task_from(row._mapping)
 
@@ -48,7 +58,7 @@ class SqlAlchemyTaskStore:
             statement = statement.where(tasks.c.completed.is_(False))
         elif status == "completed":
             statement = statement.where(tasks.c.completed.is_(True))
-        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+        async with store_unavailable_on_outage(), self._one_statement() as connection:
             rows = (await connection.execute(statement)).all()
         return [_task_from(row._mapping) for row in rows]
 
@@ -75,7 +85,7 @@ class SqlAlchemyTaskStore:
             .values(**changes)
             .returning(*_TASK_COLUMNS)
         )
-        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+        async with store_unavailable_on_outage(), self._one_statement() as connection:
             row = (await connection.execute(statement)).one_or_none()
         if row is None:
             raise TaskNotFound(f"Task {task_id} not found")
@@ -84,7 +94,7 @@ class SqlAlchemyTaskStore:
     async def delete(self, user_id: str, task_id: int) -> Task:
         _check_id(task_id)
         statement = delete(tasks).where(tasks.c.id == task_id, tasks.c.user_id == user_id).returning(*_TASK_COLUMNS)
-        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+        async with store_unavailable_on_outage(), self._one_statement() as connection:
             row = (await connection.execute(statement)).one_or_none()
         if row is None:
             raise TaskNotFound(f"Task {task_id} not found")
