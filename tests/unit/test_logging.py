@@ -131,6 +131,23 @@ def test_configuring_again_replaces_the_handler_instead_of_doubling_lines(log_st
     assert "outcome" in second.getvalue()
 
 
+@pytest.fixture
+def uvicorn_loggers() -> Iterator[None]:
+    """uvicorn's loggers at NOTSET and enabled for the test: uvicorn, started by other tests, sets both."""
+    loggers = [logging.getLogger(name) for name in ("uvicorn.access", "uvicorn.error")]
+    saved = [(logger, logger.level, logger.disabled) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
+    try:
+        yield
+    finally:
+        for logger, level, disabled in saved:
+            logger.setLevel(level)
+            logger.disabled = disabled
+
+
+@pytest.mark.usefixtures("uvicorn_loggers")
 @pytest.mark.parametrize("access_log", [False, True])
 def test_uvicorns_access_lines_reach_the_handler_only_when_asked_for(log_stream: io.StringIO, access_log: bool) -> None:
     configure_logging("INFO", "json", stream=log_stream, access_log=access_log)
