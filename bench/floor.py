@@ -234,6 +234,11 @@ def model_messages(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return messages
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing. The floor never changes a session (no SET, LISTEN or advisory
+    lock, no transaction left open), so asyncpg's default reset would only add a round trip to every query."""
+
+
 class FloorApp:
     """The ASGI app; its pool and HTTP client live from lifespan startup to shutdown."""
 
@@ -264,7 +269,9 @@ class FloorApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=self.settings.pool_size)
+                self._pool = await asyncpg.create_pool(
+                    self.settings.dsn, min_size=1, max_size=self.settings.pool_size, reset=_keep_session
+                )
                 self._http = httpx2.AsyncClient(
                     timeout=60.0,
                     transport=self._model_transport or SpreadConnectionPools(),
