@@ -1,30 +1,49 @@
-"""The HTTP transport under the provider SDKs' clients: several httpx2 connection pools instead of one.
+"""The HTTP transports under the provider SDKs' httpx2 clients: aiohttp (the default), or spread httpx2 pools.
 
-httpcore2's pool walks every connection it holds each time a request joins or leaves it, and
-probes the socket of every idle one for readability (a ``poll`` system call through anyio's
-attribute lookups; see pydantic/httpx2#1169, still open). Under load a turn's model connection sits
-idle while the turn reads and writes the database, so at N concurrent turns every model call costs
-2 × N of those probes: at 32 turns it was 8% of chatcore's CPU, and it grows with concurrency.
+aiohttp (``provider_aiohttp``) sends the SDKs' httpx2 requests with the transport the SDKs themselves
+offer as ``DefaultAioHttpClient``: aiohttp parses HTTP in C and its pool hands out a connection without
+walking the others, so a model call costs about half the CPU it does on httpx2's own transport
+(docs/performance.md). The SDKs' retries, timeouts, headers and error classes are unchanged.
 
-``SpreadConnectionPools`` keeps ``shards`` ordinary pools (the SDK's limits divided among them)
-and sends each request on the pool with the fewest requests in flight, the first one on a tie. Each
-walk then covers about N / shards connections; when requests come one at a time they all go to the
-first pool, so its connections are reused exactly as with a single pool. Everything else (TLS,
-timeouts, HTTP/1.1, keep-alive expiry, the SDKs' retries and error classes) is httpx2's own, and
-``pytest-httpx2`` still intercepts every request.
+The other, for ``CHATCORE_LLM_HTTP=httpx`` and the agents' own default (``pytest-httpx2`` intercepts
+it in tests): ``SpreadConnectionPools``. httpcore2's pool walks every connection it holds each time a
+request joins or leaves it, and probes the socket of every idle one for readability (a ``poll``
+system call through anyio's attribute lookups; pydantic/httpx2#1169, still open). Under load a
+turn's model connection sits idle while the turn is in the database, so at N concurrent turns every
+model call costs 2 × N of those probes: at 32 turns, 1 ms of CPU a turn. ``SpreadConnectionPools``
+keeps ``shards`` ordinary pools (the SDK's limits divided among them) and sends each request on the
+pool with the fewest requests in flight, the first one on a tie: each walk covers about N / shards
+connections, and requests that come one at a time all reuse the first pool's connections.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 import httpx2
+
+ProviderHttp: TypeAlias = Literal["aiohttp", "httpx"]
+PROVIDER_HTTP: Final[tuple[ProviderHttp, ...]] = ("aiohttp", "httpx")
+Sdk: TypeAlias = Literal["openai", "anthropic"]
 
 DEFAULT_SHARDS: Final = 8
 SDK_LIMITS: Final = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=5.0)
 """The connection limits both provider SDKs use for their own clients (their ``DEFAULT_CONNECTION_LIMITS``)."""
+
+
+def provider_transport(
+    kind: ProviderHttp = "aiohttp", *, sdk: Sdk = "openai", limits: httpx2.Limits = SDK_LIMITS
+) -> httpx2.AsyncBaseTransport:
+    """The transport ``CHATCORE_LLM_HTTP`` names, with the SDKs' connection limits; aiohttp's as ``sdk`` ships it."""
+    if kind == "aiohttp":
+        from chatcore.adapters.provider_aiohttp import aiohttp_transport  # aiohttp is loaded only when used
+
+        return aiohttp_transport(sdk, limits=limits)
+    if kind == "httpx":
+        return SpreadConnectionPools(limits=limits)
+    raise ValueError(f"the provider HTTP transport must be one of {', '.join(PROVIDER_HTTP)}, not {kind!r}")
 
 
 class SpreadConnectionPools(httpx2.AsyncBaseTransport):

@@ -80,6 +80,8 @@ async def agent_resource(settings: Settings) -> AsyncIterator[LLMAgent]:
         if settings.llm == "openai"
         else (settings.anthropic_api_key, settings.anthropic_base_url)
     )
+    from chatcore.adapters.provider_http import provider_transport
+
     agent = provider(
         model=settings.model or DEFAULT_MODELS[settings.llm],
         # Local OpenAI-compatible servers need no key, but the SDKs insist on one.
@@ -89,6 +91,7 @@ async def agent_resource(settings: Settings) -> AsyncIterator[LLMAgent]:
         temperature=settings.temperature,
         timeout_seconds=settings.llm_timeout_seconds,
         max_retries=settings.llm_max_retries,
+        transport=provider_transport(settings.llm_http, sdk=settings.llm),
     )
     try:
         yield agent

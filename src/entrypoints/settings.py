@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Literal, TypeVar
 
 LLMChoice = Literal["offline", "openai", "anthropic"]
 LLM_CHOICES: tuple[LLMChoice, ...] = ("offline", "openai", "anthropic")
+_Choice = TypeVar("_Choice", bound=str)
+LLMHttp = Literal["aiohttp", "httpx"]
+LLM_HTTP: tuple[LLMHttp, ...] = ("aiohttp", "httpx")
 LogFormat = Literal["json", "console"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
 MIN_SECRET_BYTES = 32
@@ -83,6 +86,8 @@ class Settings:
     temperature: float | None = None
     llm_timeout_seconds: float = 60.0
     llm_max_retries: int = 2
+    llm_http: LLMHttp = "aiohttp"
+    """What sends the provider SDKs' requests (CHATCORE_LLM_HTTP): aiohttp, or httpx2's own transport."""
 
     history_limit: int = 50
     context_tokens: int = 24_000
@@ -166,6 +171,7 @@ class Settings:
             temperature=reader.optional_number("CHATCORE_TEMPERATURE"),
             llm_timeout_seconds=reader.number("CHATCORE_LLM_TIMEOUT", defaults.llm_timeout_seconds),
             llm_max_retries=reader.integer("CHATCORE_LLM_MAX_RETRIES", defaults.llm_max_retries, minimum=0),
+            llm_http=reader.choice("CHATCORE_LLM_HTTP", LLM_HTTP) or defaults.llm_http,
             history_limit=reader.integer("CHATCORE_HISTORY_LIMIT", defaults.history_limit, minimum=1),
             context_tokens=reader.integer("CHATCORE_CONTEXT_TOKENS", defaults.context_tokens, minimum=256),
             max_tool_steps=reader.integer("CHATCORE_MAX_TOOL_STEPS", defaults.max_tool_steps, minimum=1),
@@ -185,7 +191,7 @@ class Settings:
             redis_url=redis_url,
             redis_namespace=reader.text("CHATCORE_REDIS_NAMESPACE") or defaults.redis_namespace,
             log_level=(reader.text("CHATCORE_LOG_LEVEL") or defaults.log_level).upper(),
-            log_format=reader.log_format("CHATCORE_LOG_FORMAT"),
+            log_format=reader.choice("CHATCORE_LOG_FORMAT", LOG_FORMATS),
             access_log=reader.flag("CHATCORE_ACCESS_LOG"),
             otlp_traces_endpoint=reader.otlp_traces_endpoint(),
             dev_mode=reader.flag("CHATCORE_DEV"),
@@ -266,14 +272,15 @@ class _Reader:
         except ValueError:
             raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
 
-    def log_format(self, name: str) -> LogFormat | None:
+    def choice(self, name: str, choices: tuple[_Choice, ...]) -> _Choice | None:
+        """One of ``choices`` (case-insensitive), or None when unset."""
         value = (self.text(name) or "").lower()
         if not value:
             return None
-        formats: dict[str, LogFormat] = {f: f for f in LOG_FORMATS}
-        if value in formats:
-            return formats[value]
-        raise ConfigurationError(f"{name} must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+        for choice in choices:
+            if choice == value:
+                return choice
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
     def otlp_traces_endpoint(self) -> str | None:
         """OpenTelemetry's own variables: the traces URL as given, or the base URL with ``/v1/traces``."""

@@ -1,7 +1,10 @@
-"""``SpreadConnectionPools`` over real sockets: where requests go, which connections they reuse, and the counts.
+"""The provider transports over real sockets: connection reuse, concurrency, streamed bodies, what failures become.
 
-The server is a few lines of asyncio speaking HTTP/1.1 with keep-alive; it counts the TCP
-connections it accepted, and holds a ``/hold`` request until the test releases it.
+``SpreadConnectionPools``: where requests go and its counts. aiohttp's (``provider_aiohttp``): the same
+HTTP behaviour, and every failure as the httpx2 exception httpx2's own transport raises for it (the
+SDKs turn those into their timeout or connection errors, so 504 or 502). The server is a few lines
+of asyncio speaking HTTP/1.1 with keep-alive; it counts the TCP connections it accepted, holds a
+``/hold`` request until the test releases it, and misbehaves on ``/drop``, ``/cut`` and ``/slow``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import httpx2
 import pytest
 import respx
 
-from chatcore.adapters.provider_http import SpreadConnectionPools
+from chatcore.adapters.provider_http import SpreadConnectionPools, provider_transport
 
 
 class KeepAliveServer:
@@ -53,6 +56,14 @@ class KeepAliveServer:
                     0,
                 )
                 await reader.readexactly(length)
+                if path.startswith(b"/drop"):  # read the request, answer nothing, close
+                    return
+                if path == b"/cut":  # promise 100 bytes, send 10, close
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                    await writer.drain()
+                    return
+                if path == b"/slow":
+                    await self.release.wait()  # the fixture releases it when the test ends
                 if path == b"/hold":
                     async with self._holding:
                         self.held += 1
@@ -149,3 +160,81 @@ async def test_pytest_httpx2_still_intercepts_every_request(httpx2_mock: respx.R
 def test_at_least_one_pool() -> None:
     with pytest.raises(ValueError, match="shards"):
         SpreadConnectionPools(shards=0)
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_both_transports_reuse_a_kept_alive_connection_and_serve_concurrent_requests(
+    server: KeepAliveServer, kind: str
+) -> None:
+    async with httpx2.AsyncClient(transport=provider_transport(kind)) as client:  # type: ignore[arg-type]
+        for _ in range(5):
+            response = await client.post(f"{server.url}/v1", content=b'{"model": "m"}')
+            assert (response.status_code, response.json()) == (200, {"ok": True})
+        assert server.connections == 1
+        held = [asyncio.create_task(client.post(f"{server.url}/hold")) for _ in range(4)]
+        await server.holding(4)
+        server.release.set()
+        assert [r.json() for r in await asyncio.gather(*held)] == [{"ok": True}] * 4
+        async with client.stream("GET", f"{server.url}/v1") as streamed:
+            assert b"".join([chunk async for chunk in streamed.aiter_bytes()]) == b'{"ok": true}'
+    assert server.connections == 4  # the first one again, plus three more while four were held
+
+
+def test_an_unknown_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="aiohttp, httpx"):
+        provider_transport("curl")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_a_connection_dropped_without_an_answer_is_a_protocol_error_not_a_timeout(
+    server: KeepAliveServer, kind: str
+) -> None:
+    async with httpx2.AsyncClient(transport=provider_transport(kind)) as client:  # type: ignore[arg-type]
+        with pytest.raises(httpx2.RemoteProtocolError) as raised:
+            await client.post(f"{server.url}/drop", content=b"{}")
+    assert raised.value.request.url.path == "/drop"
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_a_body_cut_short_is_a_network_or_protocol_error_not_a_timeout(
+    server: KeepAliveServer, kind: str
+) -> None:
+    async with httpx2.AsyncClient(transport=provider_transport(kind)) as client:  # type: ignore[arg-type]
+        with pytest.raises((httpx2.NetworkError, httpx2.RemoteProtocolError)) as raised:
+            await client.get(f"{server.url}/cut")
+    assert not isinstance(raised.value, httpx2.TimeoutException)
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_a_refused_connection_is_a_connect_error(kind: str) -> None:
+    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()
+    async with httpx2.AsyncClient(transport=provider_transport(kind)) as client:  # type: ignore[arg-type]
+        with pytest.raises(httpx2.ConnectError):
+            await client.get(f"http://127.0.0.1:{port}/v1")
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_a_slow_answer_is_a_read_timeout(server: KeepAliveServer, kind: str) -> None:
+    async with httpx2.AsyncClient(transport=provider_transport(kind), timeout=0.3) as client:  # type: ignore[arg-type]
+        with pytest.raises(httpx2.ReadTimeout):
+            await client.get(f"{server.url}/slow")
+
+
+async def test_the_aiohttp_transport_is_what_the_openai_agent_sends_through(server: KeepAliveServer) -> None:
+    """An agent on it maps a dropped connection to AgentUnavailable (502), not AgentTimeout (504)."""
+    from chatcore.adapters.openai.agent import OpenAIChatAgent
+    from chatcore.errors import AgentUnavailable
+    from chatcore.model import AgentRequest, ChatMessage
+
+    agent = OpenAIChatAgent(
+        api_key="k", base_url=f"{server.url}/drop", max_retries=1, transport=provider_transport("aiohttp")
+    )
+    try:
+        with pytest.raises(AgentUnavailable):
+            await agent.complete(AgentRequest(system_prompt="", messages=(ChatMessage.user("hi"),), tools=()))
+    finally:
+        await agent.aclose()
+    assert server.connections == 2  # the first attempt and the SDK's one retry

@@ -74,3 +74,31 @@ def test_jwks_algorithms_are_asymmetric_only() -> None:
     for refused in ("HS256", "none", "EdDSA,HS512", "ed25519"):
         with pytest.raises(ConfigurationError, match="BETTER_AUTH_ALGORITHMS"):
             Settings.from_env({"BETTER_AUTH_ALGORITHMS": refused})
+
+
+def test_the_provider_http_transport_is_aiohttp_unless_set_to_httpx() -> None:
+    assert Settings.from_env({}).llm_http == "aiohttp"
+    assert Settings.from_env({"CHATCORE_LLM_HTTP": "HTTPX"}).llm_http == "httpx"
+    with pytest.raises(ConfigurationError, match="CHATCORE_LLM_HTTP must be one of aiohttp, httpx"):
+        Settings.from_env({"CHATCORE_LLM_HTTP": "requests"})
+
+
+@pytest.mark.parametrize("llm", ["openai", "anthropic"])
+@pytest.mark.parametrize(
+    ("setting", "expected"), [(None, "ConnectionErrorsAsSuch"), ("httpx", "SpreadConnectionPools")]
+)
+async def test_the_container_gives_the_agent_the_transport_the_setting_names(
+    llm: str, setting: str | None, expected: str
+) -> None:
+    from contextlib import asynccontextmanager
+
+    from chatcore.entrypoints.container import agent_resource
+
+    env = {"CHATCORE_LLM": llm, "OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}
+    settings = Settings.from_env(env | ({"CHATCORE_LLM_HTTP": setting} if setting else {}))
+    async with asynccontextmanager(agent_resource)(settings) as agent:
+        client = agent._client  # type: ignore[attr-defined]  # the SDK client the agent built
+        transport = client._client._transport
+        assert type(transport).__name__ == expected
+        if setting is None:  # the aiohttp transport the agent's own SDK ships
+            assert type(transport._inner).__module__.startswith(f"{llm}._vendor.httpx_aiohttp")

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Literal, assert_never
 
 import anthropic
+import httpx2
 from anthropic import AsyncAnthropic, omit
 from anthropic.types import (
     ContentBlockParam,
@@ -70,7 +71,8 @@ class AnthropicChatAgent:
 
     ``temperature`` is sent only when set: the 2.x SDK dropped it from ``messages.create`` (it goes
     in ``extra_body``) and recent models reject non-default values. ``client`` lets a caller share
-    or customise an ``AsyncAnthropic``; then the agent does not close it.
+    or customise an ``AsyncAnthropic``; then the agent does not close it. ``transport`` carries the
+    agent's own client's requests (see ``OpenAIChatAgent``).
     """
 
     provider: str = PROVIDER
@@ -86,6 +88,7 @@ class AnthropicChatAgent:
         timeout_seconds: float = 60.0,
         max_retries: int = 2,
         client: AsyncAnthropic | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
@@ -97,7 +100,9 @@ class AnthropicChatAgent:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._owns_client = client is None
-        self._client = client or _new_client(api_key, base_url, timeout_seconds, max_retries)
+        self._client = client or _new_client(
+            api_key, base_url, timeout_seconds, max_retries, transport or SpreadConnectionPools()
+        )
 
     async def complete(self, request: AgentRequest) -> AgentResponse:
         tools = _map_tools(request.tools)
@@ -156,7 +161,13 @@ class AnthropicChatAgent:
             await self._client.close()
 
 
-def _new_client(api_key: str | None, base_url: str | None, timeout_seconds: float, max_retries: int) -> AsyncAnthropic:
+def _new_client(
+    api_key: str | None,
+    base_url: str | None,
+    timeout_seconds: float,
+    max_retries: int,
+    transport: httpx2.AsyncBaseTransport,
+) -> AsyncAnthropic:
     """A client with the SDK's own timeout and retries. None reads ANTHROPIC_API_KEY/ANTHROPIC_BASE_URL.
 
     Without any credential the SDK fails every request with a TypeError; refusing here turns
@@ -167,7 +178,7 @@ def _new_client(api_key: str | None, base_url: str | None, timeout_seconds: floa
         base_url=base_url,
         timeout=timeout_seconds,
         max_retries=max_retries,
-        http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout_seconds, transport=SpreadConnectionPools()),
+        http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout_seconds, transport=transport),
     )
     if client.api_key is None and client.auth_token is None and client.credentials is None:
         raise ValueError("AnthropicChatAgent needs an API key: pass api_key or set ANTHROPIC_API_KEY")

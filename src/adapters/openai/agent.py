@@ -84,7 +84,9 @@ class OpenAIChatAgent:
     """An LLMAgent on the OpenAI chat completions API.
 
     ``client`` lets a caller share or customise an ``AsyncOpenAI``; then the agent does not close it
-    and the connection settings above are the client's own.
+    and the connection settings above are the client's own. ``transport`` carries the agent's own
+    client's requests (``chatcore.adapters.provider_http``; ``chatcore serve`` passes aiohttp's), by
+    default httpx2's (``SpreadConnectionPools``), which ``pytest-httpx2`` intercepts.
     """
 
     provider: str = PROVIDER
@@ -100,6 +102,7 @@ class OpenAIChatAgent:
         timeout_seconds: float = 60.0,
         max_retries: int = 2,
         client: AsyncOpenAI | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
@@ -115,7 +118,9 @@ class OpenAIChatAgent:
         # Our own client's HTTP connection pool, shared with it: a turn's request is sent on it directly (below).
         self._http: httpx2.AsyncClient | None = None
         if client is None:
-            self._http = openai.DefaultAsyncHttpx2Client(timeout=timeout_seconds, transport=SpreadConnectionPools())
+            self._http = openai.DefaultAsyncHttpx2Client(
+                timeout=timeout_seconds, transport=transport or SpreadConnectionPools()
+            )
             client = _new_client(api_key, base_url, timeout_seconds, max_retries, self._http)
         self._client = client
         self._sent_headers: dict[str, str] | None = None
