@@ -247,7 +247,7 @@ class SqlAlchemyConversationStore:
             raise await self._missing_or_busy(user_id, conversation_id, ConversationBusy())
         first = rows[0]
         seq: int = first[turn_sql.LAST_SEQ]
-        history = turn_sql.window_messages(first[turn_sql.WINDOW], conversation_id)
+        history = turn_sql.window_messages(first[turn_sql.WINDOW])
         complete = list(range(max(seq - max(history_limit, 0), 1), seq))
         if [m.seq for m in history] != complete:
             async with self._autocommit.connect() as connection:
