@@ -32,6 +32,8 @@ class Measurement:
     db_cpu_ms_per_turn: float
     peak_rss_mb: float
     model_calls_per_turn: float
+    rounds: int = 1
+    """Runs of users × turns, each by new users, pooled (``Scenario.rounds``)."""
     background_cpu_percent: float = 0.0
     """The machine's CPU used by processes outside the benchmark, as a share of all its cores."""
     harness_cpu_ms_per_turn: float = 0.0
@@ -127,14 +129,17 @@ class Report:
         lines = [
             "## Results",
             "",
-            "| scenario | server | users × turns | ok | failed | turns/s | p50 ms | p95 ms | p99 ms "
+            "| scenario | server | (rounds ×) users × turns | ok | failed | turns/s | p50 ms | p95 ms | p99 ms "
             "| server CPU ms/turn | PostgreSQL CPU ms/turn | peak RSS MB/worker | model calls/turn | other load |",
             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for m in self.measurements:
             failed = str(m.failed) + (" (timed out)" if m.timed_out else "")
+            shape = (
+                f"{m.rounds} × {m.users} × {m.turns_per_user}" if m.rounds > 1 else f"{m.users} × {m.turns_per_user}"
+            )
             lines.append(
-                f"| {m.scenario} | {m.server} | {m.users} × {m.turns_per_user} | {m.ok} | {failed} "
+                f"| {m.scenario} | {m.server} | {shape} | {m.ok} | {failed} "
                 f"| {m.turns_per_second:.1f} | {m.p50_ms:.1f} | {m.p95_ms:.1f} | {m.p99_ms:.1f} "
                 f"| {m.server_cpu_ms_per_turn:.2f} | {m.db_cpu_ms_per_turn:.2f} | {m.peak_rss_mb:.1f} "
                 f"| {m.model_calls_per_turn:.2f} | {m.background_cpu_percent:.0f}% |"

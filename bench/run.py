@@ -76,6 +76,9 @@ class Scenario:
     mode: Mode
     seeded_messages: int = 0
     """When above 0, every user continues its own conversation seeded with this many stored messages."""
+    rounds: int = 1
+    """Runs of users × turns one after another, each by new users (on new, or newly seeded, conversations), their
+    figures pooled: more latencies for the percentiles at the same concurrency and conversation length."""
 
     @property
     def tool_calls_per_turn(self) -> int:
@@ -104,6 +107,7 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
             args.history_turns,
             args.history_latency_ms,
             "text",
+            rounds=args.history_rounds,
         ),
         Scenario(
             "history-800",
@@ -113,6 +117,7 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
             args.history_latency_ms,
             "text",
             seeded_messages=args.history_messages,
+            rounds=args.history_rounds,
         ),
     ]
     wanted = [name.strip() for name in args.scenarios.split(",") if name.strip()]
@@ -122,8 +127,13 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
     return [s for s in all_scenarios if s.name in wanted]
 
 
-def user_id(server: str, scenario: Scenario, index: int) -> str:
-    return f"{server}-{scenario.name}-{index:04d}"
+def user_id(server: str, scenario: Scenario, index: int, round_: int = 0) -> str:
+    return f"{server}-{scenario.name}-{index:04d}" if round_ == 0 else f"{server}-{scenario.name}-r{round_}-{index:04d}"
+
+
+def scenario_owners(server: str, scenario: Scenario) -> list[list[str]]:
+    """The users of each round of ``scenario`` on ``server``."""
+    return [[user_id(server, scenario, i, r) for i in range(scenario.users)] for r in range(scenario.rounds)]
 
 
 def mint_token(secret: str, subject: str) -> str:
@@ -424,13 +434,12 @@ class Bench:
         scenario: Scenario,
         conversations: dict[str, str] | None = None,
     ) -> Measurement:
-        users = [
-            VirtualUser(
-                uid,
-                mint_token(self.secret, uid),
-                conversations.get(uid) if conversations is not None else None,
-            )
-            for uid in (user_id(server.name, scenario, i) for i in range(scenario.users))
+        rounds = [
+            [
+                VirtualUser(uid, mint_token(self.secret, uid), conversations.get(uid) if conversations else None)
+                for uid in owners
+            ]
+            for owners in scenario_owners(server.name, scenario)
         ]
         await self.model.configure(self.control, latency_ms=scenario.latency_ms, mode=scenario.mode)
         workers = server.worker_pids()
@@ -443,13 +452,19 @@ class Bench:
         machine_before = procstat.machine_busy_seconds()
         stop_sampling = asyncio.Event()
         sampler = asyncio.create_task(sample_peak_rss(workers, stop_sampling))
-        result: LoadResult = await run_load(
-            server.base_url,
-            users,
-            scenario.turns,
-            deadline_seconds=self.args.scenario_timeout,
-            check=reply_check(scenario.tool_calls_per_turn),
-        )
+        result = LoadResult()
+        for users in rounds:
+            one = await run_load(
+                server.base_url,
+                users,
+                scenario.turns,
+                deadline_seconds=self.args.scenario_timeout,
+                check=reply_check(scenario.tool_calls_per_turn),
+            )
+            result.latencies.extend(one.latencies)
+            result.failures.update(one.failures)
+            result.wall_seconds += one.wall_seconds
+            result.timed_out = result.timed_out or one.timed_out
         stop_sampling.set()
         sampled_peak = await sampler
         machine_seconds = procstat.machine_busy_seconds() - machine_before
@@ -465,6 +480,7 @@ class Bench:
         return Measurement(
             scenario=scenario.name,
             server=server.name,
+            rounds=scenario.rounds,
             users=scenario.users,
             turns_per_user=scenario.turns,
             ok=result.turns,
@@ -686,7 +702,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
         for scenario in scenarios:
             if scenario.seeded_messages:
                 for server in servers:
-                    owners = [user_id(server.name, scenario, i) for i in range(scenario.users)]
+                    owners = [uid for round_ in scenario_owners(server.name, scenario) for uid in round_]
                     seeded[f"{server.name}/{scenario.name}"] = await seed_conversations(
                         dsn, owners, scenario.seeded_messages
                     )
@@ -780,7 +796,10 @@ def document(report: Report) -> str:
         "Scenarios: **overhead** instant model; **slow-model** the model takes 500 ms; **tool-turn** every turn "
         "is one `add_task` call, the tool run, then a text answer (two model calls); **history-fresh** / "
         "**history-800** the same load (instant model unless `--history-latency-ms`) on new conversations and on "
-        "conversations seeded with 800 stored messages (both servers read a 50-message window).",
+        "conversations seeded with 800 stored messages (both servers read a 50-message window), each in rounds "
+        "(`--history-rounds`): every round new users on new (or newly seeded) conversations, one round after "
+        "another, the latencies of all rounds pooled, so their p95 rests on more turns at the same concurrency "
+        "and conversation length.",
         "",
         report.render(RUNTIME_LIMIT_SECONDS),
     ]
@@ -824,6 +843,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--history-turns", type=int, default=10)
     parser.add_argument("--history-messages", type=int, default=800)
     parser.add_argument("--history-latency-ms", type=float, default=0)
+    parser.add_argument(
+        "--history-rounds", type=int, default=3, help="rounds of the history scenarios, new users each (pooled)"
+    )
     parser.add_argument("--scenario-timeout", type=float, default=120.0, help="seconds one scenario may take")
     parser.add_argument("--chatcore-log-level", default="INFO", help="CHATCORE_LOG_LEVEL for chatcore (as shipped)")
     parser.add_argument(
@@ -844,6 +866,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.scale <= 0 or args.workers < 1 or args.scenario_timeout <= 0:
         parser.error("--scale and --scenario-timeout must be positive and --workers at least 1")
+    if args.history_rounds < 1:
+        parser.error("--history-rounds must be at least 1")
     for name in ("overhead", "slow", "tool", "history"):
         if getattr(args, f"{name}_users") < 1 or getattr(args, f"{name}_turns") < 1:
             parser.error(f"--{name}-users and --{name}-turns must be at least 1")

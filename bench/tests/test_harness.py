@@ -100,7 +100,8 @@ def test_disturbed_measurements_are_flagged() -> None:
 
 def test_proc_readings_of_this_process() -> None:
     assert procstat.cpu_seconds(os.getpid()) > 0
-    assert procstat.peak_rss_bytes(os.getpid()) >= procstat.rss_bytes(os.getpid()) > 0
+    rss = procstat.rss_bytes(os.getpid())  # read first: the peak, read after, is at least this
+    assert procstat.peak_rss_bytes(os.getpid()) >= rss > 0
     assert procstat.machine_busy_seconds() > 0
     assert procstat.cpu_seconds(2**22 + 12345) == 0.0  # above pid_max: no such process
 
