@@ -93,7 +93,12 @@ def create_engine(
             # jsonb holds strict JSON only (no NaN), which msgspec reads several times faster than json.loads:
             # a long conversation's window brings back a tool-call list in every other row.
             json_deserializer=msgspec.json.decode,
-            connect_args={"timeout": pool_timeout, "server_settings": {"application_name": "chatcore"}},
+            # UTC sessions: timestamps that PostgreSQL itself writes as text (the turn's history window, in JSON)
+            # carry +00:00; values read as timestamptz are aware UTC either way.
+            connect_args={
+                "timeout": pool_timeout,
+                "server_settings": {"application_name": "chatcore", "TimeZone": "UTC"},
+            },
         )
         _replace_dead_connections(engine, ping_after_idle_seconds)
         return engine

@@ -73,13 +73,12 @@ MESSAGE_COLUMNS: Final = (
 """The message columns the statements write and read, in this order."""
 WINDOW: Final = len(CONVERSATION_COLUMNS)
 """Where a ``CONTINUE`` row holds its window: JSON text, an array of ``WINDOW_FIELDS`` objects; None when empty."""
-_UTC_ISO: Final[ColumnElement[str]] = literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'""")
 WINDOW_FIELDS: Final[dict[str, ColumnElement[Any]]] = {c.name: c for c in MESSAGE_COLUMNS} | {
     "tool_calls": func.coalesce(_M.tool_calls, literal_column("'[]'::jsonb")),
-    "created_at": func.to_char(func.timezone("UTC", _M.created_at), _UTC_ISO),
 }
 """A window message as a JSON object named like ``Message``'s fields, which msgspec decodes straight into ``Message``
-(timestamps written in UTC with a ``Z``, no tool calls as ``[]``, the empty tuple's JSON)."""
+(no tool calls as ``[]``, the empty tuple's JSON). Timestamps come as PostgreSQL writes ``timestamptz`` in JSON,
+with the session's UTC offset: ``engine.create_engine`` sets the session time zone to UTC."""
 
 
 def _bump(*, take_lease: bool, release: bool) -> Update:
@@ -124,9 +123,10 @@ def _message_values() -> list[ColumnElement[Any]]:
 def _continue(*, take_lease: bool) -> Select[Any]:
     """Bump by one, store the user message at the new seq, and read the window below it: one round trip, one row.
 
-    The window comes back as one JSON array (``WINDOW``), an object of ``WINDOW_FIELDS`` per message,
-    which msgspec decodes into ``Message`` objects in C: for 50 messages a third of the client's CPU of
-    reading 50 rows (each also repeating the conversation's columns) and building the messages from them. The
+    The window comes back as one JSON array (``WINDOW``), an object of ``WINDOW_FIELDS`` per message
+    (``json_agg`` of the rows themselves, cheaper for PostgreSQL than building each object), which msgspec
+    decodes into ``Message`` objects in C: for 50 messages under half the client CPU of reading them as
+    rows and building the messages from those (measured in docs/performance.md). The
     INSERT's CTE runs exactly once even though nothing reads it; every part of the statement reads the
     snapshot taken when it started (see ``SqlAlchemyConversationStore._continue_in_one_statement``).
     """
@@ -146,19 +146,7 @@ def _continue(*, take_lease: bool) -> Select[Any]:
         .subquery("recent")
     )
     window = (
-        select(
-            cast(
-                func.json_agg(
-                    aggregate_order_by(
-                        func.json_build_object(
-                            *(v for name in WINDOW_FIELDS for v in (literal_column(f"'{name}'"), recent.c[name]))
-                        ),
-                        recent.c.seq,
-                    )
-                ),
-                Text(),
-            )
-        )
+        select(cast(func.json_agg(aggregate_order_by(recent.table_valued(), recent.c.seq)), Text()))
         .select_from(recent)
         .scalar_subquery()
         .label("window")
