@@ -36,14 +36,16 @@ def repair_tool_pairs(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         open_calls.clear()
 
     for message in messages:
-        if message.role is Role.TOOL:
+        role = message.role
+        if role is Role.TOOL:
             if message.tool_call_id in open_calls:
                 del open_calls[message.tool_call_id]
                 repaired.append(message)
             continue
-        close_open_calls()
+        if open_calls:
+            close_open_calls()
         repaired.append(message)
-        if message.role is Role.ASSISTANT:
+        if role is Role.ASSISTANT and message.tool_calls:
             open_calls = {call.id: None for call in message.tool_calls}
     close_open_calls()
     return repaired
@@ -94,7 +96,7 @@ def for_model(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
     """History as it is sent to a model: pairs repaired, interrupted replies labelled."""
     labelled = [
         replace(m, content=(m.content + "\n[reply interrupted]").strip())
-        if m.role is Role.ASSISTANT and getattr(m, "status", None) is MessageStatus.INTERRUPTED
+        if getattr(m, "status", None) is MessageStatus.INTERRUPTED and m.role is Role.ASSISTANT
         else m
         for m in messages
     ]

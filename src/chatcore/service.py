@@ -53,8 +53,10 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 TITLE_LENGTH = 80
-PAIR_SLACK = 16
-"""Extra history rows read so a window that would cut a tool pair can move back to the pair's start."""
+PAIR_SLACK = 8
+"""Extra history rows read so a window that would cut a tool pair can move back to the pair's start: a call
+with up to 7 results. Results cut from a call with more are dropped instead (``history.window``); every row
+read costs a turn about 10 µs (it is decoded, windowed and mapped), so the slack is kept small."""
 
 
 @dataclass(frozen=True, slots=True)
