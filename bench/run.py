@@ -85,6 +85,13 @@ class Scenario:
         return 1 if self.mode == "tool" else 0
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    return name.strip(), value
+
+
 def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
     def users(n: int) -> int:
         return max(1, round(n * float(args.scale)))
@@ -687,8 +694,9 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
         servers: list[Server] = []
         for name in targets:
             port = free_port()
+            own_env = env | dict(args.chatcore_env) if name == CHATCORE else env
             server = Server(
-                name, server_argv(name, port, workers=args.workers), env, port, log_dir, workers=args.workers
+                name, server_argv(name, port, workers=args.workers), own_env, port, log_dir, workers=args.workers
             )
             stack.push_async_callback(server.stop)
             servers.append(server)
@@ -745,7 +753,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
                 report.instructions[server.name] = await instructions_per_turn(
                     server.name,
                     functools.partial(server_argv, server.name, workers=1),
-                    env,
+                    server.env,
                     functools.partial(counted_users, secret, server.name),
                     free_port,
                     log_dir,
@@ -848,6 +856,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--scenario-timeout", type=float, default=120.0, help="seconds one scenario may take")
     parser.add_argument("--chatcore-log-level", default="INFO", help="CHATCORE_LOG_LEVEL for chatcore (as shipped)")
+    parser.add_argument(
+        "--chatcore-env",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="a setting for chatcore only, e.g. CHATCORE_LLM_HTTP=httpx (repeatable; default: as shipped)",
+    )
     parser.add_argument(
         "--instructions",
         action=argparse.BooleanOptionalAction,

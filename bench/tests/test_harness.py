@@ -264,3 +264,15 @@ def test_the_hand_written_tuning_log_survives_a_rerun() -> None:
     assert kept == f"\n{log}"
     assert "old figures" not in kept
     assert kept_by_hand("# Performance\n\nno log yet\n") == ""
+
+
+def test_chatcore_settings_for_a_comparison_run_parse_as_name_and_value() -> None:
+    import argparse
+
+    from bench.run import _setting
+
+    assert _setting("CHATCORE_LLM_HTTP=httpx") == ("CHATCORE_LLM_HTTP", "httpx")
+    assert _setting("CHATCORE_SYSTEM_PROMPT=a=b") == ("CHATCORE_SYSTEM_PROMPT", "a=b")
+    for bad in ("CHATCORE_LLM_HTTP", "=httpx"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _setting(bad)
