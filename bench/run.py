@@ -780,7 +780,9 @@ def document(report: Report) -> str:
         "app doing the least work a turn needs with raw asyncpg, httpx2 and PyJWT (decode the token, one query for "
         "ownership and the history window, the model call(s), one statement appending the turn's messages). "
         "Both talk to the same fake model (`bench/fake_model.py`) and the same database, one server at a time; "
-        "chatcore's figures are read as ratios to the floor's.",
+        "chatcore's figures are read as ratios to the floor's. Model calls: the floor's go through httpx2 on "
+        "chatcore's `SpreadConnectionPools`, chatcore's as shipped through aiohttp (`CHATCORE_LLM_HTTP`; "
+        "`--chatcore-env CHATCORE_LLM_HTTP=httpx` compares them on the same client).",
         "",
         f"Command: `{report.command}`, total runtime {report.runtime_seconds:.0f} s.",
         "",
