@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal, TypeVar
 
+from chatcore.adapters.provider_http import PROVIDER_HTTP, ProviderHttp
+
 LLMChoice = Literal["offline", "openai", "anthropic"]
 LLM_CHOICES: tuple[LLMChoice, ...] = ("offline", "openai", "anthropic")
 _Choice = TypeVar("_Choice", bound=str)
-LLMHttp = Literal["aiohttp", "httpx"]
-LLM_HTTP: tuple[LLMHttp, ...] = ("aiohttp", "httpx")
 LogFormat = Literal["json", "console"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
 MIN_SECRET_BYTES = 32
@@ -86,7 +86,7 @@ class Settings:
     temperature: float | None = None
     llm_timeout_seconds: float = 60.0
     llm_max_retries: int = 2
-    llm_http: LLMHttp = "aiohttp"
+    llm_http: ProviderHttp = "aiohttp"
     """What sends the provider SDKs' requests (CHATCORE_LLM_HTTP): aiohttp, or httpx2's own transport."""
 
     history_limit: int = 50
@@ -171,7 +171,7 @@ class Settings:
             temperature=reader.optional_number("CHATCORE_TEMPERATURE"),
             llm_timeout_seconds=reader.number("CHATCORE_LLM_TIMEOUT", defaults.llm_timeout_seconds),
             llm_max_retries=reader.integer("CHATCORE_LLM_MAX_RETRIES", defaults.llm_max_retries, minimum=0),
-            llm_http=reader.choice("CHATCORE_LLM_HTTP", LLM_HTTP) or defaults.llm_http,
+            llm_http=reader.choice("CHATCORE_LLM_HTTP", PROVIDER_HTTP) or defaults.llm_http,
             history_limit=reader.integer("CHATCORE_HISTORY_LIMIT", defaults.history_limit, minimum=1),
             context_tokens=reader.integer("CHATCORE_CONTEXT_TOKENS", defaults.context_tokens, minimum=256),
             max_tool_steps=reader.integer("CHATCORE_MAX_TOOL_STEPS", defaults.max_tool_steps, minimum=1),

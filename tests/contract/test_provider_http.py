@@ -10,6 +10,7 @@ of asyncio speaking HTTP/1.1 with keep-alive; it counts the TCP connections it a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx2
@@ -44,39 +45,38 @@ class KeepAliveServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                path = head.split(b" ", 2)[1]
-                length = next(
-                    (
-                        int(line.split(b":", 1)[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length")
-                    ),
-                    0,
-                )
-                await reader.readexactly(length)
-                if path.startswith(b"/drop"):  # read the request, answer nothing, close
-                    return
-                if path == b"/cut":  # promise 100 bytes, send 10, close
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the client hung up
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    path = head.split(b" ", 2)[1]
+                    length = next(
+                        (
+                            int(line.split(b":", 1)[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        ),
+                        0,
+                    )
+                    await reader.readexactly(length)
+                    if path.startswith(b"/drop"):  # read the request, answer nothing, close
+                        return
+                    if path == b"/cut":  # promise 100 bytes, send 10, close
+                        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                        await writer.drain()
+                        return
+                    if path == b"/slow":
+                        await self.release.wait()  # the fixture releases it when the test ends
+                    if path == b"/hold":
+                        async with self._holding:
+                            self.held += 1
+                            self._holding.notify_all()
+                        await self.release.wait()
+                    body = b'{"ok": true}'
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                        % (len(body), body)
+                    )
                     await writer.drain()
-                    return
-                if path == b"/slow":
-                    await self.release.wait()  # the fixture releases it when the test ends
-                if path == b"/hold":
-                    async with self._holding:
-                        self.held += 1
-                        self._holding.notify_all()
-                    await self.release.wait()
-                body = b'{"ok": true}'
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                    % (len(body), body)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
         finally:
             writer.close()
 
