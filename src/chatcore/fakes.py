@@ -50,7 +50,7 @@ from chatcore.model import (
     utcnow,
 )
 from chatcore.ports import TaskFilter
-from chatcore.streaming import stream_of_response
+from chatcore.turn_events import stream_of_response
 
 
 @dataclass(slots=True)

@@ -20,7 +20,6 @@ from chatcore.errors import (
     ToolError,
     Unauthenticated,
 )
-from chatcore.exactly_once import TurnHold
 from chatcore.idempotency import as_replayed, request_fingerprint, validate_idempotency_key
 from chatcore.model import (
     MAX_MESSAGE_LENGTH,
@@ -40,7 +39,8 @@ from chatcore.model import (
     utcnow,
 )
 from chatcore.ports import ConversationStore, LLMAgent, TokenVerifier, ToolRegistry
-from chatcore.streaming import TurnSink, TurnStopped
+from chatcore.turn_events import TurnSink, TurnStopped
+from chatcore.turn_lease import TurnLease
 
 logger = logging.getLogger("chatcore.service")
 
@@ -173,10 +173,10 @@ class ChatService:
         sink: TurnSink | None = None,
         idempotency_key: str | None = None,
     ) -> ChatReply:
-        """One turn for an authenticated principal; with a ``sink`` (``chatcore.live``) the turn is streamed to it.
+        """One turn for an authenticated principal; with a ``sink`` (see ``chatcore.streamed_turns``) it is streamed.
 
         With an ``idempotency_key``, a repeat of the same request returns the stored reply instead of running
-        again (see ``chatcore.exactly_once``).
+        again (see ``chatcore.turn_lease``).
         """
         text = validate_message(message)
         key = None if idempotency_key is None else validate_idempotency_key(idempotency_key)
@@ -218,7 +218,7 @@ class ChatService:
     ) -> ChatReply:
         """The turn under its holds: the request's key claimed first (or its stored reply returned), then the
         conversation's lease, both renewed while it runs and given back if it fails."""
-        hold = TurnHold(
+        lease = TurnLease(
             self.store,
             principal.user_id,
             turn_id,
@@ -226,14 +226,14 @@ class ChatService:
             wait_seconds=self.policy.turn_wait_seconds,
             idempotency_ttl_seconds=self.policy.idempotency_ttl_seconds,
         )
-        async with hold:
+        async with lease:
             if idempotency_key is not None:
                 fingerprint = request_fingerprint(principal.user_id, text, conversation_id)
-                replay = await hold.claim(idempotency_key, fingerprint)
+                replay = await lease.claim(idempotency_key, fingerprint)
                 if replay is not None:
                     log.conversation_id = replay.conversation_id
                     return replay
-            return await self._run_turn(principal, text, conversation_id, turn_id, log, sink, hold=hold)
+            return await self._run_turn(principal, text, conversation_id, turn_id, log, sink, lease=lease)
 
     async def _run_turn(
         self,
@@ -244,9 +244,9 @@ class ChatService:
         log: _TurnLog,
         sink: TurnSink | None = None,
         *,
-        hold: TurnHold,
+        lease: TurnLease,
     ) -> ChatReply:
-        start = await hold.begin(
+        start = await lease.begin(
             conversation_id, text, history_limit=self.policy.history_limit + PAIR_SLACK, title=title_from(text)
         )
         conversation = start.conversation
@@ -279,12 +279,12 @@ class ChatService:
             response=final.content,
             tool_calls=tuple(records),
         )
-        if hold.idempotency_key is not None:
+        if lease.idempotency_key is not None:
             reply = as_replayed(reply)  # the first answer, byte for byte what every retry will get
         await self.store.finish_turn(
-            principal.user_id, conversation.id, produced, turn_id=turn_id, idempotency=hold.completion(reply)
+            principal.user_id, conversation.id, produced, turn_id=turn_id, idempotency=lease.completion(reply)
         )
-        hold.finished = True
+        lease.finished = True
         return reply
 
     async def _tool_loop(

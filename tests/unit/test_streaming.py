@@ -1,4 +1,4 @@
-"""Streamed turns (chatcore.live) and the history service (chatcore.conversations) on the in-memory fakes."""
+"""Streamed turns (chatcore.streamed_turns) and the history service (chatcore.conversations) on the in-memory fakes."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from chatcore.fakes import (
     ScriptedAgent,
     StaticTokenVerifier,
 )
-from chatcore.live import StreamPolicy, TurnStreamer
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
@@ -38,7 +37,8 @@ from chatcore.model import (
     TurnStatus,
 )
 from chatcore.service import ChatService
-from chatcore.streaming import stream_of_response, words
+from chatcore.streamed_turns import StreamPolicy, TurnStreamer
+from chatcore.turn_events import stream_of_response, words
 
 ALICE = Principal("alice", "alice@example.com")
 ADD_TASK = ToolSpec("add_task", "Add a task.", {"type": "object", "properties": {"title": {"type": "string"}}})

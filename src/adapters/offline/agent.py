@@ -28,7 +28,7 @@ from chatcore.model import (
     ToolCall,
     ToolResult,
 )
-from chatcore.streaming import stream_of_response
+from chatcore.turn_events import stream_of_response
 
 EXAMPLES: Final = (
     "- “Add a task to buy groceries”\n"

@@ -40,10 +40,10 @@ from chatcore.entrypoints.http.conversation_dto import (
 from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.entrypoints.http.errors import INTERNAL_ERROR, status_of
 from chatcore.errors import ChatError
-from chatcore.live import TurnStreamer
 from chatcore.model import JsonValue, Principal, TurnEvent
 from chatcore.ports import TaskFilter, TaskStore, TurnEventStore
 from chatcore.service import ChatService
+from chatcore.streamed_turns import TurnStreamer
 
 EVENT_STREAM = "text/event-stream"
 DEMO_TOKEN_ENV = "CHATCORE_DEMO_TOKEN"

@@ -35,7 +35,7 @@ from chatcore.model import (
 )
 from chatcore.ports import LLMAgent, TurnEventStore
 from chatcore.service import ChatService, validate_message
-from chatcore.streaming import (
+from chatcore.turn_events import (
     DELTA,
     DONE,
     ERROR,
@@ -48,7 +48,7 @@ from chatcore.streaming import (
     tool_result_data,
 )
 
-logger = logging.getLogger("chatcore.live")
+logger = logging.getLogger("chatcore.streamed_turns")
 
 ErrorBody = Callable[[BaseException], Mapping[str, JsonValue]]
 

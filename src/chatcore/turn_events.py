@@ -52,7 +52,7 @@ class TurnStopped(Exception):
 
 
 class TurnSink(Protocol):
-    """What the tool loop reports to while a streamed turn runs (``chatcore.live.TurnRun`` is the implementation)."""
+    """What the tool loop reports to while a streamed turn runs (``streamed_turns.TurnRun`` implements it)."""
 
     async def started(self, conversation_id: uuid.UUID, turn_id: uuid.UUID, user_message_id: uuid.UUID) -> None:
         """The user message is stored: the turn now has a conversation and can be followed and stopped."""

@@ -39,7 +39,7 @@ def pauses(first: float = FIRST_PAUSE_SECONDS, cap: float = MAX_PAUSE_SECONDS) -
         yield pause
 
 
-class TurnHold:
+class TurnLease:
     """What one turn holds in the store — a conversation lease, an Idempotency-Key claim — and its heartbeat.
 
     Use as ``async with``: the heartbeat renews the holds every third of the lease while the turn runs;
@@ -70,7 +70,7 @@ class TurnHold:
         self._heartbeat: asyncio.Task[None] | None = None
         self._first_beat: asyncio.TimerHandle | None = None
 
-    async def __aenter__(self) -> TurnHold:
+    async def __aenter__(self) -> TurnLease:
         # A timer rather than a task: most turns end before the first beat is due, and never pay for a task.
         self._first_beat = asyncio.get_running_loop().call_later(self.lease_seconds / 3, self._start_heartbeat)
         return self
