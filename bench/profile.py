@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.run import Bench, Scenario, Server
+    from bench.measure import Bench
+    from bench.scenarios import Scenario
+    from bench.servers import Server
 
 SAMPLES_PER_SECOND = 250
 ATTACH_TIMEOUT_SECONDS = 15.0

@@ -1,4 +1,5 @@
-"""The benchmark's figures as Markdown: the results table, chatcore's ratios to the floor, the targets."""
+"""The benchmark's figures as Markdown: the results table, chatcore's ratios to the floor, the targets, and the
+whole of ``docs/performance.md`` around them (keeping its hand-written tuning log across reruns)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ FLOOR = "floor"
 CHATCORE = "chatcore"
 DISTURBED_PERCENT = 10.0
 """Above this share of the machine used by processes outside the benchmark, a measurement is flagged."""
+RUNTIME_LIMIT_SECONDS = 600.0
+"""What a whole ``make bench`` run may take (issue 7)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +212,70 @@ class Report:
                 ),
             ]
         return "\n".join(lines)
+
+
+def document(report: Report) -> str:
+    machine = "\n".join(f"| {key} | {value} |" for key, value in report.machine.items())
+    parts = [
+        "# Performance",
+        "",
+        "Written by `make bench` (`python -m bench.run`, this page by `bench/report.py`); rerun it to refresh this "
+        "page. It measures chatcore (`chatcore serve` on PostgreSQL, OpenAI wire format) against *the floor*: "
+        "`bench/floor.py`, a bare ASGI "
+        "app doing the least work a turn needs with raw asyncpg, httpx2 and PyJWT (decode the token, one query for "
+        "ownership and the history window, the model call(s), one statement appending the turn's messages). "
+        "Both talk to the same fake model (`bench/fake_model.py`) and the same database, one server at a time; "
+        "chatcore's figures are read as ratios to the floor's. Model calls: the floor's go through httpx2 on "
+        "chatcore's `SpreadConnectionPools`, chatcore's as shipped through aiohttp (`CHATCORE_LLM_HTTP`; "
+        "`--chatcore-env CHATCORE_LLM_HTTP=httpx` compares them on the same client).",
+        "",
+        f"Command: `{report.command}`, total runtime {report.runtime_seconds:.0f} s.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        machine,
+        "",
+        "How it is measured: a scenario is N concurrent virtual users (an httpx client and a connection each), each "
+        "sending its turns one after another; turns/s is successful turns over the scenario's wall time; latency "
+        "is per request as the client saw it. Server CPU is user+system time of the server process and its "
+        "children (`/proc/<pid>/stat`) over the scenario, divided by the turns; PostgreSQL CPU is the same for "
+        "the backends connected to the benchmark's database (background writers and autovacuum not included). "
+        "Peak RSS is `VmHWM` of each worker, reset before each scenario. Both servers "
+        "were warmed up first, and the order alternates between scenarios. The load generator, the fake model "
+        "and PostgreSQL share the machine's cores with the server under test, so turns/s is a property of the "
+        "whole machine; CPU per turn is the server's own. *Other load* is the share of the machine used by "
+        "processes outside the benchmark during the scenario (from `/proc/stat`); a row above "
+        f"{DISTURBED_PERCENT:g}% is flagged. chatcore runs as shipped, logging at INFO (`--chatcore-log-level` "
+        "changes it); the floor logs nothing. Expect a few percent of variation between runs.",
+        "",
+        "Scenarios: **overhead** instant model; **slow-model** the model takes 500 ms; **tool-turn** every turn "
+        "is one `add_task` call, the tool run, then a text answer (two model calls); **history-fresh** / "
+        "**history-800** the same load (instant model unless `--history-latency-ms`) on new conversations and on "
+        "conversations seeded with 800 stored messages (both servers read a 50-message window), each in rounds "
+        "(`--history-rounds`): every round new users on new (or newly seeded) conversations, one round after "
+        "another, the latencies of all rounds pooled, so their p95 rests on more turns at the same concurrency "
+        "and conversation length.",
+        "",
+        report.render(RUNTIME_LIMIT_SECONDS),
+    ]
+    if report.notes:
+        parts += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
+    if report.profile:
+        parts += ["", report.profile]
+    return "\n".join(parts) + "\n"
+
+
+KEPT_HEADING = "## Tuning log"
+"""A section of the output file written by hand (what was changed, and the profiles before and after): kept
+across runs, after the measured sections, so a rerun refreshes the figures without losing the history."""
+
+
+def kept_by_hand(previous: str) -> str:
+    """The hand-written ``KEPT_HEADING`` section of the previous output, to end the new one with ('' if none)."""
+    start = previous.find("\n" + KEPT_HEADING + "\n")
+    if start < 0:
+        return ""
+    return "\n" + previous[start + 1 :].rstrip() + "\n"
 
 
 def _divide(a: float, b: float) -> float:

@@ -14,9 +14,9 @@ import httpx2
 import jwt
 import pytest
 
+from bench.database import migrate
 from bench.fake_model import FakeModelApp, FakeModelConfig
 from bench.floor import FloorApp, FloorSettings
-from bench.run import migrate
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET = "floor-test-secret-0123456789abcdef"

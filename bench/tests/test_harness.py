@@ -14,11 +14,12 @@ import httpx
 import pytest
 
 from bench import procstat
+from bench.database import seeded_messages
 from bench.floor import model_messages
 from bench.load import LoadResult, VirtualUser, percentile, run_load
+from bench.measure import reply_check
 from bench.profile import package_of, parse_raw, summarise
-from bench.report import CHATCORE, FLOOR, Measurement, Report
-from bench.run import KEPT_HEADING, kept_by_hand, reply_check, seeded_messages
+from bench.report import CHATCORE, FLOOR, KEPT_HEADING, Measurement, Report, kept_by_hand
 
 
 def measurement(scenario: str, server: str, **figures: float) -> Measurement:
@@ -227,7 +228,8 @@ def test_profile_summary_attributes_samples_to_packages() -> None:
 
 
 def test_a_scenario_far_below_what_its_users_could_ask_for_is_called_cpu_bound() -> None:
-    from bench.run import Scenario, saturation_notes
+    from bench.measure import saturation_notes
+    from bench.scenarios import Scenario
 
     slow = Scenario("slow-model", "500 ms model", 200, 3, 500, "text")
     instant = Scenario("overhead", "instant", 32, 15, 0, "text")
@@ -246,7 +248,7 @@ def test_a_scenario_far_below_what_its_users_could_ask_for_is_called_cpu_bound()
 
 
 def test_pools_shrink_only_when_both_servers_would_not_fit() -> None:
-    from bench.run import pool_budget
+    from bench.servers import pool_budget
 
     assert pool_budget(100, servers=2, workers=1) is None
     assert pool_budget(100, servers=2, workers=2) == (22, 0)  # 90 connections // 4 workers = 22 each

@@ -1,0 +1,213 @@
+"""Measuring one scenario against one server: the load, the server's CPU and memory, PostgreSQL's CPU, the machine.
+
+``Bench.measure`` runs a scenario's rounds of virtual users (``bench/load.py``) and reads
+``/proc`` (``bench/procstat.py``) around them: CPU of the server's process tree, of the PostgreSQL
+backends serving the benchmark's database and of the harness itself, the machine's busy time
+(so the share used by anything else can be reported), and each worker's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+import jwt
+
+from bench import procstat
+from bench.fake_model import Mode
+from bench.instructions import USERS
+from bench.load import LoadResult, ReplyCheck, VirtualUser, run_load
+from bench.report import Measurement
+from bench.scenarios import Scenario, scenario_owners, user_id
+from bench.servers import FakeModel, Server
+
+RSS_SAMPLE_SECONDS = 0.1
+MIB = 1024 * 1024
+SATURATED_SHARE = 0.8
+
+
+def mint_token(secret: str, subject: str) -> str:
+    now = int(time.time())
+    claims = {"sub": subject, "email": f"{subject}@bench.invalid", "iat": now, "exp": now + 3 * 3600}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def reply_check(expected_tool_calls: int) -> ReplyCheck:
+    def check(reply: dict[str, Any]) -> str | None:
+        calls = reply.get("tool_calls")
+        if not isinstance(calls, list) or len(calls) != expected_tool_calls:
+            return f"reply with {len(calls) if isinstance(calls, list) else 'no'} tool calls"
+        if not reply.get("response") or not reply.get("message_id") or not reply.get("conversation_id"):
+            return "incomplete reply"
+        if expected_tool_calls and any(call.get("error") for call in calls):
+            return "tool call failed"
+        return None
+
+    return check
+
+
+async def sample_peak_rss(pids: Sequence[int], stop: asyncio.Event) -> int:
+    """The highest VmRSS of any one of ``pids`` until ``stop`` is set: a fallback where VmHWM cannot be reset."""
+    peak = 0
+    while not stop.is_set():
+        peak = max([peak, *(procstat.rss_bytes(pid) for pid in pids)])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RSS_SAMPLE_SECONDS)
+    return peak
+
+
+@dataclass(slots=True)
+class Bench:
+    args: argparse.Namespace
+    secret: str
+    model: FakeModel
+    control: httpx.AsyncClient
+    dsn: str
+    database: str
+
+    async def database_backends(self) -> list[int]:
+        """The PostgreSQL backends serving the benchmark's database, so tests that share the server don't count."""
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            rows = await connection.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.database
+            )
+        finally:
+            await connection.close()
+        return [row["pid"] for row in rows]
+
+    async def measure(
+        self,
+        server: Server,
+        scenario: Scenario,
+        conversations: dict[str, str] | None = None,
+    ) -> Measurement:
+        rounds = [
+            [
+                VirtualUser(uid, mint_token(self.secret, uid), conversations.get(uid) if conversations else None)
+                for uid in owners
+            ]
+            for owners in scenario_owners(server.name, scenario)
+        ]
+        await self.model.configure(self.control, latency_ms=scenario.latency_ms, mode=scenario.mode)
+        workers = server.worker_pids()
+        hwm_reset = all(procstat.reset_peak_rss(pid) for pid in workers)
+        server_cpu, db_cpu, harness_cpu = procstat.CpuMeter(), procstat.CpuMeter(), procstat.CpuMeter()
+        harness = [os.getpid(), *self.model.pids()]
+        server_cpu.start(server.pids())
+        db_cpu.start(await self.database_backends())
+        harness_cpu.start(harness)
+        machine_before = procstat.machine_busy_seconds()
+        stop_sampling = asyncio.Event()
+        sampler = asyncio.create_task(sample_peak_rss(workers, stop_sampling))
+        result = LoadResult()
+        for users in rounds:
+            one = await run_load(
+                server.base_url,
+                users,
+                scenario.turns,
+                deadline_seconds=self.args.scenario_timeout,
+                check=reply_check(scenario.tool_calls_per_turn),
+            )
+            result.latencies.extend(one.latencies)
+            result.failures.update(one.failures)
+            result.wall_seconds += one.wall_seconds
+            result.timed_out = result.timed_out or one.timed_out
+        stop_sampling.set()
+        sampled_peak = await sampler
+        machine_seconds = procstat.machine_busy_seconds() - machine_before
+        cpu_seconds = server_cpu.stop(server.pids())
+        db_seconds = db_cpu.stop(await self.database_backends())
+        harness_seconds = harness_cpu.stop(harness)
+        others = max(0.0, machine_seconds - cpu_seconds - db_seconds - harness_seconds)
+        capacity = result.wall_seconds * len(os.sched_getaffinity(0))
+        hwm_peak = max(procstat.peak_rss_bytes(pid) for pid in workers) if hwm_reset else 0
+        model_calls = await self.model.model_calls(self.control)
+        attempted = max(1, result.turns + sum(result.failures.values()))
+        per_turn = max(1, result.turns)
+        return Measurement(
+            scenario=scenario.name,
+            server=server.name,
+            rounds=scenario.rounds,
+            users=scenario.users,
+            turns_per_user=scenario.turns,
+            ok=result.turns,
+            failures=dict(result.failures),
+            timed_out=result.timed_out,
+            wall_seconds=result.wall_seconds,
+            turns_per_second=result.turns_per_second,
+            p50_ms=result.percentile_ms(50),
+            p95_ms=result.percentile_ms(95),
+            p99_ms=result.percentile_ms(99),
+            server_cpu_ms_per_turn=cpu_seconds * 1000 / per_turn,
+            db_cpu_ms_per_turn=db_seconds * 1000 / per_turn,
+            peak_rss_mb=max(hwm_peak, sampled_peak) / MIB,
+            model_calls_per_turn=model_calls / attempted,
+            background_cpu_percent=100 * others / capacity if capacity > 0 else math.nan,
+            harness_cpu_ms_per_turn=harness_seconds * 1000 / per_turn,
+        )
+
+    async def warm_up(self, server: Server, max_users: int) -> None:
+        """Imports, pools, prepared statements and every connection a scenario will use, before measuring.
+
+        The last round holds ``max_users`` turns open at once behind a slow model, so the client's
+        connections, the server's connections to the model and its database pool all reach their size.
+        """
+        rounds: tuple[tuple[Mode, int, int, float], ...] = (
+            ("text", 16, 3, 0),
+            ("tool", 8, 2, 0),
+            ("text", max_users, 2, 100),
+        )
+        for index, (mode, users, turns, latency_ms) in enumerate(rounds):
+            scenario = Scenario(f"warmup{index}", "warm-up", users, turns, latency_ms, mode)
+            await self.model.configure(self.control, latency_ms=latency_ms, mode=scenario.mode)
+            uids = [user_id(server.name, scenario, i) for i in range(users)]
+            result = await run_load(
+                server.base_url,
+                [VirtualUser(uid, mint_token(self.secret, uid)) for uid in uids],
+                turns,
+                deadline_seconds=self.args.scenario_timeout,
+                check=reply_check(scenario.tool_calls_per_turn),
+            )
+            if result.failures or result.timed_out:
+                raise RuntimeError(
+                    f"{server.name} failed its warm-up ({mode}): {dict(result.failures)}\n{server.log_tail()}"
+                )
+
+
+def saturation_notes(scenarios: Sequence[Scenario], measurements: Sequence[Measurement]) -> list[str]:
+    """Say where a scenario with a model latency was bound by CPU rather than by the model.
+
+    N users behind a model that takes L seconds can make at most N / L turns a second; a server
+    far below that was queueing for CPU, so its latencies measure throughput, not waiting.
+    """
+    notes = []
+    by_name = {s.name: s for s in scenarios}
+    for m in measurements:
+        scenario = by_name.get(m.scenario)
+        if scenario is None or scenario.latency_ms <= 0:
+            continue
+        demand = scenario.users / (scenario.latency_ms / 1000)
+        if m.turns_per_second < SATURATED_SHARE * demand:
+            notes.append(
+                f"{m.scenario} on {m.server} was CPU-bound: {scenario.users} users behind a "
+                f"{scenario.latency_ms:g} ms model could make up to {demand:.0f} turns/s, the machine served "
+                f"{m.turns_per_second:.0f}; its latencies are mostly queueing for CPU, not waiting on the model."
+            )
+    return notes
+
+
+def counted_users(secret: str, server: str, turns: int) -> list[VirtualUser]:
+    """New users for one valgrind run (``bench/instructions.py``), each starting a conversation of their own."""
+    return [
+        VirtualUser(uid, mint_token(secret, uid)) for uid in (f"{server}-counted-{turns}-{i}" for i in range(USERS))
+    ]

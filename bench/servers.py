@@ -1,0 +1,159 @@
+"""The processes ``make bench`` starts: the servers under test and the fake model, each a subprocess on 127.0.0.1.
+
+Also what they are started with: their command lines, their environment (the same for both servers)
+and a database pool size that fits PostgreSQL's ``max_connections``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from bench import procstat
+from bench.fake_model import Mode
+from bench.report import CHATCORE, FLOOR
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 20.0
+DEFAULT_POOL_SIZE, DEFAULT_MAX_OVERFLOW = 30, 0
+"""chatcore's SQLAlchemy pool defaults (``CHATCORE_DB_POOL_SIZE``, ``CHATCORE_DB_MAX_OVERFLOW``)."""
+RESERVED_CONNECTIONS = 10
+"""Left for PostgreSQL's superuser slots and the orchestrator's own connections (seeding, ANALYZE)."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def pool_budget(max_connections: int, servers: int, workers: int) -> tuple[int, int] | None:
+    """Pool size and overflow per worker so every server's workers fit in PostgreSQL's ``max_connections``
+    at once (both servers keep their connections between scenarios); None when chatcore's defaults fit."""
+    per_worker = (max_connections - RESERVED_CONNECTIONS) // max(1, servers * workers)
+    if per_worker >= DEFAULT_POOL_SIZE + DEFAULT_MAX_OVERFLOW:
+        return None
+    if per_worker < 2:
+        raise SystemExit(f"PostgreSQL's max_connections ({max_connections}) is too small for {workers} workers")
+    return per_worker, 0  # like chatcore's default: a fixed pool, no overflow connections to open and close
+
+
+def server_env(
+    database_url: str, secret: str, model_port: int, log_level: str, pool: tuple[int, int] | None = None
+) -> dict[str, str]:
+    """The environment both servers read: the caller's, minus any provider, auth or database settings."""
+    own_prefixes = ("OPENAI_", "ANTHROPIC_", "CHATCORE_", "BETTER_AUTH_", "FAKE_MODEL_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(own_prefixes) and k != "DATABASE_URL"}
+    env.update(
+        DATABASE_URL=database_url,
+        BETTER_AUTH_SECRET=secret,
+        CHATCORE_LLM="openai",
+        OPENAI_BASE_URL=f"http://127.0.0.1:{model_port}/v1",
+        OPENAI_API_KEY="bench",
+        CHATCORE_LLM_MAX_RETRIES="0",
+        CHATCORE_LOG_LEVEL=log_level,
+        PYTHONUNBUFFERED="1",
+    )
+    if pool is not None:
+        env.update(CHATCORE_DB_POOL_SIZE=str(pool[0]), CHATCORE_DB_MAX_OVERFLOW=str(pool[1]))
+    return env
+
+
+class Server:
+    """A subprocess serving HTTP on 127.0.0.1, with its output in a log file."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], env: dict[str, str], port: int, log_dir: Path, *, workers: int = 1
+    ) -> None:
+        self.name = name
+        self.workers = workers
+        self.argv = list(argv)
+        self.env = env
+        self.port = port
+        self.log_path = log_dir / f"{name}.log"
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self, client: httpx.AsyncClient) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, cwd=REPO, stdout=log, stderr=asyncio.subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.returncode is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{self.base_url}/health", timeout=2.0)).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer /health within {START_TIMEOUT_SECONDS:g} s:\n{self.log_tail()}")
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+    def pids(self) -> list[int]:
+        return procstat.descendants(self.pid)
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve requests: the server itself, or the workers below its supervisor."""
+        if self.workers == 1:
+            return [self.pid]
+        return [pid for pid in self.pids() if pid != self.pid] or [self.pid]
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class FakeModel(Server):
+    async def configure(self, client: httpx.AsyncClient, *, latency_ms: float, mode: Mode) -> None:
+        response = await client.post(
+            f"{self.base_url}/control", json={"latency_ms": latency_ms, "mode": mode, "reset_stats": True}
+        )
+        response.raise_for_status()
+
+    async def model_calls(self, client: httpx.AsyncClient) -> int:
+        response = await client.get(f"{self.base_url}/control")
+        response.raise_for_status()
+        calls: int = response.json()["stats"]["openai"]
+        return calls
+
+
+def server_argv(name: str, port: int, *, workers: int) -> list[str]:
+    if name == FLOOR:
+        return [sys.executable, "-m", "bench.floor", "--port", str(port), "--workers", str(workers)]
+    if name == CHATCORE:
+        return chatcore_argv(port, workers)
+    raise SystemExit(f"unknown target {name!r}: choose from {FLOOR}, {CHATCORE}")
+
+
+def chatcore_argv(port: int, workers: int) -> list[str]:
+    script = Path(sys.executable).with_name("chatcore")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "chatcore.entrypoints.cli"]
+    return [*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-migrate", "--workers", str(workers)]
