@@ -24,8 +24,8 @@ from typing import Final, Literal, TypeAlias
 
 import httpx2
 
-ProviderHttp: TypeAlias = Literal["aiohttp", "httpx"]
-PROVIDER_HTTP: Final[tuple[ProviderHttp, ...]] = ("aiohttp", "httpx")
+from chatcore.adapters.provider_choices import PROVIDER_HTTP, ProviderHttp
+
 Sdk: TypeAlias = Literal["openai", "anthropic"]
 
 DEFAULT_SHARDS: Final = 8

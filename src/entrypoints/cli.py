@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import secrets
@@ -11,6 +10,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from chatcore.entrypoints.extras import MissingExtra, is_installed, require_extra, require_extras
 from chatcore.entrypoints.settings import ConfigurationError, Settings
 
 DEMO_USER_ID = "demo-user"
@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         print(f"chatcore: configuration error: {error}", file=sys.stderr)
         return 2
+    except MissingExtra as error:
+        print(f"chatcore: {error}", file=sys.stderr)
+        return 2
 
 
 def migrate() -> int:
@@ -74,12 +77,13 @@ def migrate() -> int:
 
 def mcp_serve(args: argparse.Namespace) -> int:
     """The user's own todo tools for other agents (Claude Desktop, the OpenAI Agents SDK), bound to each token."""
+    require_extra("mcp", "chatcore mcp-serve")
     from chatcore.adapters.mcp.server import create_mcp_asgi_app, run_mcp_server
     from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
     from chatcore.adapters.sqlalchemy.migrate import run_migrations
     from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
     from chatcore.adapters.tools.todo import TodoToolRegistry
-    from chatcore.entrypoints.container import token_verifier
+    from chatcore.entrypoints.verifiers import token_verifier
 
     settings = Settings.from_env()
     verifier = token_verifier(settings)
@@ -114,6 +118,7 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    require_extra("server", "chatcore serve")
     import uvicorn
 
     from chatcore.adapters.auth.hs256 import mint_hs256_token
@@ -132,6 +137,7 @@ def serve(args: argparse.Namespace) -> int:
             "no token secret configured: set BETTER_AUTH_SECRET (HS256) or BETTER_AUTH_JWKS_URL (Better Auth JWKS), "
             "or run `chatcore serve --dev` for a demo with an ephemeral secret"
         )
+    require_extras(settings)  # before migrating: a worker would only fail with a traceback
     configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     if not args.no_migrate:
         run_migrations(database_url_from(settings.database_url))
@@ -165,15 +171,11 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,  # configure_logging's JSON handler stays in charge of uvicorn's loggers
         access_log=settings.access_log,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),  # in-flight turns finish first
-        loop="uvloop" if _installed("uvloop") else "asyncio",
-        http="httptools" if _installed("httptools") else "h11",
+        # The server extra brings uvloop and httptools, but not on every platform: the fast loop and parser if there.
+        loop="uvloop" if is_installed("uvloop") else "asyncio",
+        http="httptools" if is_installed("httptools") else "h11",
     )
     return 0
-
-
-def _installed(module: str) -> bool:
-    """uvloop and httptools are dependencies, but not on every platform: the fast loop and parser when present."""
-    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":

@@ -16,9 +16,6 @@ from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatcore.adapters.auth.composite import AlgorithmRoutingTokenVerifier
-from chatcore.adapters.auth.hs256 import Hs256TokenVerifier
-from chatcore.adapters.auth.jwks import JwksTokenVerifier
 from chatcore.adapters.observability.instrumented import InstrumentedAgent, InstrumentedToolRegistry
 from chatcore.adapters.observability.metrics import ChatMetrics, pool_gauge_resource
 from chatcore.adapters.observability.tracing import engine_tracing_resource, tracer_of, tracing_resource
@@ -28,8 +25,10 @@ from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
 from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
 from chatcore.adapters.tools.composite import CompositeToolRegistry
 from chatcore.adapters.tools.todo import TodoToolRegistry
-from chatcore.entrypoints.settings import ConfigurationError, Settings
-from chatcore.ports import LLMAgent, TaskStore, TokenVerifier, ToolRegistry
+from chatcore.entrypoints.extras import require_extras
+from chatcore.entrypoints.settings import Settings
+from chatcore.entrypoints.verifiers import token_verifier
+from chatcore.ports import LLMAgent, TaskStore, ToolRegistry
 from chatcore.service import DEFAULT_SYSTEM_PROMPT, ChatPolicy, ChatService
 
 if TYPE_CHECKING:
@@ -117,36 +116,6 @@ async def tools_resource(settings: Settings, tasks: TaskStore) -> AsyncIterator[
         await mounted.aclose()
 
 
-def token_verifier(settings: Settings) -> TokenVerifier:
-    """HS256 with BETTER_AUTH_SECRET, JWKS with BETTER_AUTH_JWKS_URL, or both routed by each token's algorithm."""
-    if not settings.has_token_verifier:
-        raise ConfigurationError("Set BETTER_AUTH_SECRET or BETTER_AUTH_JWKS_URL to verify tokens")
-    hs256 = (
-        Hs256TokenVerifier(
-            settings.auth_secret,
-            issuer=settings.auth_issuer,
-            audience=settings.auth_audience,
-            leeway_seconds=settings.auth_leeway_seconds,
-        )
-        if settings.auth_secret
-        else None
-    )
-    jwks = (
-        JwksTokenVerifier(
-            settings.jwks_url,
-            issuer=settings.auth_issuer,
-            audience=settings.auth_audience,
-            algorithms=settings.jwt_algorithms,
-            leeway_seconds=settings.auth_leeway_seconds,
-        )
-        if settings.jwks_url
-        else None
-    )
-    if hs256 and not jwks:
-        return hs256
-    return AlgorithmRoutingTokenVerifier(hs256=hs256, jwks=jwks)
-
-
 async def rate_limit_store_resource(settings: Settings) -> AsyncIterator[Store | None]:
     """Where per-user request counts live: Redis (CHATCORE_REDIS_URL) so every replica shares them, else this
     process's memory; None when CHATCORE_RATE_LIMIT is off. Nothing connects until the first request."""
@@ -217,4 +186,6 @@ class Container(containers.DeclarativeContainer):
 
 
 def build_container(settings: Settings) -> Container:
+    """The container for ``settings``; ``MissingExtra`` names the extra a setting needs that is not installed."""
+    require_extras(settings)
     return Container(settings=settings)

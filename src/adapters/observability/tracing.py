@@ -12,21 +12,16 @@ if TYPE_CHECKING:
 
     from chatcore.adapters.observability.otel import Tracing
 
-MISSING_SDK = (
-    "an OTLP endpoint is configured (OTEL_EXPORTER_OTLP_ENDPOINT) but the OpenTelemetry SDK is not installed: "
-    "pip install 'chatcore[otel]'"
-)
-
 
 def tracing_resource(endpoint: str | None) -> Iterator[Tracing | None]:
-    """A container Resource: OTLP tracing when ``endpoint`` is set (flushed at stop), else None and nothing loaded."""
+    """A container Resource: OTLP tracing when ``endpoint`` is set (flushed at stop), else None and nothing loaded.
+
+    The ``otel`` extra is checked before, with the other extras the settings need (``entrypoints.extras``)."""
     if not endpoint:
         yield None
         return
-    try:
-        from chatcore.adapters.observability.otel import Tracing
-    except ImportError as error:
-        raise RuntimeError(MISSING_SDK) from error
+    from chatcore.adapters.observability.otel import Tracing
+
     tracing = Tracing.otlp(endpoint)
     try:
         yield tracing
