@@ -23,6 +23,7 @@ from chatcore.entrypoints.http.auth import BEARER_SECURITY, BearerAuthentication
 from chatcore.entrypoints.http.controllers import ChatController, HealthController
 from chatcore.entrypoints.http.conversations import ConversationsController, attach_conversations, detach_conversations
 from chatcore.entrypoints.http.errors import EXCEPTION_HANDLERS
+from chatcore.entrypoints.http.json_bodies import JsonBodyRequest
 from chatcore.entrypoints.http.page import PageController
 from chatcore.entrypoints.http.rate_limit import RATE_LIMIT_STORE, rate_limit_config
 from chatcore.entrypoints.http.request_id import HEADER as REQUEST_ID_HEADER
@@ -112,6 +113,7 @@ def create_app(container: Container) -> Litestar:
         logging_config=None,  # chatcore.entrypoints.logging owns logging; Litestar's default would replace it
         before_send=[add_security_headers],
         request_max_body_size=settings.max_body_bytes,
+        request_class=JsonBodyRequest,  # deeply nested JSON bodies are 400, on every route
         cors_config=(
             CORSConfig(allow_origins=list(settings.cors_origins), expose_headers=list(EXPOSED_HEADERS))
             if settings.cors_origins
