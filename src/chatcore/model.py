@@ -65,11 +65,16 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """What a model is told about a tool: its name, purpose and JSON-schema parameters."""
+    """What a model is told about a tool: its name, purpose and JSON-schema parameters.
+
+    ``requires_approval``: a call waits for the user's yes before it runs (the tool declares it itself;
+    ``@tool(requires_approval=True)`` sets it for a function tool).
+    """
 
     name: str
     description: str
     parameters: Mapping[str, JsonValue]
+    requires_approval: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -215,13 +215,15 @@ class TaskStore(Protocol):
 class ToolRegistry(Protocol):
     """The tools a model may call. The caller binds every call to a principal; no tool takes a user argument."""
 
-    async def list_tools(self) -> Sequence[ToolSpec]: ...
+    async def list_tools(self) -> Sequence[ToolSpec]:
+        """The tools, each name once (``[A-Za-z0-9_-]{1,64}``), each ``parameters`` an ``"object"`` JSON schema."""
+        ...
 
     async def call(self, principal: Principal, name: str, arguments: Mapping[str, JsonValue]) -> JsonValue:
         """Run one tool for ``principal`` and return its JSON result.
 
-        Raises ToolError for an unknown tool, arguments that fail the tool's schema, or a
-        refusal the model should hear about (e.g. TaskNotFound).
+        Raises ToolError for an unknown tool, arguments that are not an object or fail the tool's schema,
+        a tool that failed or timed out, or a refusal the model should hear about (e.g. TaskNotFound).
         """
         ...
 
