@@ -1,4 +1,4 @@
-"""Tools from plain functions.
+"""Tools from plain functions, and several tool registries mounted as one.
 
 ```python
 from chatcore import Principal
@@ -43,6 +43,10 @@ How a function becomes a tool, and why:
   (``asyncio.to_thread``); when its timeout passes the turn goes on, but the thread runs to its end.
 * **Results** are the function's return value made JSON by ``msgspec.to_builtins`` (dataclasses,
   Structs, datetimes, UUIDs, sets, enums).
+
+When several registries offer the same tool name, ``ToolRouter`` is the one rule both
+CompositeToolRegistry and the MCP registry follow: the first offer wins, the later one is left out and
+a warning is logged once per name and pair.
 """
 
 from __future__ import annotations
@@ -56,18 +60,22 @@ import logging
 import re
 import types
 import typing
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from typing import Annotated, Any, Final, Literal, TypeVar, overload
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar, overload
 
 import msgspec
 
 from chatcore.errors import ChatError, ToolError
 from chatcore.model import JsonValue, Principal, ToolSpec
+from chatcore.ports import ToolRegistry
 
 __all__ = [
     "PROVIDER_TOOL_NAME",
+    "CompositeToolRegistry",
     "FunctionToolRegistry",
+    "ToolOffer",
     "ToolOptions",
+    "ToolRouter",
     "tool",
     "unknown_tool",
 ]
@@ -80,6 +88,7 @@ MAX_ERROR_LENGTH: Final = 240
 """An argument error is cut here, so a huge argument is not echoed back into the model's context."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+Owner = TypeVar("Owner")
 
 _OPTIONS_ATTRIBUTE: Final = "__chatcore_tool__"
 
@@ -659,3 +668,102 @@ def _kind(names: str) -> str:
 
 def _shorten(detail: str) -> str:
     return detail if len(detail) <= MAX_ERROR_LENGTH else detail[: MAX_ERROR_LENGTH - 1] + "…"
+
+
+# --- Several registries as one -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ToolOffer(Generic[Owner]):
+    """The tools one owner (a registry, an MCP server) offers; ``label`` names it in the log."""
+
+    owner: Owner
+    label: str
+    tools: Sequence[ToolSpec]
+
+
+class ToolRouter(Generic[Owner]):
+    """The one rule for a tool name offered twice, and the table that routes each call to its tool's owner.
+
+    Offers are read in the order given and the first one wins: a later tool of the same name is left out
+    and a warning is logged, once per name and pair of owners rather than once per turn. Duplicates are
+    only known when the tools are listed, because listing is async and a registry's tools (an MCP
+    server's, say) may change while the app runs; refusing them then would fail every turn because a
+    third-party server added a tool, so the owner mounted first (chatcore's own tools) keeps the name and
+    the operator is told. ``owners`` is the plural noun the warning uses (``"MCP servers"``).
+    """
+
+    def __init__(self, owners: str = "registries") -> None:
+        self.owners = owners
+        self._routes: dict[str, Owner] = {}
+        self._warned: set[tuple[str, str, str]] = set()
+
+    def route(self, offers: Iterable[ToolOffer[Owner]], *, unlisted: Iterable[ToolOffer[Owner]] = ()) -> list[ToolSpec]:
+        """The tools to list, first offer first; calls are routed by this listing until the next one.
+
+        ``unlisted`` offers (a server that is down) are not listed, but a call to a name only they
+        offer still reaches them, so it fails with their own error rather than as an unknown tool.
+        """
+        specs: list[ToolSpec] = []
+        routes: dict[str, Owner] = {}
+        kept: dict[str, str] = {}
+        for offer in offers:
+            for spec in offer.tools:
+                if spec.name in kept:
+                    self._warn_shadowed(spec.name, kept[spec.name], offer.label)
+                    continue
+                routes[spec.name], kept[spec.name] = offer.owner, offer.label
+                specs.append(spec)
+        for offer in unlisted:
+            for spec in offer.tools:
+                routes.setdefault(spec.name, offer.owner)
+        self._routes = routes
+        return specs
+
+    async def owner_of(self, name: str, relist: Callable[[], Awaitable[object]]) -> Owner:
+        """Whose tool ``name`` is; a name the last listing did not know triggers one ``relist`` before it is
+        refused with a ToolError (a call may come before any listing, or after a registry gained a tool)."""
+        owner = self._routes.get(name)
+        if owner is None:
+            await relist()
+            owner = self._routes.get(name)
+        if owner is None:
+            raise unknown_tool(name, self._routes)
+        return owner
+
+    def _warn_shadowed(self, name: str, kept: str, shadowed: str) -> None:
+        if (name, kept, shadowed) in self._warned:
+            return
+        self._warned.add((name, kept, shadowed))
+        logger.warning(
+            "tool %r is offered by both %s %s and %s; the first is used, the other left out",
+            name,
+            self.owners,
+            kept,
+            shadowed,
+            extra={"event": "tool_name_conflict", "tool": name, "kept": kept, "shadowed": shadowed},
+        )
+
+
+class CompositeToolRegistry:
+    """A ToolRegistry that lists the tools of every registry it wraps and routes each call to the owner.
+
+    Registries are listed in the order given; a duplicate name follows ToolRouter's rule (the first
+    registry keeps it, the later tool is left out with one warning). Every ``list_tools`` rebuilds the
+    routing table; a call to a name the table does not know triggers one re-listing before it is refused.
+    """
+
+    def __init__(self, *registries: ToolRegistry) -> None:
+        self.registries: tuple[ToolRegistry, ...] = registries
+        self._router: ToolRouter[ToolRegistry] = ToolRouter("registries")
+
+    async def list_tools(self) -> list[ToolSpec]:
+        listed = [await registry.list_tools() for registry in self.registries]
+        return self._router.route(
+            ToolOffer(registry, f"{type(registry).__name__} (#{position})", tools)
+            for position, (registry, tools) in enumerate(zip(self.registries, listed, strict=True), start=1)
+        )
+
+    async def call(self, principal: Principal, name: str, arguments: Mapping[str, JsonValue]) -> JsonValue:
+        owner = await self._router.owner_of(name, self.list_tools)
+        return await owner.call(principal, name, arguments)

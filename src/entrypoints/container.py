@@ -23,13 +23,13 @@ from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversati
 from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
 from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
 from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
-from chatcore.adapters.tools.composite import CompositeToolRegistry
 from chatcore.adapters.tools.todo import TodoToolRegistry
 from chatcore.entrypoints.extras import require_extras
 from chatcore.entrypoints.settings import Settings
 from chatcore.entrypoints.verifiers import token_verifier
 from chatcore.ports import LLMAgent, TaskStore, ToolRegistry
 from chatcore.service import DEFAULT_SYSTEM_PROMPT, ChatPolicy, ChatService
+from chatcore.tools import CompositeToolRegistry
 
 if TYPE_CHECKING:
     from chatcore.adapters.anthropic.agent import AnthropicChatAgent

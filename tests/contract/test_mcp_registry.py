@@ -13,12 +13,12 @@ import pytest
 from mcp_types import CallToolResult, ImageContent, TextContent
 
 from chatcore.adapters.mcp.registry import McpServerConfig, McpToolRegistry, parse_mcp_servers, tool_result_json
-from chatcore.adapters.tools.composite import CompositeToolRegistry
 from chatcore.adapters.tools.todo import TodoToolRegistry
 from chatcore.errors import ToolError
 from chatcore.fakes import FunctionAgent, InMemoryConversationStore, InMemoryTaskStore, StaticTokenVerifier
 from chatcore.model import AgentRequest, AgentResponse, Principal, Role, ToolCall
 from chatcore.service import ChatService
+from chatcore.tools import CompositeToolRegistry
 
 FIXTURE = Path(__file__).parent / "mcp_fixtures" / "echo_server.py"
 ALICE = Principal(user_id="alice", email="alice@example.com")

@@ -19,10 +19,10 @@ from chatcore import Principal, TaskNotFound, ToolError, ToolRegistry, ToolSpec
 from chatcore.adapters.sqlalchemy.engine import create_engine
 from chatcore.adapters.sqlalchemy.tables import metadata
 from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
-from chatcore.adapters.tools.composite import CompositeToolRegistry
 from chatcore.adapters.tools.todo import TodoToolRegistry
 from chatcore.fakes import InMemoryTaskStore, InMemoryToolRegistry
 from chatcore.model import JsonValue
+from chatcore.tools import CompositeToolRegistry
 
 ALICE = Principal("alice", email="alice@example.com")
 BOB = Principal("bob", email="bob@example.com")

@@ -12,9 +12,9 @@ Design choices, each for a reason:
   task serves the chat turn. Requests from any task share the session (JSON-RPC multiplexes them).
 * **Tool names are exposed as the servers give them**, so the model sees ``get_weather``, not
   ``weather__get_weather``. When two servers offer the same name, the server configured first
-  keeps it and the other's tool is left out with a warning (once), exactly like
-  CompositeToolRegistry does when an MCP tool collides with chatcore's own: a server that adds a
-  tool while the app runs must not fail every turn. A name providers would reject (outside
+  keeps it and the other's tool is left out with a warning (once): ``chatcore.tools.ToolRouter``, the
+  rule CompositeToolRegistry follows too when an MCP tool collides with chatcore's own, because a
+  server that adds a tool while the app runs must not fail every turn. A name providers would reject (outside
   ``[A-Za-z0-9_-]{1,64}``) is skipped with a warning for the same reason.
 * **A server that is down or too slow is left out**: its tools are not listed and a call to one of
   them is a ToolError saying the server is unavailable; the other servers' tools and the turn go on.
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -52,12 +51,11 @@ from mcp_types import CONNECTION_CLOSED, CallToolResult, Implementation, Paginat
 from chatcore.adapters.mcp.config import McpServerConfig, parse_mcp_servers
 from chatcore.errors import ToolError
 from chatcore.model import JsonValue, Principal, ToolSpec
+from chatcore.tools import PROVIDER_TOOL_NAME, ToolOffer, ToolRouter
 
 __all__ = ["McpServerConfig", "McpToolRegistry", "parse_mcp_servers"]
 
 logger = logging.getLogger("chatcore.mcp")
-
-PROVIDER_TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Tool names OpenAI and Anthropic both accept."""
 SSE_READ_TIMEOUT_SECONDS: Final = 300.0
 """The SDK's default for a server holding a response stream open."""
@@ -224,8 +222,7 @@ class McpToolRegistry:
         self._servers = [
             _Server(server, _Connection(server, connect_timeout=connect_timeout_seconds)) for server in servers
         ]
-        self._owners: dict[str, _Server] = {}
-        self._warned: set[tuple[str, str, str]] = set()
+        self._router: ToolRouter[_Server] = ToolRouter("MCP servers")
 
     def __repr__(self) -> str:
         return f"McpToolRegistry(servers={[s.config.name for s in self._servers]!r})"
@@ -244,45 +241,16 @@ class McpToolRegistry:
         """The tools of every available server, refreshed when older than the TTL. Servers are asked concurrently."""
         await asyncio.gather(*(self._refresh(server) for server in self._servers))
         now = self._clock()
-        owners: dict[str, _Server] = {}
-        specs: list[ToolSpec] = []
-        for server in self._servers:
-            if server.is_down(now):
-                continue
-            for spec in server.tools:
-                if spec.name in owners:
-                    self._warn_shadowed(spec.name, owners[spec.name], server)
-                    continue
-                owners[spec.name] = server
-                specs.append(spec)
-        for server in self._servers:
-            for spec in server.tools:
-                owners.setdefault(spec.name, server)
-        self._owners = owners
-        return specs
-
-    def _warn_shadowed(self, name: str, kept: _Server, shadowed: _Server) -> None:
-        """One warning per name and pair of servers, not one per turn."""
-        key = (name, kept.config.name, shadowed.config.name)
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        logger.warning(
-            "tool %r is offered by both MCP servers %r and %r; the first is used, the other left out",
-            name,
-            kept.config.name,
-            shadowed.config.name,
-            extra={"event": "tool_name_conflict", "tool": name, "mcp_server": shadowed.config.name},
+        offers = [ToolOffer(server, repr(server.config.name), server.tools) for server in self._servers]
+        # A down server's tools are not listed, but a call to one says the server is unavailable.
+        return self._router.route(
+            (offer for offer in offers if not offer.owner.is_down(now)),
+            unlisted=(offer for offer in offers if offer.owner.is_down(now)),
         )
 
     async def call(self, principal: Principal, name: str, arguments: Mapping[str, JsonValue]) -> JsonValue:
         """Forward the call to the server that offers ``name``; ``principal`` is deliberately not sent."""
-        server = self._owners.get(name)
-        if server is None:
-            await self.list_tools()
-            server = self._owners.get(name)
-        if server is None:
-            raise ToolError(f"Unknown tool: {name!r}. Available tools: {', '.join(self._owners) or 'none'}.")
+        server = await self._router.owner_of(name, self.list_tools)
         if not isinstance(arguments, Mapping):
             raise ToolError(f"Arguments for {name} must be a JSON object.")
         unavailable = f"MCP server {server.config.name!r} is unavailable; tool {name!r} cannot be used right now."

@@ -1,1 +1,1 @@
-"""Tool registries: the todo toolset and the composite that mounts several."""
+"""Tool registries: the todo toolset (the composite that mounts several lives in chatcore.tools)."""
