@@ -12,6 +12,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -106,23 +107,29 @@ async def postgres_server() -> AsyncIterator[URL]:
         await asyncio.to_thread(container.stop)
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def postgres_url(postgres_server: URL) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test session, dropped (even with open connections) at the end."""
+@asynccontextmanager
+async def fresh_database(postgres_server: URL) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the server, dropped (even with open connections) at the end."""
     name = f"chatcore_test_{uuid.uuid4().hex[:16]}"
     admin = create_async_engine(postgres_server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as connection:
             await connection.execute(text(f'CREATE DATABASE "{name}"'))
         try:
-            url = postgres_server.set(database=name).render_as_string(hide_password=False)
-            await run_migrations_async(url)
-            yield url
+            yield postgres_server.set(database=name).render_as_string(hide_password=False)
         finally:
             async with admin.connect() as connection:
                 await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         await admin.dispose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def postgres_url(postgres_server: URL) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test session."""
+    async with fresh_database(postgres_server) as url:
+        await run_migrations_async(url)
+        yield url
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

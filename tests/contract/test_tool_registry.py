@@ -1,4 +1,5 @@
-"""The todo toolset's contract, run against every ToolRegistry that serves it.
+"""The todo toolset's contract, run against every ToolRegistry that serves it (the todo tools on each task store,
+and mounted in a composite); what every ToolRegistry promises is ``test_tool_registries.py``'s.
 
 Every test goes through the registry's public interface only, so a new adapter joins
 the suite by adding one entry to ``FACTORIES``.
@@ -6,6 +7,7 @@ the suite by adding one entry to ``FACTORIES``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
@@ -13,7 +15,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import pytest_asyncio
 from jsonschema import Draft202012Validator
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatcore import Principal, TaskNotFound, ToolError, ToolRegistry, ToolSpec
 from chatcore.adapters.sqlalchemy.engine import create_engine
@@ -23,6 +29,7 @@ from chatcore.adapters.tools.todo import TodoToolRegistry
 from chatcore.fakes import InMemoryTaskStore, InMemoryToolRegistry
 from chatcore.model import JsonValue
 from chatcore.tools import CompositeToolRegistry
+from tests.conftest import fresh_database
 
 ALICE = Principal("alice", email="alice@example.com")
 BOB = Principal("bob", email="bob@example.com")
@@ -58,13 +65,39 @@ FACTORIES: dict[str, RegistryFactory] = {
     "todo-memory": todo_memory,
     "todo-sqlite": todo_sqlite,
     "composite": composite,
-    # "todo-postgres": TodoToolRegistry(SqlAlchemyTaskStore(engine)) on PostgreSQL goes here.
 }
 
 
-@pytest.fixture(params=list(FACTORIES))
-async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ToolRegistry]:
-    async with FACTORIES[request.param](tmp_path) as made:
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def todo_postgres_engine(postgres_server: URL) -> AsyncIterator[AsyncEngine]:
+    """A PostgreSQL database of this module's own: its tests count task ids from 1 and use fixed user ids."""
+    async with fresh_database(postgres_server) as url:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(metadata.create_all)
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+@asynccontextmanager
+async def todo_postgres(engine: AsyncEngine) -> AsyncIterator[ToolRegistry]:
+    async with engine.begin() as connection:
+        await connection.execute(text("TRUNCATE tasks RESTART IDENTITY"))
+    yield TodoToolRegistry(SqlAlchemyTaskStore(engine))
+
+
+@pytest.fixture(params=[*FACTORIES, pytest.param("todo-postgres", marks=pytest.mark.integration)])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], AbstractAsyncContextManager[ToolRegistry]]:
+    if request.param == "todo-postgres":
+        return functools.partial(todo_postgres, request.getfixturevalue("todo_postgres_engine"))
+    return functools.partial(FACTORIES[request.param], tmp_path)
+
+
+@pytest.fixture
+async def registry(factory: Callable[[], AbstractAsyncContextManager[ToolRegistry]]) -> AsyncIterator[ToolRegistry]:
+    async with factory() as made:
         yield made
 
 
