@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from chatcore.model import Usage
+
 
 class ChatError(Exception):
     """Base of every error chatcore raises on purpose. ``detail`` is safe to show to a client."""
@@ -50,11 +52,14 @@ class TurnFailed(ChatError):
 
 
 class AgentError(TurnFailed):
+    """A model call that failed. ``usage`` is what the provider reported billing for it anyway (rarely), else None."""
+
     default_detail = "The model provider failed"
 
-    def __init__(self, detail: str | None = None, *, provider: str | None = None) -> None:
+    def __init__(self, detail: str | None = None, *, provider: str | None = None, usage: Usage | None = None) -> None:
         super().__init__(detail)
         self.provider = provider
+        self.usage = usage
 
 
 class AgentUnavailable(AgentError):

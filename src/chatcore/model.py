@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -193,12 +193,58 @@ class AgentRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one model call (or several, added up) cost, as the provider reported them.
+
+    ``input_tokens`` is all the input, cached or not; ``cached_read_tokens`` and ``cache_write_tokens``
+    are the parts of it read from and written to the provider's prompt cache (billed at their own
+    rates). OpenAI's ``prompt_tokens`` already count their cached part; Anthropic's ``input_tokens``
+    do not, so its adapter adds the cache reads and writes to make the total (docs/providers.md).
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_read_tokens + other.cached_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        """Input and output together (what a token budget counts)."""
+        return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def sum(cls, usages: Iterable[Usage | None]) -> Usage:
+        """Several calls' usage added up; calls that reported none count as zero."""
+        total = cls()
+        for usage in usages:
+            if usage is not None:
+                total += usage
+        return total
+
+
+@dataclass(frozen=True, slots=True)
 class AgentResponse:
-    """One model step: text, and the tools it wants run before it can answer (none means it is done)."""
+    """One model step: text, and the tools it wants run before it can answer (none means it is done).
+
+    ``usage`` is what the provider reported the call cost (None when it reported nothing); ``model`` the model
+    name the provider reported answering with, else the one the agent asked for.
+    """
 
     text: str
     tool_calls: tuple[ToolCall, ...] = ()
     stop_reason: str | None = None
+    usage: Usage | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
