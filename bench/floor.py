@@ -38,7 +38,7 @@ import httpx2
 import jwt
 import msgspec
 
-from chatcore.adapters.provider_http import SpreadConnectionPools
+from chatcore.adapters.providers.transports import SpreadConnectionPools
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]

@@ -79,7 +79,7 @@ async def agent_resource(settings: Settings) -> AsyncIterator[LLMAgent]:
         if settings.llm == "openai"
         else (settings.anthropic_api_key, settings.anthropic_base_url)
     )
-    from chatcore.adapters.provider_http import provider_transport
+    from chatcore.adapters.providers.transports import provider_transport
 
     agent = provider(
         model=settings.model or DEFAULT_MODELS[settings.llm],

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal, TypeVar
 
-from chatcore.adapters.provider_choices import PROVIDER_HTTP, ProviderHttp
+from chatcore.adapters.providers.transport_choices import PROVIDER_HTTP, ProviderHttp
 
 LLMChoice = Literal["offline", "openai", "anthropic"]
 LLM_CHOICES: tuple[LLMChoice, ...] = ("offline", "openai", "anthropic")

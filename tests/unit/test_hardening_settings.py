@@ -85,7 +85,7 @@ def test_the_provider_http_transport_is_aiohttp_unless_set_to_httpx() -> None:
 
 @pytest.mark.parametrize("llm", ["openai", "anthropic"])
 @pytest.mark.parametrize(
-    ("setting", "expected"), [(None, "ConnectionErrorsAsSuch"), ("httpx", "SpreadConnectionPools")]
+    ("setting", "expected"), [(None, "RefusedAndDroppedAsConnectErrors"), ("httpx", "SpreadConnectionPools")]
 )
 async def test_the_container_gives_the_agent_the_transport_the_setting_names(
     llm: str, setting: str | None, expected: str

@@ -1,7 +1,7 @@
 """AnthropicChatAgent: the LLMAgent port on the Anthropic Messages API.
 
 Everything Anthropic-shaped stays in this module: ``_map_messages`` and ``_map_tools`` build the
-request, ``_map_response`` reads the reply, ``_map_error`` turns SDK errors into domain errors.
+request, ``_map_response`` reads the reply; ``chatcore.adapters.providers.errors`` classifies what failed.
 The Messages API is stricter than chat completions: roles must alternate starting with ``user``,
 tool results travel as blocks inside a user message, and text blocks may not be empty; the
 mapping below is where those rules are met. Timeouts and retries are the SDK's own.
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Literal, assert_never
+from typing import ClassVar, Literal, assert_never
 
 import anthropic
-import httpx2
 from anthropic import AsyncAnthropic, omit
 from anthropic.types import (
     ContentBlockParam,
@@ -29,9 +27,9 @@ from anthropic.types import (
     ToolUseBlock,
 )
 
-from chatcore.adapters.provider_errors import retry_after_seconds, safe_token
-from chatcore.adapters.provider_http import SpreadConnectionPools
-from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
+from chatcore.adapters.providers.errors import SdkErrors, UnreadableReply, agent_error, failure_of
+from chatcore.adapters.providers.sdk_agent import SdkAgent
+from chatcore.errors import AgentError
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
@@ -48,7 +46,6 @@ from chatcore.model import (
 logger = logging.getLogger("chatcore.adapters.anthropic")
 
 PROVIDER = "anthropic"
-"""Seconds a client is told to wait after a rate limit that came without a usable Retry-After header."""
 
 INVALID_JSON_KEY = "_invalid_json"
 """The key under which tool input that is not a JSON object is passed on, so the tool's schema rejects it."""
@@ -59,50 +56,38 @@ CUT_OFF_REPLY = (
 )
 """The answer when the model stopped mid tool call and said nothing the user could read."""
 
-_CONTEXT_TOO_LONG = re.compile(r"prompt is too long|exceed context limit|context window")
-"""How the Messages API words a prompt that does not fit (alone, or together with ``max_tokens``)."""
+_SDK_ERRORS = SdkErrors(
+    timeout=anthropic.APITimeoutError, connection=anthropic.APIConnectionError, status=anthropic.APIStatusError
+)
 
 
 _Role = Literal["user", "assistant"]
 
 
-class AnthropicChatAgent:
-    """An LLMAgent on the Anthropic Messages API.
+class AnthropicChatAgent(SdkAgent[AsyncAnthropic]):
+    """An LLMAgent on the Anthropic Messages API (settings: ``SdkAgent``).
 
     ``temperature`` is sent only when set: the 2.x SDK dropped it from ``messages.create`` (it goes
-    in ``extra_body``) and recent models reject non-default values. ``client`` lets a caller share
-    or customise an ``AsyncAnthropic``; then the agent does not close it. ``transport`` carries the
-    agent's own client's requests (see ``OpenAIChatAgent``).
+    in ``extra_body``) and recent models reject non-default values.
     """
 
     provider: str = PROVIDER
+    default_model: ClassVar[str] = "claude-sonnet-4-6"
 
-    def __init__(
-        self,
-        *,
-        model: str = "claude-sonnet-4-6",
-        api_key: str | None = None,
-        base_url: str | None = None,
-        max_tokens: int = 1024,
-        temperature: float | None = None,
-        timeout_seconds: float = 60.0,
-        max_retries: int = 2,
-        client: AsyncAnthropic | None = None,
-        transport: httpx2.AsyncBaseTransport | None = None,
-    ) -> None:
-        if max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if timeout_seconds <= 0:
-            raise ValueError("timeout_seconds must be positive")
-        if max_retries < 0:
-            raise ValueError("max_retries must not be negative")
-        self.model = model
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self._owns_client = client is None
-        self._client = client or _new_client(
-            api_key, base_url, timeout_seconds, max_retries, transport or SpreadConnectionPools()
+    def _new_client(
+        self, *, api_key: str | None, base_url: str | None, timeout_seconds: float, max_retries: int
+    ) -> AsyncAnthropic:
+        """Without any credential the SDK would fail every request with a TypeError; refused here instead."""
+        client = AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout_seconds,
+            max_retries=max_retries,
+            http_client=self._http,
         )
+        if client.api_key is None and client.auth_token is None and client.credentials is None:
+            raise ValueError("AnthropicChatAgent needs an API key: pass api_key or set ANTHROPIC_API_KEY")
+        return client
 
     async def complete(self, request: AgentRequest) -> AgentResponse:
         tools = _map_tools(request.tools)
@@ -116,7 +101,7 @@ class AnthropicChatAgent:
                 extra_body=None if self.temperature is None else {"temperature": self.temperature},
             )
         except anthropic.AnthropicError as error:
-            raise _map_error(error) from error
+            raise _agent_error(error) from error
         return _map_response(message)
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
@@ -149,40 +134,10 @@ class AnthropicChatAgent:
                             yield ToolCallDelta(calls[event.index], arguments=delta.partial_json)
                 message = await events.get_final_message()
         except anthropic.AnthropicError as error:
-            raise _map_error(error) from error
+            raise _agent_error(error) from error
         except ValueError as error:  # the SDK could not parse a tool's streamed input as JSON
-            logger.warning("anthropic stream carried unreadable tool input", extra={"event": "agent_error"})
-            raise AgentUnavailable("Anthropic request failed: unreadable tool input", provider=PROVIDER) from error
+            raise agent_error(PROVIDER, UnreadableReply("unreadable tool input")) from error
         yield _map_response(message)
-
-    async def aclose(self) -> None:
-        """Release the SDK client's connections, when this agent created the client."""
-        if self._owns_client:
-            await self._client.close()
-
-
-def _new_client(
-    api_key: str | None,
-    base_url: str | None,
-    timeout_seconds: float,
-    max_retries: int,
-    transport: httpx2.AsyncBaseTransport,
-) -> AsyncAnthropic:
-    """A client with the SDK's own timeout and retries. None reads ANTHROPIC_API_KEY/ANTHROPIC_BASE_URL.
-
-    Without any credential the SDK fails every request with a TypeError; refusing here turns
-    that into a configuration error at startup. Nothing connects.
-    """
-    client = AsyncAnthropic(
-        api_key=api_key,
-        base_url=base_url,
-        timeout=timeout_seconds,
-        max_retries=max_retries,
-        http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout_seconds, transport=transport),
-    )
-    if client.api_key is None and client.auth_token is None and client.credentials is None:
-        raise ValueError("AnthropicChatAgent needs an API key: pass api_key or set ANTHROPIC_API_KEY")
-    return client
 
 
 def _map_messages(messages: Sequence[ChatMessage]) -> list[MessageParam]:
@@ -288,68 +243,6 @@ def _arguments(value: object) -> dict[str, JsonValue]:
     return {INVALID_JSON_KEY: json.dumps(value, ensure_ascii=False, default=str)}
 
 
-def _map_error(error: anthropic.AnthropicError) -> AgentError:
-    """The domain error for an SDK error. Details name the provider and never echo the key or the request."""
-    match error:
-        case anthropic.APITimeoutError():
-            return AgentTimeout("Anthropic request timed out", provider=PROVIDER)
-        case anthropic.APIConnectionError():
-            return AgentUnavailable("Anthropic request failed: could not connect", provider=PROVIDER)
-        case anthropic.RateLimitError():
-            return AgentRateLimited(
-                "Anthropic is rate limiting requests",
-                provider=PROVIDER,
-                retry_after=retry_after_seconds(error.response.headers),
-            )
-        case anthropic.AuthenticationError():
-            _log_status_error(error)
-            return AgentUnavailable("Anthropic request failed: authentication error", provider=PROVIDER)
-        case anthropic.PermissionDeniedError():
-            _log_status_error(error)
-            return AgentUnavailable("Anthropic request failed: permission denied", provider=PROVIDER)
-        case anthropic.APIStatusError() if _is_context_too_long(error):
-            return ContextTooLong(provider=PROVIDER)
-        case anthropic.OverloadedError():
-            _log_status_error(error)
-            return AgentUnavailable("Anthropic request failed: overloaded (HTTP 529)", provider=PROVIDER)
-        case anthropic.APIStatusError() if error.status_code >= 500:
-            _log_status_error(error)
-            return AgentUnavailable(
-                f"Anthropic request failed: server error (HTTP {error.status_code})", provider=PROVIDER
-            )
-        case anthropic.APIStatusError():
-            _log_status_error(error)
-            reason = safe_token(error.error_code) or safe_token(error.type)
-            suffix = f" ({reason})" if reason else ""
-            return AgentUnavailable(
-                f"Anthropic rejected the request: HTTP {error.status_code}{suffix}", provider=PROVIDER
-            )
-        case _:
-            logger.warning("anthropic client error: %s", type(error).__name__)
-            return AgentUnavailable(
-                "Anthropic request failed: unexpected client error",
-                provider=PROVIDER,
-            )
-
-
-def _is_context_too_long(error: anthropic.APIStatusError) -> bool:
-    """A 400 saying the prompt does not fit, or a 413: the request body itself is over the API's limit."""
-    if error.status_code == 413:
-        return True
-    return error.status_code == 400 and bool(_CONTEXT_TOO_LONG.search((error.api_message or "").lower()))
-
-
-def _log_status_error(error: anthropic.APIStatusError) -> None:
-    """What an operator needs to follow up with the provider; never the message, which may quote the request."""
-    logger.warning(
-        "anthropic request failed with HTTP %s",
-        error.status_code,
-        extra={
-            "event": "agent_error",
-            "provider": PROVIDER,
-            "status": error.status_code,
-            "request_id": error.request_id,
-            "error_type": safe_token(error.type),
-            "error_code": safe_token(error.error_code),
-        },
-    )
+def _agent_error(error: BaseException) -> AgentError:
+    """The domain error for an SDK error (``chatcore.adapters.providers.errors`` decides which)."""
+    return agent_error(PROVIDER, failure_of(error, _SDK_ERRORS))

@@ -1,7 +1,7 @@
 """OpenAIChatAgent: the LLMAgent port on OpenAI chat completions, and on any server that speaks them.
 
 Everything OpenAI-shaped stays in this module: ``_map_messages`` and ``_map_tools`` build the
-request, ``_map_response`` reads the reply, ``_map_error`` turns SDK errors into domain errors.
+request, ``_map_response`` reads the reply; ``chatcore.adapters.providers.errors`` classifies what failed.
 ``base_url`` (or ``OPENAI_BASE_URL``) points it at an OpenAI-compatible server such as Ollama,
 vLLM or llama.cpp. Timeouts and retries are the SDK's own, configured on the client.
 
@@ -17,14 +17,14 @@ An ``AsyncOpenAI`` passed in by the caller is used through the SDK only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
-import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import assert_never
+from typing import ClassVar, assert_never
 
 import httpx2
 import msgspec
@@ -38,9 +38,9 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
 )
 
-from chatcore.adapters.provider_errors import retry_after_seconds, safe_token
-from chatcore.adapters.provider_http import SpreadConnectionPools
-from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable, ContextTooLong
+from chatcore.adapters.providers.errors import SdkErrors, UnreadableReply, agent_error, failure_of, safe_token
+from chatcore.adapters.providers.sdk_agent import SdkAgent
+from chatcore.errors import AgentError
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
@@ -76,56 +76,42 @@ error result naming the problem and can retry with valid arguments.
 _JSON_TEXT = msgspec.json.Encoder()
 """Tool-call arguments as the JSON text OpenAI's wire format carries them (compact UTF-8, like the SDK's)."""
 
-_CONTEXT_TOO_LONG = re.compile(r"maximum context length|context window|context size|context_length_exceeded")
-"""How OpenAI and compatible servers (vLLM, llama.cpp, LM Studio) word a prompt that does not fit."""
+_SDK_ERRORS = SdkErrors(
+    timeout=openai.APITimeoutError, connection=openai.APIConnectionError, status=openai.APIStatusError
+)
 
 
-class OpenAIChatAgent:
-    """An LLMAgent on the OpenAI chat completions API.
+class OpenAIChatAgent(SdkAgent[AsyncOpenAI]):
+    """An LLMAgent on the OpenAI chat completions API (settings: ``SdkAgent``).
 
-    ``client`` lets a caller share or customise an ``AsyncOpenAI``; then the agent does not close it
-    and the connection settings above are the client's own. ``transport`` carries the agent's own
-    client's requests (``chatcore.adapters.provider_http``; ``chatcore serve`` passes aiohttp's), by
-    default httpx2's (``SpreadConnectionPools``), which ``pytest-httpx2`` intercepts.
+    With its own client (no ``client`` passed), a turn's request is sent on that client's HTTP
+    connection pool directly (see the module); a caller's ``AsyncOpenAI`` is used through the SDK only.
     """
 
     provider: str = PROVIDER
+    default_model: ClassVar[str] = "gpt-4o-mini"
 
-    def __init__(
-        self,
-        *,
-        model: str = "gpt-4o-mini",
-        api_key: str | None = None,
-        base_url: str | None = None,
-        max_tokens: int = 1024,
-        temperature: float | None = None,
-        timeout_seconds: float = 60.0,
-        max_retries: int = 2,
-        client: AsyncOpenAI | None = None,
-        transport: httpx2.AsyncBaseTransport | None = None,
-    ) -> None:
-        if max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if timeout_seconds <= 0:
-            raise ValueError("timeout_seconds must be positive")
-        if max_retries < 0:
-            raise ValueError("max_retries must not be negative")
-        self.model = model
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self._owns_client = client is None
-        self._max_retries = max_retries
-        # Our own client's HTTP connection pool, shared with it: a turn's request is sent on it directly (below).
-        self._http: httpx2.AsyncClient | None = None
-        if client is None:
-            self._http = openai.DefaultAsyncHttpx2Client(
-                timeout=timeout_seconds, transport=transport or SpreadConnectionPools()
+    def _new_client(
+        self, *, api_key: str | None, base_url: str | None, timeout_seconds: float, max_retries: int
+    ) -> AsyncOpenAI:
+        try:
+            return AsyncOpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                timeout=timeout_seconds,
+                max_retries=max_retries,
+                http_client=self._http,
             )
-            client = _new_client(api_key, base_url, timeout_seconds, max_retries, self._http)
-        self._client = client
-        self._sent_headers: dict[str, str] | None = None
-        # Absolute, so the SDK need not join it onto base_url on every request.
-        self._completions_url = str(self._client.base_url).rstrip("/") + COMPLETIONS_PATH
+        except openai.OpenAIError as error:  # raised for missing credentials
+            raise ValueError(
+                "OpenAIChatAgent needs an API key: pass api_key or set OPENAI_API_KEY "
+                "(a local OpenAI-compatible server accepts any placeholder)"
+            ) from error
+
+    @functools.cached_property
+    def _completions_url(self) -> str:
+        """Absolute, so the SDK need not join it onto base_url on every request."""
+        return str(self._client.base_url).rstrip("/") + COMPLETIONS_PATH
 
     async def complete(self, request: AgentRequest) -> AgentResponse:
         body = self._body(request)
@@ -134,7 +120,7 @@ class OpenAIChatAgent:
         response: httpx2.Response | None = None
         try:
             response = await self._http.post(
-                self._completions_url, content=body, headers=self._headers(), timeout=self._client.timeout
+                self._completions_url, content=body, headers=self._headers, timeout=self._client.timeout
             )
         except httpx2.TimeoutException as error:
             failure: openai.OpenAIError = openai.APITimeoutError(request=error.request)
@@ -145,9 +131,9 @@ class OpenAIChatAgent:
                 return _map_response(_json_of(response))
             failure = self._client._make_status_error_from_response(response)
             if not self._client._should_retry(response):
-                raise _map_error(failure) from failure
+                raise _agent_error(failure) from failure
         if self._max_retries == 0:
-            raise _map_error(failure) from failure
+            raise _agent_error(failure) from failure
         # The SDK's own retries take over, as if this had been their first attempt.
         await asyncio.sleep(self._first_retry_delay(response))
         return await self._complete_through_sdk(body, {**_REQUEST_OPTIONS, "max_retries": self._max_retries - 1})
@@ -157,7 +143,7 @@ class OpenAIChatAgent:
             # ``object``: the JSON body as parsed, without building the SDK's pydantic models from it.
             completion = await self._client.post(self._completions_url, content=body, cast_to=object, options=options)
         except openai.OpenAIError as error:
-            raise _map_error(error) from error
+            raise _agent_error(error) from error
         return _map_response(completion)
 
     def _first_retry_delay(self, response: httpx2.Response | None) -> float:
@@ -169,12 +155,11 @@ class OpenAIChatAgent:
                 return delay
         return INITIAL_RETRY_DELAY_SECONDS * (1 - 0.25 * random.random())  # noqa: S311  # jitter, not a secret
 
+    @functools.cached_property
     def _headers(self) -> dict[str, str]:
         """What the SDK sends with every request (auth, content type, its client headers), worked out once."""
-        if self._sent_headers is None:
-            headers = {k: v for k, v in self._client.default_headers.items() if isinstance(v, str)}
-            self._sent_headers = headers | self._client.auth_headers
-        return self._sent_headers
+        headers = {k: v for k, v in self._client.default_headers.items() if isinstance(v, str)}
+        return headers | self._client.auth_headers
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
         """``complete`` with ``stream=True``: text and tool-call argument deltas as the chunks arrive, then the chunks
@@ -195,7 +180,7 @@ class OpenAIChatAgent:
                     for event in assembly.add(chunk):
                         yield event
         except openai.OpenAIError as error:
-            raise _map_error(error) from error
+            raise _agent_error(error) from error
         yield _map_response(assembly.completion())
 
     def _body(self, request: AgentRequest, *, stream: bool = False) -> bytes:
@@ -220,28 +205,6 @@ class OpenAIChatAgent:
         if stream:
             body["stream"] = True
         return msgspec.json.encode(body)  # compact UTF-8, like the SDK's, at a tenth of json.dumps' cost
-
-    async def aclose(self) -> None:
-        """Release the SDK client's connections, when this agent created the client."""
-        if self._owns_client:
-            await self._client.close()
-            if self._http is not None:
-                await self._http.aclose()
-
-
-def _new_client(
-    api_key: str | None, base_url: str | None, timeout_seconds: float, max_retries: int, http: httpx2.AsyncClient
-) -> AsyncOpenAI:
-    """A client with the SDK's own timeout and retries. None reads OPENAI_API_KEY/OPENAI_BASE_URL; nothing connects."""
-    try:
-        return AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries, http_client=http
-        )
-    except openai.OpenAIError as error:  # raised for missing credentials: a configuration mistake, caught at startup
-        raise ValueError(
-            "OpenAIChatAgent needs an API key: pass api_key or set OPENAI_API_KEY "
-            "(a local OpenAI-compatible server accepts any placeholder)"
-        ) from error
 
 
 def _map_messages(system_prompt: str, messages: Sequence[ChatMessage]) -> list[ChatCompletionMessageParam]:
@@ -294,7 +257,7 @@ def _json_of(response: httpx2.Response) -> object:
     try:
         return msgspec.json.decode(response.content)
     except msgspec.DecodeError:
-        raise AgentUnavailable("OpenAI returned a response that is not JSON", provider=PROVIDER) from None
+        raise agent_error(PROVIDER, UnreadableReply("a response that is not JSON")) from None
 
 
 def _map_response(completion: object) -> AgentResponse:
@@ -305,7 +268,7 @@ def _map_response(completion: object) -> AgentResponse:
     """
     choices = completion.get("choices") if isinstance(completion, dict) else None
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        raise AgentUnavailable("OpenAI returned a response without choices", provider=PROVIDER)
+        raise agent_error(PROVIDER, UnreadableReply("a response without choices"))
     choice = choices[0]
     message = choice.get("message")
     message = message if isinstance(message, dict) else {}
@@ -344,68 +307,9 @@ def _parse_arguments(raw: str | Mapping[str, JsonValue]) -> dict[str, JsonValue]
     return parsed if isinstance(parsed, dict) else {INVALID_JSON_KEY: raw}
 
 
-def _map_error(error: openai.OpenAIError) -> AgentError:
-    """The domain error for an SDK error. Details name the provider and never echo the key or the request."""
-    match error:
-        case openai.APITimeoutError():
-            return AgentTimeout("OpenAI request timed out", provider=PROVIDER)
-        case openai.APIConnectionError():
-            return AgentUnavailable("OpenAI request failed: could not connect", provider=PROVIDER)
-        case openai.RateLimitError() if error.code == "insufficient_quota":
-            _log_status_error(error)  # a billing problem: waiting will not help
-            return AgentUnavailable("OpenAI request failed: quota exceeded", provider=PROVIDER)
-        case openai.RateLimitError():
-            return AgentRateLimited(
-                "OpenAI is rate limiting requests",
-                provider=PROVIDER,
-                retry_after=retry_after_seconds(error.response.headers),
-            )
-        case openai.AuthenticationError():
-            _log_status_error(error)
-            return AgentUnavailable("OpenAI request failed: authentication error", provider=PROVIDER)
-        case openai.PermissionDeniedError():
-            _log_status_error(error)
-            return AgentUnavailable("OpenAI request failed: permission denied", provider=PROVIDER)
-        case openai.APIStatusError() if _is_context_too_long(error):
-            return ContextTooLong(provider=PROVIDER)
-        case openai.APIStatusError() if error.status_code >= 500:
-            _log_status_error(error)
-            return AgentUnavailable(
-                f"OpenAI request failed: server error (HTTP {error.status_code})", provider=PROVIDER
-            )
-        case openai.APIStatusError():
-            _log_status_error(error)
-            reason = safe_token(error.code) or safe_token(error.type)
-            suffix = f" ({reason})" if reason else ""
-            return AgentUnavailable(f"OpenAI rejected the request: HTTP {error.status_code}{suffix}", provider=PROVIDER)
-        case _:
-            logger.warning("openai client error: %s", type(error).__name__)
-            return AgentUnavailable(
-                "OpenAI request failed: unexpected client error",
-                provider=PROVIDER,
-            )
-
-
-def _is_context_too_long(error: openai.APIStatusError) -> bool:
-    if error.status_code not in (400, 413):
-        return False
-    return error.code == "context_length_exceeded" or bool(_CONTEXT_TOO_LONG.search(error.message.lower()))
-
-
-def _log_status_error(error: openai.APIStatusError) -> None:
-    """What an operator needs to follow up with the provider; never the message, which may quote the request."""
-    logger.warning(
-        "openai request failed with HTTP %s",
-        error.status_code,
-        extra={
-            "event": "agent_error",
-            "provider": PROVIDER,
-            "status": error.status_code,
-            "request_id": error.request_id,
-            "error_type": safe_token(error.type),
-            "error_code": safe_token(error.code),
-        },
-    )
+def _agent_error(error: BaseException) -> AgentError:
+    """The domain error for an SDK error (``chatcore.adapters.providers.errors`` decides which)."""
+    return agent_error(PROVIDER, failure_of(error, _SDK_ERRORS))
 
 
 @dataclass(slots=True)

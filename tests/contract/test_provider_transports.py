@@ -1,6 +1,6 @@
 """The provider transports over real sockets: connection reuse, concurrency, streamed bodies, what failures become.
 
-``SpreadConnectionPools``: where requests go and its counts. aiohttp's (``provider_aiohttp``): the same
+``SpreadConnectionPools``: where requests go and its counts. aiohttp's (``providers.aiohttp_transport``): the same
 HTTP behaviour, and every failure as the httpx2 exception httpx2's own transport raises for it (the
 SDKs turn those into their timeout or connection errors, so 504 or 502). The server is a few lines
 of asyncio speaking HTTP/1.1 with keep-alive; it counts the TCP connections it accepted, holds a
@@ -17,7 +17,7 @@ import httpx2
 import pytest
 import respx
 
-from chatcore.adapters.provider_http import SpreadConnectionPools, provider_transport
+from chatcore.adapters.providers.transports import SpreadConnectionPools, provider_transport
 
 
 class KeepAliveServer:

@@ -3,14 +3,14 @@
 Both SDKs ship httpx-aiohttp's transport (vendored, behind their ``aiohttp`` extra) for their
 ``DefaultAioHttpClient``; ``aiohttp_transport`` builds the one of the SDK in use, so an Anthropic
 deployment never loads the OpenAI SDK and the other way round. (It is the SDKs' private module,
-imported by path; the contract tests in ``tests/contract/test_provider_http.py`` hold it to its
+imported by path; the contract tests in ``tests/contract/test_provider_transports.py`` hold it to its
 behaviour.)
 
 That transport maps every ``aiohttp.ClientConnectionError`` its table has no closer entry for to
 ``httpx2.ConnectTimeout``, and its lookup keeps that entry even for a refused connection, so a server
 that is down, closes the connection without answering or resets it would reach the SDKs as a timeout
 (``APITimeoutError``: 504 here) instead of a connection error (``APIConnectionError``: 502), which is
-what httpx2's own transport makes of each. ``ConnectionErrorsAsSuch`` puts that right, for the request
+what httpx2's own transport makes of each. ``RefusedAndDroppedAsConnectErrors`` puts that right, for the request
 and while its body is read; aiohttp's real timeouts raise ``TimeoutError`` and keep their mapping.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import httpx2
 
-from chatcore.adapters.provider_http import SDK_LIMITS, Sdk
+from chatcore.adapters.providers.transports import SDK_LIMITS, Sdk
 
 
 def aiohttp_transport(sdk: Sdk = "openai", *, limits: httpx2.Limits = SDK_LIMITS) -> httpx2.AsyncBaseTransport:
@@ -37,10 +37,10 @@ def aiohttp_transport(sdk: Sdk = "openai", *, limits: httpx2.Limits = SDK_LIMITS
         inner = AnthropicTransport(limits=limits)
     else:
         raise ValueError(f"no aiohttp transport for {sdk!r}")
-    return ConnectionErrorsAsSuch(inner)
+    return RefusedAndDroppedAsConnectErrors(inner)
 
 
-class ConnectionErrorsAsSuch(httpx2.AsyncBaseTransport):
+class RefusedAndDroppedAsConnectErrors(httpx2.AsyncBaseTransport):
     """``inner``'s requests, with a connection that failed or dropped raised as a connection error (see the module)."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:

@@ -1,6 +1,6 @@
 """The names of the provider SDKs' HTTP transports (``CHATCORE_LLM_HTTP``), apart from the transports themselves.
 
-Settings validate the choice in every install; ``provider_http`` builds the transport and needs httpx2, which only
+Settings validate the choice in every install; ``transports`` builds the transport and needs httpx2, which only
 the ``openai``, ``anthropic`` and ``mcp`` extras bring.
 """
 

@@ -1,6 +1,6 @@
-"""The HTTP transports under the provider SDKs' httpx2 clients: aiohttp (the default), or spread httpx2 pools.
+"""The HTTP under the provider SDKs: their httpx2 client, on aiohttp (the default) or on spread httpx2 pools.
 
-aiohttp (``provider_aiohttp``) sends the SDKs' httpx2 requests with the transport the SDKs themselves
+aiohttp (``aiohttp_transport``) sends the SDKs' httpx2 requests with the transport the SDKs themselves
 offer as ``DefaultAioHttpClient``: aiohttp parses HTTP in C and its pool hands out a connection without
 walking the others, so a model call costs about half the CPU it does on httpx2's own transport
 (docs/performance.md). The SDKs' retries, timeouts, headers and error classes are unchanged.
@@ -24,7 +24,7 @@ from typing import Final, Literal, TypeAlias
 
 import httpx2
 
-from chatcore.adapters.provider_choices import PROVIDER_HTTP, ProviderHttp
+from chatcore.adapters.providers.transport_choices import PROVIDER_HTTP, ProviderHttp
 
 Sdk: TypeAlias = Literal["openai", "anthropic"]
 
@@ -33,12 +33,23 @@ SDK_LIMITS: Final = httpx2.Limits(max_connections=1000, max_keepalive_connection
 """The connection limits both provider SDKs use for their own clients (their ``DEFAULT_CONNECTION_LIMITS``)."""
 
 
+def sdk_http_client(timeout_seconds: float, transport: httpx2.AsyncBaseTransport | None) -> httpx2.AsyncClient:
+    """The httpx2 client an agent hands its SDK: the SDKs' own defaults (``DefaultAsyncHttpxClient``: their
+    timeout, redirects followed) on ``transport``, by default ``SpreadConnectionPools`` (which ``pytest-httpx2``
+    intercepts). Both SDKs build the same client from these arguments; nothing connects until a request."""
+    return httpx2.AsyncClient(
+        timeout=timeout_seconds,
+        follow_redirects=True,
+        transport=transport or SpreadConnectionPools(),
+    )
+
+
 def provider_transport(
     kind: ProviderHttp = "aiohttp", *, sdk: Sdk = "openai", limits: httpx2.Limits = SDK_LIMITS
 ) -> httpx2.AsyncBaseTransport:
     """The transport ``CHATCORE_LLM_HTTP`` names, with the SDKs' connection limits; aiohttp's as ``sdk`` ships it."""
     if kind == "aiohttp":
-        from chatcore.adapters.provider_aiohttp import aiohttp_transport  # aiohttp is loaded only when used
+        from chatcore.adapters.providers.aiohttp_transport import aiohttp_transport  # loaded only when used
 
         return aiohttp_transport(sdk, limits=limits)
     if kind == "httpx":
