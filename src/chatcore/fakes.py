@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -331,6 +332,7 @@ class InMemoryTurnEventStore:
         self.conversations = conversations
         self.turns: dict[uuid.UUID, TurnState] = {}
         self.events: dict[uuid.UUID, list[TurnEvent]] = {}
+        self.ended_at: dict[uuid.UUID, datetime] = {}
 
     def _turn(self, user_id: str, turn_id: uuid.UUID) -> TurnState:
         self.conversations._check()
@@ -371,6 +373,7 @@ class InMemoryTurnEventStore:
 
     async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus) -> None:
         self.turns[turn_id] = replace(self._turn(user_id, turn_id), status=status)
+        self.ended_at[turn_id] = utcnow()
 
     async def request_stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
         self.conversations._check()
@@ -381,6 +384,59 @@ class InMemoryTurnEventStore:
         for turn_id in stopped:
             self.turns[turn_id] = replace(self.turns[turn_id], stop_requested=True)
         return tuple(stopped)
+
+
+class InMemoryRetentionStore:
+    """A RetentionStore over the in-memory conversation and turn event stores; its lock is this process's."""
+
+    def __init__(self, conversations: InMemoryConversationStore, events: InMemoryTurnEventStore) -> None:
+        self.conversations = conversations
+        self.events = events
+        self.held = False
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[bool]:
+        mine, self.held = not self.held, True
+        try:
+            yield mine
+        finally:
+            if mine:
+                self.held = False
+
+    def _ended_before(self, ended_before: datetime) -> list[uuid.UUID]:
+        ended = self.events.ended_at
+        return [
+            turn_id
+            for turn_id, turn in self.events.turns.items()
+            if turn.status is not TurnStatus.RUNNING and ended.get(turn_id, turn.created_at) < ended_before
+        ]
+
+    async def delete_turn_events(self, *, ended_before: datetime, limit: int) -> int:
+        self.conversations._check()
+        deleted = 0
+        for turn_id in self._ended_before(ended_before):
+            logged = self.events.events.get(turn_id, [])
+            taken = min(len(logged), limit - deleted)
+            del logged[:taken]
+            deleted += taken
+        return deleted
+
+    async def delete_turns(self, *, ended_before: datetime, limit: int) -> int:
+        self.conversations._check()
+        empty = [turn_id for turn_id in self._ended_before(ended_before) if not self.events.events.get(turn_id)]
+        for turn_id in empty[: max(limit, 0)]:
+            del self.events.turns[turn_id]
+            self.events.events.pop(turn_id, None)
+            self.events.ended_at.pop(turn_id, None)
+        return len(empty[: max(limit, 0)])
+
+    async def delete_idempotency_keys(self, *, expired_by: datetime, limit: int) -> int:
+        self.conversations._check()
+        keys = self.conversations.idempotency_keys
+        expired = [name for name, record in keys.items() if record.expires_at <= expired_by][: max(limit, 0)]
+        for name in expired:
+            del keys[name]
+        return len(expired)
 
 
 class InMemoryTaskStore:

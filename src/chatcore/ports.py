@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -280,4 +281,33 @@ class TurnEventStore(Protocol):
 
         Raises ConversationNotFound when the conversation is unknown or another user's.
         """
+        ...
+
+
+class RetentionStore(Protocol):
+    """What has expired, deleted in small batches (``chatcore.retention.Janitor``): across users, because it is
+    maintenance, not a user's request. Never a running turn, never a conversation's messages.
+
+    Each delete is one short transaction of at most ``limit`` rows, so a janitor never holds locks long;
+    concurrent deletes (two processes) are safe and share the work.
+    """
+
+    def exclusive(self) -> AbstractAsyncContextManager[bool]:
+        """Hold the store's maintenance lock while inside: True for the one caller (in any process sharing the
+        database) that has it, False for the others meanwhile. Released on exit, and when the holder dies."""
+        ...
+
+    async def delete_turn_events(self, *, ended_before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` events of turns that ended (any status but RUNNING) before ``ended_before``;
+        the number deleted. A running turn's events are kept, however old."""
+        ...
+
+    async def delete_turns(self, *, ended_before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` turns that ended before ``ended_before`` and have no events left; the number
+        deleted (their messages stay: they belong to the conversation)."""
+        ...
+
+    async def delete_idempotency_keys(self, *, expired_by: datetime, limit: int) -> int:
+        """Delete at most ``limit`` Idempotency-Keys whose expiry is at or before ``expired_by``: replies past
+        their TTL, and claims whose turn died. The number deleted."""
         ...

@@ -1,4 +1,4 @@
-"""The ``chatcore`` command: serve, migrate, token."""
+"""The ``chatcore`` command: serve, migrate, gc, token, mcp-serve."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-migrate", action="store_true", help="do not apply migrations before serving")
 
     commands.add_parser("migrate", help="apply database migrations")
+    commands.add_parser(
+        "gc",
+        help="delete what has expired: events of turns that ended more than CHATCORE_EVENT_RETENTION ago (and "
+        "those turns), Idempotency-Keys past their TTL",
+    )
 
     mcp = commands.add_parser(
         "mcp-serve", help="serve the todo tools over MCP (streamable HTTP, bearer JWT per request)"
@@ -56,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return migrate()
         if args.command == "mcp-serve":
             return mcp_serve(args)
+        if args.command == "gc":
+            return collect_garbage()
         return token(args)
     except ConfigurationError as error:
         print(f"chatcore: configuration error: {error}", file=sys.stderr)
@@ -72,6 +79,37 @@ def migrate() -> int:
     settings = Settings.from_env()
     run_migrations(database_url_from(settings.database_url))
     print("chatcore: database is up to date")
+    return 0
+
+
+def collect_garbage() -> int:
+    """Sweep until nothing expired is left, in short batches (safe beside running servers and their janitors)."""
+    import asyncio
+
+    from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
+    from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
+    from chatcore.errors import StoreUnavailable
+    from chatcore.retention import Janitor, RetentionPolicy, Swept
+
+    settings = Settings.from_env()
+    policy = RetentionPolicy(event_retention_seconds=settings.event_retention_seconds)
+
+    async def sweep() -> Swept:
+        engine = create_engine(database_url_from(settings.database_url), pool_size=1)
+        try:
+            return await Janitor(SqlAlchemyRetentionStore(engine), policy).sweep()
+        finally:
+            await engine.dispose()
+
+    try:
+        swept = asyncio.run(sweep())
+    except StoreUnavailable:
+        print("chatcore gc: the database is unavailable; nothing more was deleted", file=sys.stderr)
+        return 1
+    print(
+        f"chatcore gc: deleted {swept.turn_events} turn events, {swept.turns} turns and {swept.idempotency_keys} "
+        f"idempotency keys (turns that ended more than {settings.event_retention_seconds:g} s ago)"
+    )
     return 0
 
 

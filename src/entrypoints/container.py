@@ -21,6 +21,7 @@ from chatcore.adapters.observability.metrics import ChatMetrics, pool_gauge_reso
 from chatcore.adapters.observability.tracing import engine_tracing_resource, tracer_of, tracing_resource
 from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
+from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
 from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
 from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
 from chatcore.adapters.tools.todo import TodoToolRegistry
@@ -28,6 +29,7 @@ from chatcore.entrypoints.extras import require_extras
 from chatcore.entrypoints.settings import Settings
 from chatcore.entrypoints.verifiers import token_verifier
 from chatcore.ports import LLMAgent, TaskStore, ToolRegistry
+from chatcore.retention import Janitor, RetentionPolicy
 from chatcore.service import DEFAULT_SYSTEM_PROMPT, ChatPolicy, ChatService
 from chatcore.tools import CompositeToolRegistry
 
@@ -150,6 +152,12 @@ def chat_policy(settings: Settings) -> ChatPolicy:
     )
 
 
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    return RetentionPolicy(
+        event_retention_seconds=settings.event_retention_seconds, interval_seconds=settings.janitor_interval_seconds
+    )
+
+
 def _untraced(tracing: object | None) -> bool:
     return tracing is None
 
@@ -183,6 +191,10 @@ class Container(containers.DeclarativeContainer):
     chat_service = providers.Singleton(
         ChatService, store=store, agent=observed_agent, verifier=verifier, tools=observed_tools, policy=policy
     )
+
+    # Bounded storage: ``chatcore gc`` and the janitor each server runs (CHATCORE_JANITOR) delete what expired.
+    retention = providers.Singleton(SqlAlchemyRetentionStore, engine)
+    janitor = providers.Singleton(Janitor, retention, providers.Singleton(retention_policy, settings))
 
 
 def build_container(settings: Settings) -> Container:

@@ -104,6 +104,11 @@ class Settings:
     idempotency_ttl_seconds: float = 86_400.0
     shutdown_grace_seconds: float = 30.0
     """On SIGTERM, how long in-flight turns may take to finish before they are cancelled."""
+    event_retention_seconds: float = 7 * 86_400.0
+    """How long a finished turn's events are kept (CHATCORE_EVENT_RETENTION, e.g. ``7d``, ``12h``, ``90s``)."""
+    janitor: bool = True
+    """Whether ``chatcore serve`` deletes what expired by itself (CHATCORE_JANITOR); ``chatcore gc`` does it anyway."""
+    janitor_interval_seconds: float = 60.0
 
     max_body_bytes: int = 256 * 1024
     cors_origins: tuple[str, ...] = ()
@@ -185,6 +190,9 @@ class Settings:
                 "CHATCORE_IDEMPOTENCY_TTL", defaults.idempotency_ttl_seconds, minimum=1
             ),
             shutdown_grace_seconds=reader.number("CHATCORE_SHUTDOWN_GRACE", defaults.shutdown_grace_seconds),
+            event_retention_seconds=reader.duration("CHATCORE_EVENT_RETENTION", defaults.event_retention_seconds),
+            janitor=reader.switch("CHATCORE_JANITOR", defaults.janitor),
+            janitor_interval_seconds=reader.duration("CHATCORE_JANITOR_INTERVAL", defaults.janitor_interval_seconds),
             max_body_bytes=reader.integer("CHATCORE_MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1024),
             cors_origins=tuple(o.strip() for o in (reader.text("CHATCORE_CORS_ORIGINS") or "").split(",") if o.strip()),
             rate_limit=rate_limit,
@@ -293,4 +301,34 @@ class _Reader:
         return None
 
     def flag(self, name: str) -> bool:
-        return (self.text(name) or "").lower() in {"1", "true", "yes", "on"}
+        return (self.text(name) or "").lower() in _TRUE
+
+    def switch(self, name: str, default: bool) -> bool:
+        """A flag that is on (or off) unless set otherwise; a value that is neither is an error, not a guess."""
+        value = (self.text(name) or "").lower()
+        if not value:
+            return default
+        if value not in _TRUE | _FALSE:
+            raise ConfigurationError(f"{name} must be true or false, not {value!r}")
+        return value in _TRUE
+
+    def duration(self, name: str, default: float) -> float:
+        """Seconds from ``90s``, ``15m``, ``12h``, ``7d`` or a plain number of seconds; more than zero."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        number, unit = raw[:-1], raw[-1].lower()
+        if unit.isdigit() or unit == ".":
+            number, unit = raw, "s"
+        try:
+            seconds = float(number) * _DURATION_UNITS[unit]
+        except (KeyError, ValueError):
+            raise ConfigurationError(f"{name} must look like 90s, 15m, 12h or 7d, not {raw!r}") from None
+        if not seconds > 0 or seconds == float("inf"):
+            raise ConfigurationError(f"{name} must be more than zero, not {raw!r}")
+        return seconds
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3_600.0, "d": 86_400.0}

@@ -7,14 +7,19 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from dependency_injector import providers
 from litestar.testing import AsyncTestClient
+from sqlalchemy.engine import URL
 
 from chatcore.adapters.auth.hs256 import mint_hs256_token
+from chatcore.adapters.sqlalchemy.migrate import run_migrations_async
 from chatcore.entrypoints.container import build_container
 from chatcore.entrypoints.http.app import create_app
 from chatcore.entrypoints.settings import Settings
 from chatcore.ports import LLMAgent
+
+from ..conftest import fresh_database
 
 SECRET = "integration-test-secret-0123456789abcdef"
 
@@ -43,3 +48,12 @@ def app_client(postgres_url: str) -> AppClient:
             yield client
 
     return open_client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def own_database(postgres_server: URL) -> AsyncIterator[str]:
+    """A fresh, migrated database of the test's own, for tests that look at whole tables (``chatcore gc`` deletes
+    across users)."""
+    async with fresh_database(postgres_server) as url:
+        await run_migrations_async(url)
+        yield url

@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, not_, select, tuple_, update
+from sqlalchemy import Delete, and_, delete, not_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -55,15 +55,7 @@ async def claim(
         "expires_at": hold_until,
         "turn_id": turn_id,
     }
-    expired = select(columns.user_id, columns.key).where(
-        columns.expires_at <= now, not_(and_(columns.user_id == user_id, columns.key == key))
-    )
-    purge = delete(keys_table).where(
-        columns.expires_at <= now,
-        tuple_(columns.user_id, columns.key).in_(
-            expired.order_by(columns.expires_at).limit(PURGE_BATCH).with_for_update(skip_locked=True)
-        ),
-    )
+    purged = purge(now, PURGE_BATCH, keep=(user_id, key))
     on_postgresql = connection.dialect.name == "postgresql"
     upsert_base = postgresql.insert(keys_table) if on_postgresql else sqlite.insert(keys_table)
     upsert = (
@@ -76,9 +68,9 @@ async def claim(
         .returning(columns.turn_id)
     )
     if on_postgresql:
-        upsert = upsert.add_cte(purge.cte("purged"))  # one round trip: the purge runs once, unread
+        upsert = upsert.add_cte(purged.cte("purged"))  # one round trip: the purge runs once, unread
     else:
-        await connection.execute(purge)
+        await connection.execute(purged)
     for _ in range(CLAIM_ATTEMPTS):
         if (await connection.execute(upsert)).first() is not None:
             return None
@@ -97,6 +89,21 @@ async def claim(
             return reply_from_json(found.response)
         raise IdempotencyInProgress()
     raise IdempotencyInProgress()
+
+
+def purge(now: datetime, limit: int, *, keep: tuple[str, str] | None = None) -> Delete:
+    """Delete at most ``limit`` keys expired at ``now`` (oldest first), except ``keep`` (a user's key being claimed);
+    rows another transaction has locked are skipped, not waited for."""
+    columns = keys_table.c
+    expired = select(columns.user_id, columns.key).where(columns.expires_at <= now)
+    if keep is not None:
+        expired = expired.where(not_(and_(columns.user_id == keep[0], columns.key == keep[1])))
+    return delete(keys_table).where(
+        columns.expires_at <= now,
+        tuple_(columns.user_id, columns.key).in_(
+            expired.order_by(columns.expires_at).limit(max(limit, 0)).with_for_update(skip_locked=True)
+        ),
+    )
 
 
 async def complete(

@@ -183,5 +183,7 @@ turns = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_turns_conversation_id_status", "conversation_id", "status"),
+    # The janitor finds turns that ended long enough ago by this (see retention_store.py).
+    Index("ix_turns_updated_at", "updated_at"),
 )
 """Streamed turns, so a stop or a resume reaching another replica finds the turn and its state."""

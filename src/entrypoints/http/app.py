@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import inspect
 import logging
@@ -31,6 +32,7 @@ from chatcore.entrypoints.http.request_id import RequestIdMiddleware, request_id
 from chatcore.entrypoints.logging import configure_logging
 from chatcore.entrypoints.metrics import ObservabilityMiddleware, metrics_route, record_outcomes
 from chatcore.entrypoints.settings import Settings
+from chatcore.retention import Janitor
 from chatcore.service import ChatService
 
 logger = logging.getLogger("chatcore.http")
@@ -61,6 +63,13 @@ def add_missing_headers(message: Message, scope: Scope) -> None:
     message["headers"] = headers  # type: ignore[typeddict-unknown-key]
 
 
+async def _started_janitor(container: Container) -> asyncio.Task[None]:
+    """The janitor (``chatcore.retention``), sweeping in the background while the app serves."""
+    janitor = container.janitor()
+    janitor = janitor if isinstance(janitor, Janitor) else await janitor
+    return asyncio.create_task(janitor.run(), name="chatcore-janitor")
+
+
 def create_app(container: Container) -> Litestar:
     settings: Settings = container.settings()
     metrics = container.metrics()
@@ -79,10 +88,14 @@ def create_app(container: Container) -> Litestar:
             app.stores.register(RATE_LIMIT_STORE, store, allow_override=True)
         # What start-up built (modules, routes, clients) lives as long as the process: frozen, the collector's
         # full passes under load skip it instead of walking it all each time.
+        app.state.janitor = janitor = await _started_janitor(container) if settings.janitor else None
         gc.freeze()
         try:
             yield
         finally:
+            if janitor is not None:
+                janitor.cancel()
+                await asyncio.wait({janitor})
             await detach_conversations(app.state)
             stopping = container.shutdown_resources()
             if stopping is not None:
