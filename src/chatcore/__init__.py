@@ -21,7 +21,6 @@ from chatcore.errors import (
     InvalidMessage,
     LeaseLost,
     StoreUnavailable,
-    TaskNotFound,
     ToolError,
     Unauthenticated,
 )
@@ -35,14 +34,13 @@ from chatcore.model import (
     MessageStatus,
     Principal,
     Role,
-    Task,
     ToolCall,
     ToolCallRecord,
     ToolResult,
     ToolSpec,
     TurnStart,
 )
-from chatcore.ports import ConversationStore, LLMAgent, TaskStore, TokenVerifier, ToolRegistry
+from chatcore.ports import ConversationStore, LLMAgent, TokenVerifier, ToolRegistry
 from chatcore.service import ChatPolicy, ChatService
 
 __all__ = [
@@ -74,9 +72,6 @@ __all__ = [
     "Principal",
     "Role",
     "StoreUnavailable",
-    "Task",
-    "TaskNotFound",
-    "TaskStore",
     "TokenVerifier",
     "ToolCall",
     "ToolCallRecord",

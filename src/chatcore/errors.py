@@ -128,12 +128,6 @@ class LeaseLost(ConversationBusy, TurnFailed):
     default_detail = "This turn lost its hold on the conversation to another turn and was not stored; try again"
 
 
-class TaskNotFound(ToolError):
-    """A task id unknown to this user; also the answer for another user's task."""
-
-    default_detail = "Task not found"
-
-
 class InvalidRequest(ChatError):
     """A malformed request parameter other than the message (a cursor, a title)."""
 

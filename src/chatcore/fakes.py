@@ -7,7 +7,6 @@ happened, so tests assert on outcomes instead of on mocked calls.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -22,7 +21,6 @@ from chatcore.errors import (
     IdempotencyKeyReused,
     LeaseLost,
     StoreUnavailable,
-    TaskNotFound,
     ToolError,
     TurnNotFound,
     Unauthenticated,
@@ -42,7 +40,6 @@ from chatcore.model import (
     MessageStatus,
     Principal,
     Role,
-    Task,
     ToolSpec,
     TurnEvent,
     TurnStart,
@@ -50,7 +47,6 @@ from chatcore.model import (
     TurnStatus,
     utcnow,
 )
-from chatcore.ports import TaskFilter
 from chatcore.turn_events import stream_of_response
 
 
@@ -437,57 +433,6 @@ class InMemoryRetentionStore:
         for name in expired:
             del keys[name]
         return len(expired)
-
-
-class InMemoryTaskStore:
-    """A TaskStore in a dict, with ids that count up like a database sequence."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[int, Task] = {}
-        self._ids = itertools.count(1)
-
-    def _owned(self, user_id: str, task_id: int) -> Task:
-        task = self.tasks.get(task_id)
-        if task is None or task.user_id != user_id:
-            raise TaskNotFound(f"Task {task_id} not found")
-        return task
-
-    async def add(self, user_id: str, title: str, description: str | None = None) -> Task:
-        now = utcnow()
-        task = Task(next(self._ids), user_id, title, description, False, now, now)
-        self.tasks[task.id] = task
-        return task
-
-    async def list(self, user_id: str, status: TaskFilter = "all") -> list[Task]:
-        tasks = [t for t in self.tasks.values() if t.user_id == user_id]
-        if status == "pending":
-            tasks = [t for t in tasks if not t.completed]
-        elif status == "completed":
-            tasks = [t for t in tasks if t.completed]
-        return sorted(tasks, key=lambda t: t.id)
-
-    async def update(
-        self,
-        user_id: str,
-        task_id: int,
-        *,
-        title: str | None = None,
-        description: str | None = None,
-        completed: bool | None = None,
-    ) -> Task:
-        task = self._owned(user_id, task_id)
-        task = replace(
-            task,
-            title=task.title if title is None else title,
-            description=task.description if description is None else description,
-            completed=task.completed if completed is None else completed,
-            updated_at=utcnow(),
-        )
-        self.tasks[task_id] = task
-        return task
-
-    async def delete(self, user_id: str, task_id: int) -> Task:
-        return self.tasks.pop(self._owned(user_id, task_id).id)
 
 
 class StaticTokenVerifier:

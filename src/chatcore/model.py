@@ -247,19 +247,6 @@ class AgentResponse:
     model: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
-    """A todo item, the first toolset's data. Integer ids because todo frontends expect them."""
-
-    id: int
-    user_id: str
-    title: str
-    description: str | None
-    completed: bool
-    created_at: datetime
-    updated_at: datetime
-
-
 PREVIEW_LENGTH = 120
 """Characters of the last message a conversation list shows."""
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Protocol
 
 from chatcore.idempotency import IdempotentReply
 from chatcore.model import (
@@ -24,15 +24,12 @@ from chatcore.model import (
     JsonValue,
     Message,
     Principal,
-    Task,
     ToolSpec,
     TurnEvent,
     TurnStart,
     TurnState,
     TurnStatus,
 )
-
-TaskFilter = Literal["all", "pending", "completed"]
 
 
 class TokenVerifier(Protocol):
@@ -187,32 +184,6 @@ class ConversationStore(Protocol):
         ...
 
 
-class TaskStore(Protocol):
-    """The todo toolset's tasks, scoped by ``user_id``: another user's task is TaskNotFound."""
-
-    async def add(self, user_id: str, title: str, description: str | None = None) -> Task: ...
-
-    async def list(self, user_id: str, status: TaskFilter = "all") -> list[Task]:
-        """Tasks oldest first."""
-        ...
-
-    async def update(
-        self,
-        user_id: str,
-        task_id: int,
-        *,
-        title: str | None = None,
-        description: str | None = None,
-        completed: bool | None = None,
-    ) -> Task:
-        """Change the fields given (None leaves a field alone). Raises TaskNotFound."""
-        ...
-
-    async def delete(self, user_id: str, task_id: int) -> Task:
-        """Remove the task and return it as it was. Raises TaskNotFound."""
-        ...
-
-
 class ToolRegistry(Protocol):
     """The tools a model may call. The caller binds every call to a principal; no tool takes a user argument."""
 
@@ -224,7 +195,7 @@ class ToolRegistry(Protocol):
         """Run one tool for ``principal`` and return its JSON result.
 
         Raises ToolError for an unknown tool, arguments that are not an object or fail the tool's schema,
-        a tool that failed or timed out, or a refusal the model should hear about (e.g. TaskNotFound).
+        a tool that failed or timed out, or a refusal the model should hear about (the toolset's own ToolError).
         """
         ...
 

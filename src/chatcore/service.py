@@ -45,12 +45,12 @@ from chatcore.turn_lease import TurnLease
 logger = logging.getLogger("chatcore.service")
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful todo assistant. You manage the user's task list with the tools you are given: "
-    "add_task, list_tasks, complete_task, delete_task and update_task. "
-    "When the user refers to a task by name, call list_tasks first to find its id. "
-    "Confirm every change in one short, friendly sentence, and never invent task ids. "
-    "The user is {email}. Today is {today}."
+    "You are a helpful assistant. Use the tools you are given when they help to answer, "
+    "and never invent what a tool would have told you. Answer briefly and in a friendly tone. "
+    "The user is {name} ({email}). Today is {today}."
 )
+"""The prompt of a turn unless ``ChatPolicy.system_prompt`` says otherwise. A template: ``{email}``, ``{name}``,
+``{user_id}`` and ``{today}`` are filled in per turn (``render_system_prompt``)."""
 
 TITLE_LENGTH = 80
 PAIR_SLACK = 8
@@ -61,7 +61,7 @@ read costs a turn about 10 µs (it is decoded, windowed and mapped), so the slac
 
 @dataclass(frozen=True, slots=True)
 class ChatPolicy:
-    """The limits of a turn. Defaults suit a todo assistant on a hosted model."""
+    """The limits of a turn. Defaults suit a tool-using assistant on a hosted model."""
 
     history_limit: int = 50
     context_tokens: int | None = 24_000

@@ -119,8 +119,8 @@ def mcp_serve(args: argparse.Namespace) -> int:
     from chatcore.adapters.mcp.server import create_mcp_asgi_app, run_mcp_server
     from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
     from chatcore.adapters.sqlalchemy.migrate import run_migrations
-    from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
-    from chatcore.adapters.tools.todo import TodoToolRegistry
+    from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
+    from chatcore.adapters.todo.tools import TodoToolRegistry
     from chatcore.entrypoints.verifiers import token_verifier
 
     settings = Settings.from_env()

@@ -22,15 +22,17 @@ from chatcore.adapters.observability.tracing import engine_tracing_resource, tra
 from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
 from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
-from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
 from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
-from chatcore.adapters.tools.todo import TodoToolRegistry
+from chatcore.adapters.todo.ports import TaskStore
+from chatcore.adapters.todo.prompt import TODO_SYSTEM_PROMPT
+from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
+from chatcore.adapters.todo.tools import TodoToolRegistry
 from chatcore.entrypoints.extras import require_extras
 from chatcore.entrypoints.settings import Settings
 from chatcore.entrypoints.verifiers import token_verifier
-from chatcore.ports import LLMAgent, TaskStore, ToolRegistry
+from chatcore.ports import LLMAgent, ToolRegistry
 from chatcore.retention import Janitor, RetentionPolicy
-from chatcore.service import DEFAULT_SYSTEM_PROMPT, ChatPolicy, ChatService
+from chatcore.service import ChatPolicy, ChatService
 from chatcore.tools import CompositeToolRegistry
 
 if TYPE_CHECKING:
@@ -145,7 +147,8 @@ def chat_policy(settings: Settings) -> ChatPolicy:
         context_tokens=settings.context_tokens,
         max_tool_steps=settings.max_tool_steps,
         tool_timeout_seconds=settings.tool_timeout_seconds,
-        system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
+        # The container mounts the todo toolset (``tools_resource``), so its prompt is the default one.
+        system_prompt=settings.system_prompt or TODO_SYSTEM_PROMPT,
         lease_seconds=settings.lease_seconds,
         turn_wait_seconds=settings.turn_wait_seconds,
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,

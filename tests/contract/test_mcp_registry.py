@@ -13,9 +13,10 @@ import pytest
 from mcp_types import CallToolResult, ImageContent, TextContent
 
 from chatcore.adapters.mcp.registry import McpServerConfig, McpToolRegistry, parse_mcp_servers, tool_result_json
-from chatcore.adapters.tools.todo import TodoToolRegistry
+from chatcore.adapters.todo.memory_store import InMemoryTaskStore
+from chatcore.adapters.todo.tools import TodoToolRegistry
 from chatcore.errors import ToolError
-from chatcore.fakes import FunctionAgent, InMemoryConversationStore, InMemoryTaskStore, StaticTokenVerifier
+from chatcore.fakes import FunctionAgent, InMemoryConversationStore, StaticTokenVerifier
 from chatcore.model import AgentRequest, AgentResponse, Principal, Role, ToolCall
 from chatcore.service import ChatService
 from chatcore.tools import CompositeToolRegistry

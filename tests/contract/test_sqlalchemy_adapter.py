@@ -18,7 +18,7 @@ from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversati
 from chatcore.adapters.sqlalchemy.engine import DEFAULT_DATABASE_URL, create_engine, database_url_from
 from chatcore.adapters.sqlalchemy.errors import is_unavailable
 from chatcore.adapters.sqlalchemy.tables import conversations, messages
-from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
+from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
 from chatcore.errors import StoreUnavailable
 from chatcore.model import ChatMessage, Role, utcnow
 

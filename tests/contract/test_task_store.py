@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
-from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
-from chatcore.errors import TaskNotFound
-from chatcore.fakes import InMemoryTaskStore
-from chatcore.ports import TaskStore
+from chatcore.adapters.todo.memory_store import InMemoryTaskStore
+from chatcore.adapters.todo.model import TaskNotFound
+from chatcore.adapters.todo.ports import TaskStore
+from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
 
 STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
 

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatcore import Principal, ToolError, ToolRegistry
 from chatcore.adapters.mcp.registry import McpServerConfig, McpToolRegistry
-from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
-from chatcore.adapters.tools.todo import TodoToolRegistry
-from chatcore.fakes import InMemoryTaskStore
+from chatcore.adapters.todo.memory_store import InMemoryTaskStore
+from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
+from chatcore.adapters.todo.tools import TodoToolRegistry
 from chatcore.model import JsonValue
 from chatcore.tools import PROVIDER_TOOL_NAME, CompositeToolRegistry, FunctionToolRegistry, tool
 

@@ -21,12 +21,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatcore import Principal, TaskNotFound, ToolError, ToolRegistry, ToolSpec
+from chatcore import Principal, ToolError, ToolRegistry, ToolSpec
 from chatcore.adapters.sqlalchemy.engine import create_engine
 from chatcore.adapters.sqlalchemy.tables import metadata
-from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
-from chatcore.adapters.tools.todo import TodoToolRegistry
-from chatcore.fakes import InMemoryTaskStore, InMemoryToolRegistry
+from chatcore.adapters.todo.memory_store import InMemoryTaskStore
+from chatcore.adapters.todo.model import TaskNotFound
+from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
+from chatcore.adapters.todo.tools import TodoToolRegistry
+from chatcore.fakes import InMemoryToolRegistry
 from chatcore.model import JsonValue
 from chatcore.tools import CompositeToolRegistry
 from tests.conftest import fresh_database

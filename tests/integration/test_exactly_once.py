@@ -40,7 +40,7 @@ from sqlalchemy.engine import RowMapping, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatcore.adapters.sqlalchemy.tables import conversations, messages
-from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
+from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
 from chatcore.entrypoints.container import build_container
 from chatcore.entrypoints.http.app import create_app
 from chatcore.entrypoints.settings import Settings

@@ -21,9 +21,9 @@ from mcp_types import CallToolResult, TextContent
 from chatcore.adapters.auth.hs256 import Hs256TokenVerifier, mint_hs256_token
 from chatcore.adapters.mcp.registry import McpServerConfig, McpToolRegistry
 from chatcore.adapters.mcp.server import create_mcp_asgi_app
-from chatcore.adapters.tools.todo import TodoToolRegistry
+from chatcore.adapters.todo.memory_store import InMemoryTaskStore
+from chatcore.adapters.todo.tools import TodoToolRegistry
 from chatcore.errors import AuthUnavailable, ToolError
-from chatcore.fakes import InMemoryTaskStore
 from chatcore.model import Principal
 from chatcore.ports import TokenVerifier
 

@@ -21,7 +21,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatcore.adapters.sqlalchemy.task_store import SqlAlchemyTaskStore
+from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
 
 from ..fake_providers import FailureKind, FakeProviderServer, Provider
 from .conftest import AppClient, auth

@@ -14,7 +14,8 @@ from chatcore import ChatService
 from chatcore.adapters.observability.instrumented import UNKNOWN_TOOL, InstrumentedAgent, InstrumentedToolRegistry
 from chatcore.adapters.observability.metrics import ChatMetrics
 from chatcore.adapters.observability.otel import Tracing
-from chatcore.errors import AgentTimeout, TaskNotFound
+from chatcore.adapters.todo.model import TaskNotFound
+from chatcore.errors import AgentTimeout
 from chatcore.fakes import InMemoryConversationStore, InMemoryToolRegistry, ScriptedAgent, StaticTokenVerifier
 from chatcore.model import AgentRequest, AgentResponse, JsonValue, Principal, TextDelta, ToolCall, ToolSpec
 

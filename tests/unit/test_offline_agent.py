@@ -22,7 +22,8 @@ from chatcore import (
     ToolSpec,
 )
 from chatcore.adapters.offline.agent import OfflineTodoAgent
-from chatcore.adapters.tools.todo import (
+from chatcore.adapters.todo.memory_store import InMemoryTaskStore
+from chatcore.adapters.todo.tools import (
     ADD_TASK,
     COMPLETE_TASK,
     DELETE_TASK,
@@ -30,7 +31,7 @@ from chatcore.adapters.tools.todo import (
     UPDATE_TASK,
     TodoToolRegistry,
 )
-from chatcore.fakes import InMemoryConversationStore, InMemoryTaskStore, StaticTokenVerifier
+from chatcore.fakes import InMemoryConversationStore, StaticTokenVerifier
 from chatcore.model import JsonValue
 
 

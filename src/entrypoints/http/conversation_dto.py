@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import msgspec
 
+from chatcore.adapters.todo.model import Task
 from chatcore.conversations import MAX_TITLE_LENGTH, HistoryEntry, Page
 from chatcore.entrypoints.http.dto import ToolCallOut
-from chatcore.model import Conversation, ConversationSummary, Task
+from chatcore.model import Conversation, ConversationSummary
 
 
 class ConversationOut(msgspec.Struct):

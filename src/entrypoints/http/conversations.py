@@ -22,6 +22,8 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, HeaderParameter, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from chatcore.adapters.todo.model import TaskFilter
+from chatcore.adapters.todo.ports import TaskStore
 from chatcore.conversations import ConversationHistory
 from chatcore.entrypoints.http.auth import BEARER_SECURITY, principal_of, require_path_user
 from chatcore.entrypoints.http.conversation_dto import (
@@ -41,7 +43,7 @@ from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.entrypoints.http.errors import INTERNAL_ERROR, status_of
 from chatcore.errors import ChatError
 from chatcore.model import JsonValue, Principal, TurnEvent
-from chatcore.ports import TaskFilter, TaskStore, TurnEventStore
+from chatcore.ports import TurnEventStore
 from chatcore.service import ChatService
 from chatcore.streamed_turns import TurnStreamer
 

@@ -14,9 +14,10 @@ from typing import Any, Final
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from chatcore.errors import TaskNotFound, ToolError
-from chatcore.model import JsonValue, Principal, Task, ToolSpec
-from chatcore.ports import TaskFilter, TaskStore
+from chatcore.adapters.todo.model import Task, TaskFilter, TaskNotFound
+from chatcore.adapters.todo.ports import TaskStore
+from chatcore.errors import ToolError
+from chatcore.model import JsonValue, Principal, ToolSpec
 
 MAX_TITLE_LENGTH: Final = 500
 MAX_DESCRIPTION_LENGTH: Final = 5000

@@ -1,8 +1,9 @@
 """SqlAlchemyTaskStore: the todo toolset's tasks in PostgreSQL or SQLite.
 
-Every statement filters by ``user_id`` and writes with RETURNING, so each call is
-one statement and another user's task id simply matches no row. A statement run alone is atomic,
-so on PostgreSQL each call runs on an autocommit connection: one round trip, where a transaction
+Its ``tasks`` table is registered on chatcore's SQLAlchemy metadata (``adapters/sqlalchemy/tables.py``), so
+chatcore's Alembic migrations create it. Every statement filters by ``user_id`` and writes with RETURNING,
+so each call is one statement and another user's task id simply matches no row. A statement run alone is
+atomic, so on PostgreSQL each call runs on an autocommit connection: one round trip, where a transaction
 around it would add BEGIN and COMMIT (a tool call's 3 round trips become 1).
 """
 
@@ -17,9 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import tasks
-from chatcore.errors import TaskNotFound
-from chatcore.model import Task, utcnow
-from chatcore.ports import TaskFilter
+from chatcore.adapters.todo.model import Task, TaskFilter, TaskNotFound
+from chatcore.model import utcnow
 
 _TASK_COLUMNS = tuple(tasks.c)
 _MAX_TASK_ID = 2**63 - 1
@@ -27,7 +27,7 @@ _MAX_TASK_ID = 2**63 - 1
 
 
 class SqlAlchemyTaskStore:
-    """A ``chatcore.ports.TaskStore`` on an AsyncEngine from ``engine.create_engine``."""
+    """A ``TaskStore`` (``chatcore.adapters.todo.ports``) on an AsyncEngine from ``engine.create_engine``."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
