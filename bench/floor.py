@@ -8,6 +8,13 @@ tables, built from raw asyncpg, httpx2, PyJWT and msgspec. A turn is
 3. one model call (two in a tool turn, with the ``add_task`` insert between them);
 4. one statement, so one transaction, that appends every message of the turn and bumps ``last_seq``.
 
+With ``Accept: text/event-stream`` the same turn streams (the least a streamed turn needs): the
+model is called with ``stream: true``, each text piece of its stream is forwarded at once as an SSE
+``delta`` event (``{"text": …}``), and when the reply is complete the turn's messages are stored
+with the same one statement and a ``done`` event carries what the JSON reply would have (an
+``error`` event with ``status_code`` and ``detail`` instead, once the stream has begun). No event
+log, no resume, no stop: only what reaches the client and the stored turn.
+
 No framework, no validation beyond what a correct reply needs, no logging: anything chatcore does
 beyond this is its overhead. It reads the same environment as ``chatcore serve`` (``DATABASE_URL``,
 ``BETTER_AUTH_SECRET``, ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``CHATCORE_MODEL``,
@@ -18,6 +25,9 @@ The model client is httpx2, the fork the OpenAI SDK (so chatcore) uses, on the s
 chatcore's (``SpreadConnectionPools``): a single httpx2 pool probes every idle connection's socket on
 each request, which at 32 concurrent turns cost the floor 0.9 ms of CPU a turn, more than its
 database work, and would make chatcore's ratios measure httpx2's pool rather than chatcore.
+A streamed model call is read with aiohttp, chatcore's default transport for model calls
+(``CHATCORE_LLM_HTTP=aiohttp``) and the cheapest well-kept client per chunk (about a third of
+httpx2's CPU): the floor is the least a streamed turn needs, and a stream is a hundred chunks or more.
 
 Run: ``python -m bench.floor --port 9200 [--workers N]``.
 """
@@ -25,6 +35,7 @@ Run: ``python -m bench.floor --port 9200 [--workers N]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import uuid
@@ -33,18 +44,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
+import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import httpx2
 import jwt
 import msgspec
 
-from chatcore.adapters.providers.transports import SpreadConnectionPools
+from bench import sse
+from chatcore.adapters.providers.transports import SDK_LIMITS, SpreadConnectionPools
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 Row: TypeAlias = Mapping[str, Any]
+OnText: TypeAlias = Callable[[str], Awaitable[None]]
+Complete: TypeAlias = Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]]
+"""One model call: the context in, the assistant's message (``content``, ``tool_calls``) out."""
 
 MAX_BODY_BYTES: Final = 256 * 1024
 CHAT_PATH: Final = re.compile(r"/api/([^/]+)/chat")
@@ -142,6 +158,35 @@ class ChatIn(msgspec.Struct):
     conversation_id: uuid.UUID | None = None
 
 
+class _FunctionPiece(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCallPiece(msgspec.Struct):
+    index: int
+    id: str | None = None
+    function: _FunctionPiece | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_ToolCallPiece] | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Delta
+
+
+class _Chunk(msgspec.Struct):
+    """The part of an OpenAI ``chat.completion.chunk`` a turn uses; msgspec skips the rest without building it."""
+
+    choices: list[_ChunkChoice]
+
+
+_decode_chunk = msgspec.json.Decoder(_Chunk).decode
+
+
 class HttpError(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -180,7 +225,7 @@ class FloorSettings:
 
 
 @dataclass(slots=True)
-class _Turn:
+class _Messages:
     """The messages a turn appends, as the column arrays the append statement takes."""
 
     ids: list[uuid.UUID] = field(default_factory=list)
@@ -242,11 +287,11 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 class FloorApp:
     """The ASGI app; its pool and HTTP client live from lifespan startup to shutdown."""
 
-    def __init__(self, settings: FloorSettings, *, model_transport: httpx2.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: FloorSettings) -> None:
         self.settings = settings
-        self._model_transport = model_transport
         self._pool: asyncpg.Pool[Any] | None = None
         self._http: httpx2.AsyncClient | None = None
+        self._streams: aiohttp.ClientSession | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -256,7 +301,9 @@ class FloorApp:
             return
         try:
             match = CHAT_PATH.fullmatch(scope["path"])
-            if match and scope["method"] == "POST":
+            if match and scope["method"] == "POST" and _accepts_event_stream(scope):
+                await self.chat_stream(match.group(1), scope, receive, send)
+            elif match and scope["method"] == "POST":
                 await _respond(send, 200, await self.chat(match.group(1), scope, receive))
             elif scope["path"] == "/health" and scope["method"] == "GET":
                 await _respond(send, 200, {"status": "ok"})
@@ -274,11 +321,18 @@ class FloorApp:
                 )
                 self._http = httpx2.AsyncClient(
                     timeout=60.0,
-                    transport=self._model_transport or SpreadConnectionPools(),
+                    transport=SpreadConnectionPools(),
+                    trust_env=False,
+                )
+                self._streams = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=SDK_LIMITS.max_connections or 0),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=60),
                     trust_env=False,
                 )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._streams is not None:
+                    await self._streams.close()
                 if self._http is not None:
                     await self._http.aclose()
                 if self._pool is not None:
@@ -302,6 +356,28 @@ class FloorApp:
         return claims
 
     async def chat(self, user_id: str, scope: Scope, receive: Receive) -> dict[str, Any]:
+        turn = await self._begin(user_id, scope, receive)
+        final, records = await self._tool_loop(user_id, turn.context, turn.messages, turn.now, self._complete)
+        return await self._store(user_id, turn, final, records)
+
+    async def chat_stream(self, user_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The same turn, its text forwarded as it arrives; errors before the first byte are plain HTTP errors."""
+        turn = await self._begin(user_id, scope, receive)
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+
+        async def forward(text: str) -> None:
+            await send({"type": "http.response.body", "body": _event(b"delta", {"text": text}), "more_body": True})
+
+        try:
+            complete = functools.partial(self._stream, on_text=forward)
+            final, records = await self._tool_loop(user_id, turn.context, turn.messages, turn.now, complete)
+            last = _event(b"done", await self._store(user_id, turn, final, records))
+        except HttpError as error:
+            last = _event(b"error", {"status_code": error.status, "detail": error.detail})
+        await send({"type": "http.response.body", "body": last})
+
+    async def _begin(self, user_id: str, scope: Scope, receive: Receive) -> _Begun:
+        """Authenticate, read the request, and load the history window (one query, none for a new conversation)."""
         claims = self._claims(scope, user_id)
         try:
             request = msgspec.json.decode(await _read_body(receive), type=ChatIn)
@@ -320,30 +396,41 @@ class FloorApp:
             history = model_messages(rows)
 
         system = SYSTEM_PROMPT.format(email=claims.get("email") or "not known", today=now.date().isoformat())
-        turn = _Turn()
-        turn.add("user", request.message)
+        messages = _Messages()
+        messages.add("user", request.message)
         context = [{"role": "system", "content": system}, *history, {"role": "user", "content": request.message}]
-        final, records = await self._tool_loop(user_id, context, turn, now)
-        message_id = turn.add("assistant", final)
+        return _Begun(request, now, context, messages)
 
+    async def _store(self, user_id: str, turn: _Begun, final: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Append the turn's messages in one statement (creating the conversation if new); the JSON reply."""
+        assert self._pool is not None
+        request, messages = turn.request, turn.messages
+        message_id = messages.add("assistant", final)
         conversation_id = request.conversation_id or uuid.uuid4()
-        arrays = (turn.ids, turn.roles, turn.contents, turn.tool_calls, turn.tool_call_ids, turn.errors)
+        arrays = (
+            messages.ids,
+            messages.roles,
+            messages.contents,
+            messages.tool_calls,
+            messages.tool_call_ids,
+            messages.errors,
+        )
         if request.conversation_id is None:
             stored = await self._pool.fetch(
-                CREATE_SQL, conversation_id, user_id, now, uuid.uuid4(), *arrays, request.message[:80]
+                CREATE_SQL, conversation_id, user_id, turn.now, uuid.uuid4(), *arrays, request.message[:80]
             )
         else:
-            stored = await self._pool.fetch(APPEND_SQL, conversation_id, user_id, now, uuid.uuid4(), *arrays)
+            stored = await self._pool.fetch(APPEND_SQL, conversation_id, user_id, turn.now, uuid.uuid4(), *arrays)
         if not stored:
             raise HttpError(404, "Conversation not found")
         return {"conversation_id": conversation_id, "message_id": message_id, "response": final, "tool_calls": records}
 
     async def _tool_loop(
-        self, user_id: str, context: list[dict[str, Any]], turn: _Turn, now: datetime
+        self, user_id: str, context: list[dict[str, Any]], turn: _Messages, now: datetime, complete: Complete
     ) -> tuple[str, list[dict[str, Any]]]:
         records: list[dict[str, Any]] = []
         for _ in range(self.settings.max_tool_steps):
-            reply = await self._complete(context)
+            reply = await complete(context)
             calls = reply.get("tool_calls") or []
             if not calls:
                 return reply.get("content") or "", records
@@ -363,15 +450,26 @@ class FloorApp:
                 context.append({"role": "tool", "tool_call_id": call_id, "content": content})
         return "I stopped after too many tool steps.", records
 
+    def _model_body(self, messages: list[dict[str, Any]], *, stream: bool = False) -> bytes:
+        body: dict[str, Any] = {
+            "model": self.settings.model,
+            "messages": messages,
+            "max_tokens": self.settings.max_tokens,
+        }
+        body["tools"] = TOOLS
+        if stream:
+            body["stream"] = True
+        return msgspec.json.encode(body)
+
+    @functools.cached_property
+    def _model_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.settings.api_key}", "content-type": "application/json"}
+
     async def _complete(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         assert self._http is not None
-        body = {"model": self.settings.model, "messages": messages, "max_tokens": self.settings.max_tokens}
-        body["tools"] = TOOLS
         try:
             response = await self._http.post(
-                self.settings.model_url,
-                content=msgspec.json.encode(body),
-                headers={"authorization": f"Bearer {self.settings.api_key}", "content-type": "application/json"},
+                self.settings.model_url, content=self._model_body(messages), headers=self._model_headers
             )
         except httpx2.HTTPError:
             raise HttpError(502, "The model provider is unavailable") from None
@@ -379,6 +477,36 @@ class FloorApp:
             raise HttpError(502, "The model provider failed")
         message: dict[str, Any] = msgspec.json.decode(response.content)["choices"][0]["message"]
         return message
+
+    async def _stream(self, messages: list[dict[str, Any]], *, on_text: OnText) -> dict[str, Any]:
+        """One streamed model call: each text piece to ``on_text`` as it comes; the message put together."""
+        assert self._streams is not None
+        text: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        try:
+            body = self._model_body(messages, stream=True)
+            async with self._streams.post(self.settings.model_url, data=body, headers=self._model_headers) as response:
+                if response.status != 200:
+                    raise HttpError(502, "The model provider failed")
+                async for event in sse.events(response.content.iter_any()):
+                    if event.data == b"[DONE]":
+                        break
+                    for choice in _decode_chunk(event.data).choices:
+                        delta = choice.delta
+                        if delta.content:
+                            text.append(delta.content)
+                            await on_text(delta.content)
+                        for piece in delta.tool_calls or ():
+                            call = calls.setdefault(
+                                piece.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                            )
+                            call["id"] = call["id"] or piece.id or ""
+                            if piece.function is not None:
+                                call["function"]["name"] += piece.function.name or ""
+                                call["function"]["arguments"] += piece.function.arguments or ""
+        except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError):
+            raise HttpError(502, "The model provider is unavailable") from None
+        return {"content": "".join(text) or None, "tool_calls": [calls[i] for i in sorted(calls)] or None}
 
     async def _run_tool(self, user_id: str, name: str, arguments: Any, now: datetime) -> Any:
         """Only ``add_task`` does anything here: it is the one tool the fake model calls."""
@@ -389,6 +517,28 @@ class FloorApp:
             ADD_TASK_SQL, user_id, arguments["title"], arguments.get("description"), now
         )
         return {"task_id": task_id, "status": "created", "title": arguments["title"]}
+
+
+@dataclass(frozen=True, slots=True)
+class _Begun:
+    """A turn once its request is read and its history loaded: what the model call and the store need."""
+
+    request: ChatIn
+    now: datetime
+    context: list[dict[str, Any]]
+    messages: _Messages
+
+
+SSE_HEADERS: Final = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+
+
+def _accepts_event_stream(scope: Scope) -> bool:
+    accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
+    return b"text/event-stream" in accept.lower()
+
+
+def _event(kind: bytes, data: object) -> bytes:
+    return b"event: " + kind + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
 
 
 async def _read_body(receive: Receive) -> bytes:

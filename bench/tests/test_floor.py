@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,33 +12,15 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
-import httpx2
 import jwt
 import pytest
+import uvicorn
 
-from bench.database import migrate
-from bench.fake_model import FakeModelApp, FakeModelConfig
+from bench.fake_model import FakeModelApp, FakeModelConfig, echo
 from bench.floor import FloorApp, FloorSettings
+from bench.sse import Event, events
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET = "floor-test-secret-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-async def dsn() -> AsyncIterator[str]:
-    name = f"bench_floor_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN)
-    except OSError as error:
-        pytest.fail(f"the floor tests need PostgreSQL at {ADMIN_DSN}: {error}")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    try:
-        await migrate(dsn.replace("postgresql://", "postgresql+asyncpg://"))
-        yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture
@@ -44,10 +28,32 @@ def model() -> FakeModelApp:
     return FakeModelApp(FakeModelConfig())
 
 
-@pytest.fixture
-async def client(dsn: str, model: FakeModelApp) -> AsyncIterator[httpx.AsyncClient]:
-    settings = FloorSettings(dsn=dsn, secret=SECRET.encode(), model_url="http://model/v1/chat/completions")
-    app = FloorApp(settings, model_transport=httpx2.ASGITransport(app=model))
+@contextlib.asynccontextmanager
+async def listening(app: Any) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free loopback port (the floor reads streams with aiohttp, over real HTTP)."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "uvicorn did not start"
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@contextlib.asynccontextmanager
+async def serving(dsn: str, model: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The floor from lifespan start to shutdown, its model calls going to the ASGI app ``model`` over HTTP."""
+    async with listening(model) as model_url, floor_app(dsn, f"{model_url}/v1/chat/completions") as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def floor_app(dsn: str, model_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = FloorSettings(dsn=dsn, secret=SECRET.encode(), model_url=model_url)
+    app = FloorApp(settings)
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     outbox: asyncio.Queue[Any] = asyncio.Queue()
     lifespan = asyncio.create_task(app({"type": "lifespan"}, inbox.get, outbox.put))
@@ -59,6 +65,12 @@ async def client(dsn: str, model: FakeModelApp) -> AsyncIterator[httpx.AsyncClie
     finally:
         await inbox.put({"type": "lifespan.shutdown"})
         await asyncio.wait_for(lifespan, 10)
+
+
+@pytest.fixture
+async def client(dsn: str, model: FakeModelApp) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(dsn, model) as http:
+        yield http
 
 
 def auth(user_id: str) -> dict[str, str]:
@@ -149,3 +161,60 @@ async def test_errors_follow_chatcores_statuses(client: httpx.AsyncClient) -> No
     assert (await client.post("/api/bob/chat", json={"message": "  "}, headers=auth("bob"))).status_code == 400
     assert (await client.post("/api/bob/chat", content=b"{", headers=auth("bob"))).status_code == 400
     assert (await client.get("/nope")).status_code == 404
+
+
+async def _stream_events(client: httpx.AsyncClient, user_id: str, body: dict[str, Any]) -> list[Event]:
+    headers = {**auth(user_id), "accept": "text/event-stream"}
+    async with client.stream("POST", f"/api/{user_id}/chat", json=body, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return [event async for event in events(response.aiter_raw())]
+
+
+async def test_a_streamed_turn_forwards_every_piece_and_stores_the_turn(
+    client: httpx.AsyncClient, model: FakeModelApp, dsn: str
+) -> None:
+    model.config = FakeModelConfig(reply_chars=160, chunks=16)
+    streamed = await _stream_events(client, "dee", {"message": "Tell me a story"})
+
+    assert [e.event for e in streamed] == [b"delta"] * 16 + [b"done"]
+    text = "".join(json.loads(e.data)["text"] for e in streamed[:-1])
+    assert text == echo("Tell me a story", 160)
+    done = json.loads(streamed[-1].data)
+    assert done["response"] == text
+    assert done["tool_calls"] == []
+    assert model.stats.streams == 1
+
+    model.config = FakeModelConfig(mode="tool", reply_chars=40, chunks=4)
+    second = await _stream_events(client, "dee", {"message": "Buy milk", "conversation_id": done["conversation_id"]})
+    reply = json.loads(second[-1].data)
+    [call] = reply["tool_calls"]
+    assert (call["name"], call["arguments"], call["result"]["status"]) == ("add_task", {"title": "Buy milk"}, "created")
+    assert reply["response"] == "".join(json.loads(e.data)["text"] for e in second if e.event == b"delta")
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT role, content FROM messages WHERE conversation_id = $1 ORDER BY seq",
+            uuid.UUID(done["conversation_id"]),
+        )
+    finally:
+        await connection.close()
+    assert [r["role"] for r in rows] == ["user", "assistant", "user", "assistant", "tool", "assistant"]
+    assert rows[1]["content"] == text
+    assert rows[5]["content"] == reply["response"]
+
+
+async def test_a_streamed_turn_ends_with_an_error_event_when_the_model_fails(dsn: str) -> None:
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async with serving(dsn, broken) as http:
+        streamed = await _stream_events(http, "eve", {"message": "Hi"})
+        refused = await http.post(
+            "/api/eve/chat", json={"message": " "}, headers={**auth("eve"), "accept": "text/event-stream"}
+        )
+    assert [e.event for e in streamed] == [b"error"]
+    assert json.loads(streamed[0].data) == {"status_code": 502, "detail": "The model provider failed"}
+    assert refused.status_code == 400
