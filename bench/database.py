@@ -11,6 +11,7 @@ import ipaddress
 import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,9 +30,35 @@ def require_loopback(dsn: str) -> None:
         raise SystemExit(f"the benchmark only talks to 127.0.0.1; {host!r} is not a loopback address")
 
 
-def database_dsn(admin_dsn: str, database: str) -> str:
+def database_dsn(admin_dsn: str, database: str, *, port: int | None = None) -> str:
+    """``admin_dsn`` naming ``database`` instead (and, through a proxy, another port on the same host)."""
     parts = urlsplit(admin_dsn)
+    if port is not None:
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo}{at}{parts.hostname}:{port}")
     return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFacts:
+    version: str
+    free_connections: int
+    """``max_connections`` less the client connections already open (other clients share the server)."""
+    preloaded: str
+    """``shared_preload_libraries``: ``pg_stat_statements`` counts statements only when loaded from there."""
+
+
+async def server_facts(admin_dsn: str) -> ServerFacts:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        in_use = await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+        return ServerFacts(
+            version=str(await admin.fetchval("SHOW server_version")),
+            free_connections=int(await admin.fetchval("SHOW max_connections")) - int(in_use),
+            preloaded=str(await admin.fetchval("SHOW shared_preload_libraries")),
+        )
+    finally:
+        await admin.close()
 
 
 async def migrate(database_url: str) -> None:
@@ -43,7 +70,7 @@ async def migrate(database_url: str) -> None:
 @contextlib.asynccontextmanager
 async def fresh_database(admin_dsn: str, keep: bool) -> AsyncIterator[str]:
     """A new, empty database for this run, dropped afterwards unless ``keep``."""
-    name = f"chatcore_bench_{datetime.now(UTC):%Y%m%d_%H%M%S}_{os.getpid()}"
+    name = f"chatcore_bench_{datetime.now(UTC):%Y%m%d_%H%M%S}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import time
@@ -23,12 +24,12 @@ import httpx
 import jwt
 
 from bench import procstat
-from bench.fake_model import Mode
 from bench.instructions import USERS
-from bench.load import LoadResult, ReplyCheck, VirtualUser, run_load
+from bench.load import LoadResult, ReplyCheck, VirtualUser, run_load, user_turns
+from bench.pgwire import Counts
 from bench.report import Measurement
-from bench.scenarios import Scenario, scenario_owners, user_id
-from bench.servers import FakeModel, Server
+from bench.scenarios import ModelSetup, Scenario, scenario_owners, user_id
+from bench.servers import FakeModel, Server, WireCounterProcess
 
 RSS_SAMPLE_SECONDS = 0.1
 MIB = 1024 * 1024
@@ -50,6 +51,8 @@ def reply_check(expected_tool_calls: int) -> ReplyCheck:
             return "incomplete reply"
         if expected_tool_calls and any(call.get("error") for call in calls):
             return "tool call failed"
+        if reply.get("interrupted"):
+            return "interrupted"
         return None
 
     return check
@@ -73,6 +76,9 @@ class Bench:
     control: httpx.AsyncClient
     dsn: str
     database: str
+    counter: WireCounterProcess | None = None
+    """Counts each server's statements and transactions (``bench/pgwire.py``); None: not counted."""
+    warm_up_users: int = 32
 
     async def database_backends(self) -> list[int]:
         """The PostgreSQL backends serving the benchmark's database, so tests that share the server don't count."""
@@ -85,6 +91,16 @@ class Bench:
             await connection.close()
         return [row["pid"] for row in rows]
 
+    async def wire_counts(self, server: Server) -> Counts | None:
+        """What ``server`` sent PostgreSQL so far, when its connections go through the counter."""
+        if self.counter is None or not server.spec.counted:
+            return None
+        return (await self.counter.counts(self.control)).get(server.spec.slug, Counts())
+
+    def deadline(self, scenario: Scenario) -> float:
+        """A scenario may take ``--scenario-timeout`` seconds beyond its users' own model time."""
+        return float(self.args.scenario_timeout) + scenario.turns * scenario.model.latency_ms / 1000
+
     async def measure(
         self,
         server: Server,
@@ -96,13 +112,14 @@ class Bench:
                 VirtualUser(uid, mint_token(self.secret, uid), conversations.get(uid) if conversations else None)
                 for uid in owners
             ]
-            for owners in scenario_owners(server.name, scenario)
+            for owners in scenario_owners(server.target, scenario)
         ]
-        await self.model.configure(self.control, latency_ms=scenario.latency_ms, mode=scenario.mode)
+        await self.model.configure(self.control, scenario.model)
         workers = server.worker_pids()
         hwm_reset = all(procstat.reset_peak_rss(pid) for pid in workers)
         server_cpu, db_cpu, harness_cpu = procstat.CpuMeter(), procstat.CpuMeter(), procstat.CpuMeter()
-        harness = [os.getpid(), *self.model.pids()]
+        harness = [os.getpid(), *self.model.pids(), *(self.counter.pids() if self.counter else ())]
+        wire_before = await self.wire_counts(server)
         server_cpu.start(server.pids())
         db_cpu.start(await self.database_backends())
         harness_cpu.start(harness)
@@ -111,23 +128,24 @@ class Bench:
         sampler = asyncio.create_task(sample_peak_rss(workers, stop_sampling))
         result = LoadResult()
         for users in rounds:
-            one = await run_load(
-                server.base_url,
-                users,
-                scenario.turns,
-                deadline_seconds=self.args.scenario_timeout,
-                check=reply_check(scenario.tool_calls_per_turn),
+            result.add(
+                await run_load(
+                    server.base_url,
+                    users,
+                    scenario.turns,
+                    deadline_seconds=self.deadline(scenario),
+                    check=reply_check(scenario.tool_calls_per_turn),
+                    client_factory=functools.partial(user_turns, scenario.protocol, self.request_timeout(scenario)),
+                )
             )
-            result.latencies.extend(one.latencies)
-            result.failures.update(one.failures)
-            result.wall_seconds += one.wall_seconds
-            result.timed_out = result.timed_out or one.timed_out
         stop_sampling.set()
         sampled_peak = await sampler
         machine_seconds = procstat.machine_busy_seconds() - machine_before
         cpu_seconds = server_cpu.stop(server.pids())
         db_seconds = db_cpu.stop(await self.database_backends())
         harness_seconds = harness_cpu.stop(harness)
+        wire_after = await self.wire_counts(server)
+        wire = wire_after.minus(wire_before) if wire_after is not None and wire_before is not None else None
         others = max(0.0, machine_seconds - cpu_seconds - db_seconds - harness_seconds)
         capacity = result.wall_seconds * len(os.sched_getaffinity(0))
         hwm_peak = max(procstat.peak_rss_bytes(pid) for pid in workers) if hwm_reset else 0
@@ -136,7 +154,7 @@ class Bench:
         per_turn = max(1, result.turns)
         return Measurement(
             scenario=scenario.name,
-            server=server.name,
+            server=server.target,
             rounds=scenario.rounds,
             users=scenario.users,
             turns_per_user=scenario.turns,
@@ -154,33 +172,49 @@ class Bench:
             model_calls_per_turn=model_calls / attempted,
             background_cpu_percent=100 * others / capacity if capacity > 0 else math.nan,
             harness_cpu_ms_per_turn=harness_seconds * 1000 / per_turn,
+            protocol=scenario.protocol,
+            chunks=scenario.model.chunks,
+            model_ms=scenario.model.latency_ms,
+            first_text_p50_ms=result.first_text_percentile_ms(50),
+            first_text_p95_ms=result.first_text_percentile_ms(95),
+            transactions_per_turn=wire.transactions / per_turn if wire else math.nan,
+            statements_per_turn=wire.statements / per_turn if wire else math.nan,
+            baseline=scenario.baseline,
         )
 
-    async def warm_up(self, server: Server, max_users: int) -> None:
+    @staticmethod
+    def request_timeout(scenario: Scenario) -> float:
+        """How long a client waits for a reply (or, streaming, for the next bytes): a minute beyond the model."""
+        return 60.0 + scenario.model.latency_ms / 1000
+
+    async def warm_up(self, server: Server) -> None:
         """Imports, pools, prepared statements and every connection a scenario will use, before measuring.
 
-        The last round holds ``max_users`` turns open at once behind a slow model, so the client's
-        connections, the server's connections to the model and its database pool all reach their size.
+        The third round holds ``warm_up_users`` turns open at once behind a slow model, so the client's
+        connections, the server's connections to the model and its database pool all reach their size;
+        the last one streams (the streamed path's imports, statements and connections).
         """
-        rounds: tuple[tuple[Mode, int, int, float], ...] = (
-            ("text", 16, 3, 0),
-            ("tool", 8, 2, 0),
-            ("text", max_users, 2, 100),
+        rounds = (
+            Scenario("warmup0", "warm-up", 16, 3),
+            Scenario("warmup1", "warm-up", 8, 2, ModelSetup(mode="tool")),
+            Scenario("warmup2", "warm-up", self.warm_up_users, 2, ModelSetup(100)),
+            Scenario("warmup3", "warm-up", 16, 2, ModelSetup(100, reply_chars=200, chunks=10), protocol="sse"),
         )
-        for index, (mode, users, turns, latency_ms) in enumerate(rounds):
-            scenario = Scenario(f"warmup{index}", "warm-up", users, turns, latency_ms, mode)
-            await self.model.configure(self.control, latency_ms=latency_ms, mode=scenario.mode)
-            uids = [user_id(server.name, scenario, i) for i in range(users)]
+        for scenario in rounds:
+            await self.model.configure(self.control, scenario.model)
+            uids = [user_id(server.target, scenario, i) for i in range(scenario.users)]
             result = await run_load(
                 server.base_url,
                 [VirtualUser(uid, mint_token(self.secret, uid)) for uid in uids],
-                turns,
-                deadline_seconds=self.args.scenario_timeout,
+                scenario.turns,
+                deadline_seconds=self.deadline(scenario),
                 check=reply_check(scenario.tool_calls_per_turn),
+                client_factory=functools.partial(user_turns, scenario.protocol),
             )
             if result.failures or result.timed_out:
                 raise RuntimeError(
-                    f"{server.name} failed its warm-up ({mode}): {dict(result.failures)}\n{server.log_tail()}"
+                    f"{server.name} failed its warm-up ({scenario.model.mode}, {scenario.protocol}): "
+                    f"{dict(result.failures)}\n{server.log_tail()}"
                 )
 
 
@@ -194,13 +228,13 @@ def saturation_notes(scenarios: Sequence[Scenario], measurements: Sequence[Measu
     by_name = {s.name: s for s in scenarios}
     for m in measurements:
         scenario = by_name.get(m.scenario)
-        if scenario is None or scenario.latency_ms <= 0:
+        if scenario is None or scenario.model.latency_ms <= 0:
             continue
-        demand = scenario.users / (scenario.latency_ms / 1000)
+        demand = scenario.users / (scenario.model.latency_ms / 1000)
         if m.turns_per_second < SATURATED_SHARE * demand:
             notes.append(
                 f"{m.scenario} on {m.server} was CPU-bound: {scenario.users} users behind a "
-                f"{scenario.latency_ms:g} ms model could make up to {demand:.0f} turns/s, the machine served "
+                f"{scenario.model.latency_ms:g} ms model could make up to {demand:.0f} turns/s, the machine served "
                 f"{m.turns_per_second:.0f}; its latencies are mostly queueing for CPU, not waiting on the model."
             )
     return notes

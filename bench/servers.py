@@ -1,7 +1,10 @@
-"""The processes ``make bench`` starts: the servers under test and the fake model, each a subprocess on 127.0.0.1.
+"""The processes ``make bench`` starts, each a subprocess on 127.0.0.1: the servers under test, the fake model,
+and the proxy that counts what each server sends to PostgreSQL (``bench/pgwire.py``).
 
-Also what they are started with: their command lines, their environment (the same for both servers)
-and a database pool size that fits PostgreSQL's ``max_connections``.
+Also what they are started with (their command lines, their environment, the same for both servers, and
+a database pool size that fits PostgreSQL's ``max_connections``), and when: the ``Fleet`` starts a server
+when a scenario first needs it and stops it after the last one that does, so a chatcore with settings of
+its own does not hold database connections beside the plain one.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
 
 from bench import procstat
-from bench.fake_model import Mode
+from bench.pgwire import Counts, counts_from
 from bench.report import CHATCORE, FLOOR
+from bench.scenarios import ModelSetup, ServerSpec
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 60.0
@@ -52,11 +57,11 @@ def pool_budget(max_connections: int, servers: int, workers: int) -> tuple[int, 
 def server_env(
     database_url: str, secret: str, model_port: int, log_level: str, pool: tuple[int, int] | None = None
 ) -> dict[str, str]:
-    """The environment both servers read: the caller's, minus any provider, auth or database settings."""
+    """The environment every server reads: the caller's, minus any provider, auth or database settings."""
     own_prefixes = ("OPENAI_", "ANTHROPIC_", "CHATCORE_", "BETTER_AUTH_", "FAKE_MODEL_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(own_prefixes) and k != "DATABASE_URL"}
     env.update(
-        DATABASE_URL=database_url,
+        DATABASE_URL=database_url.replace("postgresql://", "postgresql+asyncpg://", 1),
         BETTER_AUTH_SECRET=secret,
         CHATCORE_LLM="openai",
         OPENAI_BASE_URL=f"http://127.0.0.1:{model_port}/v1",
@@ -74,14 +79,23 @@ class Server:
     """A subprocess serving HTTP on 127.0.0.1, with its output in a log file."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], env: dict[str, str], port: int, log_dir: Path, *, workers: int = 1
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str],
+        port: int,
+        log_dir: Path,
+        *,
+        workers: int = 1,
+        spec: ServerSpec | None = None,
     ) -> None:
         self.name = name
+        self.spec = spec or ServerSpec(name)
         self.workers = workers
         self.argv = list(argv)
         self.env = env
         self.port = port
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{self.spec.slug if spec else name}.log"
         self.base_url = f"http://127.0.0.1:{port}"
         self.process: asyncio.subprocess.Process | None = None
 
@@ -130,12 +144,15 @@ class Server:
         except OSError:
             return "(no log)"
 
+    @property
+    def target(self) -> str:
+        """What the server is, as the figures name it (``floor`` or ``chatcore``, whatever its settings)."""
+        return self.spec.target
+
 
 class FakeModel(Server):
-    async def configure(self, client: httpx.AsyncClient, *, latency_ms: float, mode: Mode) -> None:
-        response = await client.post(
-            f"{self.base_url}/control", json={"latency_ms": latency_ms, "mode": mode, "reset_stats": True}
-        )
+    async def configure(self, client: httpx.AsyncClient, setup: ModelSetup) -> None:
+        response = await client.post(f"{self.base_url}/control", json={**asdict(setup), "reset_stats": True})
         response.raise_for_status()
 
     async def model_calls(self, client: httpx.AsyncClient) -> int:
@@ -157,3 +174,72 @@ def chatcore_argv(port: int, workers: int) -> list[str]:
     script = Path(sys.executable).with_name("chatcore")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "chatcore.entrypoints.cli"]
     return [*command, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-migrate", "--workers", str(workers)]
+
+
+class WireCounterProcess(Server):
+    """``bench/pgwire.py`` in its own process: one listening port per server (and the harness), counted apart."""
+
+    async def counts(self, client: httpx.AsyncClient) -> dict[str, Counts]:
+        response = await client.get(f"{self.base_url}/counts")
+        response.raise_for_status()
+        return counts_from(response.json())
+
+
+class Fleet:
+    """The servers under test, each running from the first scenario that needs it to the last (``plan``).
+
+    ``plan[i]`` lists the servers of the i-th scenario. A server is started (and warmed up, alone on the
+    machine) before the first scenario in its plan, and stopped once no later scenario needs it.
+    """
+
+    def __init__(
+        self,
+        plan: Sequence[Sequence[ServerSpec]],
+        make: Callable[[ServerSpec], Server],
+        warm_up: Callable[[Server], Awaitable[None]],
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.plan = [list(specs) for specs in plan]
+        self._make = make
+        self._warm_up = warm_up
+        self._client = client
+        self.running: dict[ServerSpec, Server] = {}
+        self.startup_rss_mb: dict[str, float] = {}
+        """RSS of each server's biggest worker right after start-up, before any request, by server name."""
+
+    @staticmethod
+    def concurrency(plan: Sequence[Sequence[ServerSpec]]) -> int:
+        """How many servers run at once at most, given that each runs from its first scenario to its last."""
+        spans: dict[ServerSpec, tuple[int, int]] = {}
+        for index, specs in enumerate(plan):
+            for spec in specs:
+                first, _ = spans.get(spec, (index, index))
+                spans[spec] = (first, index)
+        return max((sum(1 for a, b in spans.values() if a <= i <= b) for i in range(len(plan))), default=0)
+
+    async def servers_for(self, index: int) -> list[Server]:
+        """The servers of scenario ``index``, started and warmed up if they were not running yet."""
+        new = [spec for spec in self.plan[index] if spec not in self.running]
+        started = [self._make(spec) for spec in new]
+        for spec, server in zip(new, started, strict=True):
+            self.running[spec] = server
+        await asyncio.gather(*(server.start(self._client) for server in started))
+        for server in started:
+            self.startup_rss_mb[server.name] = (
+                max(procstat.rss_bytes(pid) for pid in server.worker_pids()) / 1024 / 1024
+            )
+        for server in started:
+            print(f"bench: warming up {server.name}", flush=True)
+            await self._warm_up(server)
+        return [self.running[spec] for spec in self.plan[index]]
+
+    async def release_after(self, index: int) -> None:
+        """Stop the servers no scenario after ``index`` needs."""
+        later = {spec for specs in self.plan[index + 1 :] for spec in specs}
+        for spec in [spec for spec in self.running if spec not in later]:
+            await self.running.pop(spec).stop()
+
+    async def stop_all(self) -> None:
+        for server in list(self.running.values()):
+            await server.stop()
+        self.running.clear()

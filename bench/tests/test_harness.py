@@ -12,18 +12,22 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from bench import procstat
 from bench.database import seeded_messages
 from bench.floor import model_messages
-from bench.load import LoadResult, VirtualUser, percentile, run_load
+from bench.load import JsonTurns, LoadResult, StreamedTurns, VirtualUser, percentile, run_load, user_turns
 from bench.measure import reply_check
 from bench.profile import package_of, parse_raw, summarise
-from bench.report import CHATCORE, FLOOR, KEPT_HEADING, Measurement, Report, kept_by_hand
+from bench.report import CHATCORE, FLOOR, KEPT_HEADINGS, Measurement, Report, kept_by_hand
 
 
-def measurement(scenario: str, server: str, **figures: float) -> Measurement:
+def measurement(scenario: str, server: str, **figures: Any) -> Measurement:
     values: dict[str, Any] = {
+        "users": 1,
+        "ok": 10,
         "turns_per_second": 100.0,
         "p50_ms": 10.0,
         "p95_ms": 20.0,
@@ -36,9 +40,7 @@ def measurement(scenario: str, server: str, **figures: float) -> Measurement:
     return Measurement(
         scenario=scenario,
         server=server,
-        users=1,
         turns_per_user=1,
-        ok=10,
         failures={},
         timed_out=False,
         wall_seconds=1.0,
@@ -180,13 +182,60 @@ async def test_users_run_their_turns_in_order_and_keep_their_conversation() -> N
         deadline_seconds=30,
         check=reply_check(0),
         message=lambda user, turn: "fail" if (user.user_id, turn) == ("a", 1) else f"turn {turn}",
-        client_factory=lambda: httpx.AsyncClient(transport=httpx.ASGITransport(app=app)),
+        client_factory=lambda: JsonTurns(httpx.AsyncClient(transport=httpx.ASGITransport(app=app))),
     )
     assert result.turns == 5
     assert dict(result.failures) == {"HTTP 500": 1}
     assert not result.timed_out
     assert [c for p, c in seen if p == "/api/a/chat"] == [None, "conv-/api/a/chat", "conv-/api/a/chat"]
     assert [c for p, c in seen if p == "/api/b/chat"] == ["seeded", "conv-/api/b/chat", "conv-/api/b/chat"]
+
+
+async def test_streamed_turns_time_the_first_delta_and_the_done_event() -> None:
+    async def stream(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        assert request.headers["accept"] == "text/event-stream"
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        if body["message"] == "refuse":
+            await response.write(b'event: error\r\ndata: {"status_code":502,"detail":"x"}\r\n\r\n')
+            return response
+        if body["message"] == "cut":
+            await response.write(b'event: delta\r\ndata: {"text":"Hel"}\r\n\r\n')
+            return response
+        await response.write(b'id: 1\r\nevent: turn\r\ndata: {"turn_id":"t"}\r\n\r\n')
+        await asyncio.sleep(0.05)
+        for piece in ("Hel", "lo"):
+            await response.write(b"event: delta\r\ndata: " + json.dumps({"text": piece}).encode() + b"\r\n\r\n")
+            await asyncio.sleep(0.05)
+        done = {"conversation_id": "c1", "message_id": "m", "response": "Hello", "tool_calls": [], "interrupted": False}
+        await response.write(b"event: done\r\ndata: " + json.dumps(done).encode() + b"\r\n\r\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/api/{user}/chat", stream)
+    async with TestServer(app) as server:
+        result = await run_load(
+            str(server.make_url("")).rstrip("/"),
+            [VirtualUser("a", "t")],
+            4,
+            deadline_seconds=30,
+            check=reply_check(0),
+            message=lambda user, turn: ("ok", "refuse", "cut", "ok")[turn],
+            client_factory=lambda: user_turns("sse"),
+        )
+    assert dict(result.failures) == {"error event 502": 1, "stream ended without done": 1}
+    assert result.turns == 2
+    for first, whole in zip(result.first_text, result.latencies, strict=True):
+        assert 0 < first < whole  # the first delta comes a sleep before the done event
+
+
+async def test_user_turns_match_their_protocol() -> None:
+    json_turns, streamed = user_turns("json"), user_turns("sse")
+    assert isinstance(json_turns, JsonTurns)
+    assert isinstance(streamed, StreamedTurns)
+    await json_turns.aclose()
+    await streamed.aclose()
 
 
 async def test_a_run_stops_at_its_deadline() -> None:
@@ -198,7 +247,7 @@ async def test_a_run_stops_at_its_deadline() -> None:
         [VirtualUser("a", "t")],
         2,
         deadline_seconds=0.05,
-        client_factory=lambda: httpx.AsyncClient(transport=httpx.ASGITransport(app=stuck)),
+        client_factory=lambda: JsonTurns(httpx.AsyncClient(transport=httpx.ASGITransport(app=stuck))),
     )
     assert result.timed_out
     assert result.turns == 0
@@ -226,13 +275,19 @@ def test_profile_summary_attributes_samples_to_packages() -> None:
     assert "serve" not in below_anchor
     assert "parse (h11/p.py)" not in below_anchor
 
+    everywhere = summarise(stacks, anchor=None)  # a streamed turn: every function but the roots of every stack
+    with_callees = everywhere.split("with its callees")[1].split("own time only")[0]
+    assert "| `create (openai/x.py)` | 60.0% |" in with_callees
+    assert "| `parse (h11/p.py)` | 10.0% |" in with_callees
+    assert "serve (chatcore/cli.py)" not in with_callees  # where every full stack starts
+
 
 def test_a_scenario_far_below_what_its_users_could_ask_for_is_called_cpu_bound() -> None:
     from bench.measure import saturation_notes
-    from bench.scenarios import Scenario
+    from bench.scenarios import ModelSetup, Scenario
 
-    slow = Scenario("slow-model", "500 ms model", 200, 3, 500, "text")
-    instant = Scenario("overhead", "instant", 32, 15, 0, "text")
+    slow = Scenario("slow-model", "500 ms model", 200, 3, ModelSetup(500))
+    instant = Scenario("overhead", "instant", 32, 15)
     notes = saturation_notes(
         [slow, instant],
         [
@@ -257,8 +312,9 @@ def test_pools_shrink_only_when_both_servers_would_not_fit() -> None:
         pool_budget(20, servers=2, workers=8)
 
 
-def test_the_hand_written_tuning_log_survives_a_rerun() -> None:
-    log = f"{KEPT_HEADING}\n\nBefore: 12 ms a turn.\n\n### Profile before\n\n| a | b |\n"
+def test_the_hand_written_sections_survive_a_rerun() -> None:
+    streamed, tuning = KEPT_HEADINGS
+    log = f"{tuning}\n\nBefore: 12 ms a turn.\n\n### Profile before\n\n| a | b |\n"
     previous = f"# Performance\n\nold figures\n\n{log}"
 
     kept = kept_by_hand(previous)
@@ -266,6 +322,8 @@ def test_the_hand_written_tuning_log_survives_a_rerun() -> None:
     assert kept == f"\n{log}"
     assert "old figures" not in kept
     assert kept_by_hand("# Performance\n\nno log yet\n") == ""
+    both = f"# Performance\n\nold\n\n{streamed}\n\n| before | after |\n\n{log}"
+    assert kept_by_hand(both) == f"\n{streamed}\n\n| before | after |\n\n{log}"
 
 
 def test_chatcore_settings_for_a_comparison_run_parse_as_name_and_value() -> None:
@@ -278,3 +336,156 @@ def test_chatcore_settings_for_a_comparison_run_parse_as_name_and_value() -> Non
     for bad in ("CHATCORE_LLM_HTTP", "=httpx"):
         with pytest.raises(argparse.ArgumentTypeError):
             _setting(bad)
+
+
+def test_streaming_targets_compare_sse_with_json_and_with_the_floor() -> None:
+    streamed: dict[str, Any] = {"protocol": "sse", "chunks": 100, "model_ms": 2000.0}
+    report = Report(command="x", machine={}, runtime_seconds=300.0)
+    report.measurements = [
+        measurement("streaming-json", CHATCORE, server_cpu_ms_per_turn=2.0, transactions_per_turn=2.0, chunks=100),
+        measurement(
+            "streaming-sse",
+            CHATCORE,
+            server_cpu_ms_per_turn=5.0,
+            first_text_p95_ms=250.0,
+            p95_ms=2500.0,
+            transactions_per_turn=5.0,
+            baseline="streaming-json",
+            **streamed,
+        ),
+        measurement("streaming-sse", FLOOR, server_cpu_ms_per_turn=4.0, **streamed),
+        measurement("streaming-long-sse", CHATCORE, transactions_per_turn=6.5, baseline="streaming-json", **streamed),
+        measurement("open-streams", CHATCORE, users=1000, ok=998, peak_rss_mb=200.0, **streamed),
+        measurement("overhead-rate-limit", CHATCORE, server_cpu_ms_per_turn=2.6, baseline="overhead"),
+        measurement("overhead-rate-limit", FLOOR, server_cpu_ms_per_turn=2.0),
+    ]
+    targets = {t.name: (round(t.measured, 3), t.limit, t.met) for t in report.targets(600.0)}
+    assert targets == {
+        "streaming: server CPU per turn, chatcore SSE ÷ chatcore JSON": (2.5, 2.0, False),
+        "streaming: server CPU per SSE turn, chatcore ÷ floor": (1.25, 1.5, True),
+        "streaming: chatcore first text p95": (250.0, 300, True),
+        "streaming: chatcore whole turn p95 (1.2 × the model's own streaming time)": (2500.0, 2400.0, False),
+        "streaming: PostgreSQL transactions per chatcore SSE turn": (5.0, 6, True),
+        "streaming: transactions per chatcore SSE turn, 400 chunks − 100 chunks (either way)": (1.5, 1, False),
+        "open streams: chatcore turns that failed or never finished": (2, 0, False),
+        "open streams: chatcore peak RSS per worker": (200.0, 256, True),
+        "overhead with a rate limit and INFO logging: server CPU per turn, chatcore ÷ floor": (1.3, 1.5, True),
+        "`make bench` runtime": (300.0, 600.0, True),
+    }
+    text = report.render(600.0)
+    assert "| open streams: chatcore turns that failed or never finished | 2 | ≤ 0 | **NOT met** |" in text
+    assert "| streaming-sse | chatcore | SSE | 1 × 1 | 10 | 100.0 | n/a / 250 | 10 / 2500 | 5.00 | 5.0 |" in text
+    assert "| streaming-json | chatcore | JSON |" in text  # the JSON turn of a streaming model is listed with them
+    assert "| overhead-rate-limit | overhead | n/a× | 1.30× |" in text  # no plain overhead run: no ratio to it
+    assert "| streaming-sse | streaming-json | 2.50× | 1.25× | 5.0 (2.0) |" in text
+
+
+def test_targets_are_listed_only_for_scenarios_that_ran() -> None:
+    report = Report(command="x", machine={}, measurements=[measurement("streaming-json", CHATCORE)])
+    assert [t.name for t in report.targets(600.0)] == [
+        "streaming: server CPU per turn, chatcore SSE ÷ chatcore JSON",
+        "`make bench` runtime",
+    ]
+    assert "## Streamed turns" not in report.render(600.0)  # one reply, from a model that does not stream
+    assert "## Paths a request can take" not in report.render(600.0)
+
+
+def test_scenarios_are_picked_by_name_or_pattern_in_the_tables_order() -> None:
+    from bench.run import parse_args
+    from bench.scenarios import scenario_table, select
+
+    table = scenario_table(parse_args([]))
+    names = [s.name for s in table]
+    assert len(names) == len(set(names))
+    assert [s.name for s in select(table, "open-streams, streaming*")] == [
+        "streaming-json",
+        "streaming-sse",
+        "streaming-long-sse",
+        "open-streams",
+    ]
+    assert [s.name for s in select(table, "*")] == names
+    with pytest.raises(SystemExit, match="no scenario matches nope"):
+        select(table, "overhead,nope")
+
+
+def test_every_path_is_compared_with_a_json_turn_of_the_same_load_and_model_time() -> None:
+    from bench.run import parse_args
+    from bench.scenarios import scenario_table
+
+    table = {s.name: s for s in scenario_table(parse_args([]))}
+    paths = [s for s in table.values() if s.baseline is not None]
+    assert {s.name for s in paths} == {"overhead-rate-limit", "streaming-sse", "streaming-long-sse"}
+    for path in paths:
+        plain = table[path.baseline or ""]
+        assert plain.protocol == "json"
+        assert not plain.chatcore_settings
+        assert (plain.users, plain.turns, plain.model.latency_ms, plain.model.reply_chars) == (
+            path.users,
+            path.turns,
+            path.model.latency_ms,
+            path.model.reply_chars,
+        )
+
+
+def test_server_specs_name_their_settings_and_counting() -> None:
+    from bench.scenarios import ServerSpec
+
+    plain, counted = ServerSpec(CHATCORE), ServerSpec(FLOOR, counted=True)
+    limited = ServerSpec(CHATCORE, (("CHATCORE_RATE_LIMIT", "1000000/minute"),))
+    assert (plain.name, counted.name) == ("chatcore", "floor (counted)")
+    assert limited.name == "chatcore[CHATCORE_RATE_LIMIT=1000000/minute]"
+    assert limited.slug == "chatcore_CHATCORE_RATE_LIMIT_1000000_minute"
+    assert len({plain, counted, limited, ServerSpec(CHATCORE)}) == 3
+
+
+async def test_the_fleet_runs_each_server_from_its_first_scenario_to_its_last(tmp_path: Any) -> None:
+    from bench.scenarios import ServerSpec
+    from bench.servers import Fleet, Server
+
+    events: list[str] = []
+
+    class Recorded(Server):
+        async def start(self, client: httpx.AsyncClient) -> None:
+            events.append(f"start {self.name}")
+
+        async def stop(self) -> None:
+            events.append(f"stop {self.name}")
+
+        def worker_pids(self) -> list[int]:
+            return [os.getpid()]
+
+    async def warm_up(server: Server) -> None:
+        events.append(f"warm {server.name}")
+
+    floor, chatcore = ServerSpec(FLOOR), ServerSpec(CHATCORE)
+    limited = ServerSpec(CHATCORE, (("CHATCORE_RATE_LIMIT", "9/minute"),))
+    floor_counted, chatcore_counted = ServerSpec(FLOOR, counted=True), ServerSpec(CHATCORE, counted=True)
+    plan = [[floor, chatcore], [chatcore, floor], [floor, limited], [floor_counted, chatcore_counted]]
+    assert Fleet.concurrency(plan) == 2
+
+    seen = []
+    async with httpx.AsyncClient() as client:
+        fleet = Fleet(plan, lambda spec: Recorded(spec.name, [], {}, 0, tmp_path, spec=spec), warm_up, client)
+        for index in range(len(plan)):
+            seen.append([server.name for server in await fleet.servers_for(index)])
+            await fleet.release_after(index)
+    assert seen == [[s.name for s in specs] for specs in plan]
+    assert events == [
+        "start floor",
+        "start chatcore",
+        "warm floor",
+        "warm chatcore",
+        "stop chatcore",
+        f"start {limited.name}",
+        f"warm {limited.name}",
+        "stop floor",
+        f"stop {limited.name}",
+        "start floor (counted)",
+        "start chatcore (counted)",
+        "warm floor (counted)",
+        "warm chatcore (counted)",
+        "stop floor (counted)",
+        "stop chatcore (counted)",
+    ]
+    assert set(fleet.startup_rss_mb) == {spec.name for specs in plan for spec in specs}
+    assert not fleet.running
