@@ -120,7 +120,7 @@ def mcp_serve(args: argparse.Namespace) -> int:
     from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
     from chatcore.adapters.sqlalchemy.migrate import run_migrations
     from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
-    from chatcore.adapters.todo.tools import TodoToolRegistry
+    from chatcore.adapters.todo.tools import todo_tools
     from chatcore.entrypoints.verifiers import token_verifier
 
     settings = Settings.from_env()
@@ -128,7 +128,7 @@ def mcp_serve(args: argparse.Namespace) -> int:
     url = database_url_from(settings.database_url)
     run_migrations(url)
     engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
-    app = create_mcp_asgi_app(TodoToolRegistry(SqlAlchemyTaskStore(engine)), verifier, on_shutdown=[engine.dispose])
+    app = create_mcp_asgi_app(todo_tools(SqlAlchemyTaskStore(engine)), verifier, on_shutdown=[engine.dispose])
     print(f"chatcore MCP server on http://{args.host}:{args.port}/mcp", flush=True)
     run_mcp_server(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
     return 0

@@ -26,7 +26,7 @@ from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventSto
 from chatcore.adapters.todo.ports import TaskStore
 from chatcore.adapters.todo.prompt import TODO_SYSTEM_PROMPT
 from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
-from chatcore.adapters.todo.tools import TodoToolRegistry
+from chatcore.adapters.todo.tools import todo_tools
 from chatcore.entrypoints.extras import require_extras
 from chatcore.entrypoints.settings import Settings
 from chatcore.entrypoints.verifiers import token_verifier
@@ -104,7 +104,7 @@ async def agent_resource(settings: Settings) -> AsyncIterator[LLMAgent]:
 
 async def tools_resource(settings: Settings, tasks: TaskStore) -> AsyncIterator[ToolRegistry]:
     """The todo tools, plus the tools of the MCP servers in CHATCORE_MCP_SERVERS (their sessions closed at stop)."""
-    todo = TodoToolRegistry(tasks)
+    todo = todo_tools(tasks)
     if not settings.mcp_servers:
         yield todo
         return

@@ -14,7 +14,7 @@ from mcp_types import CallToolResult, ImageContent, TextContent
 
 from chatcore.adapters.mcp.registry import McpServerConfig, McpToolRegistry, parse_mcp_servers, tool_result_json
 from chatcore.adapters.todo.memory_store import InMemoryTaskStore
-from chatcore.adapters.todo.tools import TodoToolRegistry
+from chatcore.adapters.todo.tools import todo_tools
 from chatcore.errors import ToolError
 from chatcore.fakes import FunctionAgent, InMemoryConversationStore, StaticTokenVerifier
 from chatcore.model import AgentRequest, AgentResponse, Principal, Role, ToolCall
@@ -233,7 +233,7 @@ async def test_a_tool_offered_by_two_servers_goes_to_the_first_with_one_warning(
 
 async def test_mounted_beside_the_todo_tools_in_a_composite(stdio_registry: McpToolRegistry) -> None:
     tasks = InMemoryTaskStore()
-    composite = CompositeToolRegistry(TodoToolRegistry(tasks), stdio_registry)
+    composite = CompositeToolRegistry(todo_tools(tasks), stdio_registry)
 
     names = {spec.name for spec in await composite.list_tools()}
 
@@ -260,7 +260,7 @@ async def test_a_chat_turn_uses_a_mounted_tool_and_its_result_reaches_the_reply(
         store=InMemoryConversationStore(),
         agent=FunctionAgent(agent),
         verifier=StaticTokenVerifier(),
-        tools=CompositeToolRegistry(TodoToolRegistry(InMemoryTaskStore()), stdio_registry),
+        tools=CompositeToolRegistry(todo_tools(InMemoryTaskStore()), stdio_registry),
     )
 
     reply = await service.send(ALICE, "Please echo pong")

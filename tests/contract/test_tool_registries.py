@@ -27,7 +27,7 @@ from chatcore import Principal, ToolError, ToolRegistry
 from chatcore.adapters.mcp.registry import McpServerConfig, McpToolRegistry
 from chatcore.adapters.todo.memory_store import InMemoryTaskStore
 from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
-from chatcore.adapters.todo.tools import TodoToolRegistry
+from chatcore.adapters.todo.tools import todo_tools
 from chatcore.model import JsonValue
 from chatcore.tools import PROVIDER_TOOL_NAME, CompositeToolRegistry, FunctionToolRegistry, tool
 
@@ -75,18 +75,18 @@ async def function_tools(engine: AsyncEngine | None) -> AsyncIterator[Subject]:
 
 @asynccontextmanager
 async def todo_memory(engine: AsyncEngine | None) -> AsyncIterator[Subject]:
-    yield Subject(TodoToolRegistry(InMemoryTaskStore()), TODO_PROBE)
+    yield Subject(todo_tools(InMemoryTaskStore()), TODO_PROBE)
 
 
 @asynccontextmanager
 async def todo_sql(engine: AsyncEngine | None) -> AsyncIterator[Subject]:
     assert engine is not None
-    yield Subject(TodoToolRegistry(SqlAlchemyTaskStore(engine)), TODO_PROBE)
+    yield Subject(todo_tools(SqlAlchemyTaskStore(engine)), TODO_PROBE)
 
 
 @asynccontextmanager
 async def composite(engine: AsyncEngine | None) -> AsyncIterator[Subject]:
-    registry = CompositeToolRegistry(TodoToolRegistry(InMemoryTaskStore()), FunctionToolRegistry([echo, forget]))
+    registry = CompositeToolRegistry(todo_tools(InMemoryTaskStore()), FunctionToolRegistry([echo, forget]))
     yield Subject(registry, ECHO_PROBE)
 
 

@@ -27,7 +27,7 @@ from chatcore.adapters.sqlalchemy.tables import metadata
 from chatcore.adapters.todo.memory_store import InMemoryTaskStore
 from chatcore.adapters.todo.model import TaskNotFound
 from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
-from chatcore.adapters.todo.tools import TodoToolRegistry
+from chatcore.adapters.todo.tools import todo_tools
 from chatcore.fakes import InMemoryToolRegistry
 from chatcore.model import JsonValue
 from chatcore.tools import CompositeToolRegistry
@@ -44,7 +44,7 @@ RegistryFactory = Callable[[Path], AbstractAsyncContextManager[ToolRegistry]]
 
 @asynccontextmanager
 async def todo_memory(tmp_path: Path) -> AsyncIterator[ToolRegistry]:
-    yield TodoToolRegistry(InMemoryTaskStore())
+    yield todo_tools(InMemoryTaskStore())
 
 
 @asynccontextmanager
@@ -53,14 +53,14 @@ async def todo_sqlite(tmp_path: Path) -> AsyncIterator[ToolRegistry]:
     try:
         async with engine.begin() as connection:
             await connection.run_sync(metadata.create_all)
-        yield TodoToolRegistry(SqlAlchemyTaskStore(engine))
+        yield todo_tools(SqlAlchemyTaskStore(engine))
     finally:
         await engine.dispose()
 
 
 @asynccontextmanager
 async def composite(tmp_path: Path) -> AsyncIterator[ToolRegistry]:
-    yield CompositeToolRegistry(InMemoryToolRegistry(), TodoToolRegistry(InMemoryTaskStore()))
+    yield CompositeToolRegistry(InMemoryToolRegistry(), todo_tools(InMemoryTaskStore()))
 
 
 FACTORIES: dict[str, RegistryFactory] = {
@@ -87,7 +87,7 @@ async def todo_postgres_engine(postgres_server: URL) -> AsyncIterator[AsyncEngin
 async def todo_postgres(engine: AsyncEngine) -> AsyncIterator[ToolRegistry]:
     async with engine.begin() as connection:
         await connection.execute(text("TRUNCATE tasks RESTART IDENTITY"))
-    yield TodoToolRegistry(SqlAlchemyTaskStore(engine))
+    yield todo_tools(SqlAlchemyTaskStore(engine))
 
 
 @pytest.fixture(params=[*FACTORIES, pytest.param("todo-postgres", marks=pytest.mark.integration)])
@@ -148,6 +148,74 @@ async def test_schemas_state_what_each_tool_requires(registry: ToolRegistry) -> 
         "update_task": {"task_id"},
     }
     assert specs["list_tasks"].parameters["properties"]["status"]["enum"] == ["all", "pending", "completed"]
+
+
+_TASK_ID = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": 2**63 - 1,
+    "description": "The task's id, as shown by list_tasks.",
+}
+HAND_WRITTEN_SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
+    "add_task": (
+        "Create a new task on the user's todo list. Use a short imperative title such as 'Buy groceries'; "
+        "put any extra detail in description. Returns the new task's id.",
+        {
+            "title": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 500,
+                "description": "Short title of the task, e.g. 'Buy groceries'.",
+            },
+            "description": {
+                "type": "string",
+                "maxLength": 5000,
+                "description": "Optional longer details, e.g. 'Milk, eggs, bread'.",
+            },
+        },
+    ),
+    "list_tasks": (
+        "List the user's tasks, oldest first, with their ids. Call this to find a task's id when the user "
+        "refers to a task by its name instead of its number.",
+        {
+            "status": {
+                "type": "string",
+                "enum": ["all", "pending", "completed"],
+                "default": "all",
+                "description": "Which tasks to list: 'pending' (not done yet), 'completed', or 'all' (default).",
+            }
+        },
+    ),
+    "complete_task": ("Mark one of the user's tasks as completed.", {"task_id": _TASK_ID}),
+    "delete_task": ("Delete one of the user's tasks permanently.", {"task_id": _TASK_ID}),
+    "update_task": (
+        "Change the title and/or the description of one of the user's tasks. "
+        "Give at least one of title or description; a field left out stays as it is.",
+        {
+            "task_id": _TASK_ID,
+            "title": {"type": "string", "minLength": 1, "maxLength": 500, "description": "The new title."},
+            "description": {
+                "type": "string",
+                "maxLength": 5000,
+                "description": "The new description; an empty string clears it.",
+            },
+        },
+    ),
+}
+
+
+async def test_descriptions_and_schemas_are_the_hand_written_ones_of_before(registry: ToolRegistry) -> None:
+    """The todo tools are derived from their signatures now; what the model is told stayed the same."""
+    specs = await todo_specs(registry)
+    for name, (description, properties) in HAND_WRITTEN_SCHEMAS.items():
+        assert specs[name].description == description
+        assert specs[name].parameters == {
+            "type": "object",
+            "properties": properties,
+            "required": ["task_id"] if "task_id" in properties else ["title"] if name == "add_task" else [],
+            "additionalProperties": False,
+        }
+        assert specs[name].requires_approval is False
 
 
 # --- Result shapes ---------------------------------------------------------------------------------------------
@@ -361,7 +429,7 @@ async def test_composite_routes_each_call_to_the_registry_that_owns_the_tool() -
     extra = InMemoryToolRegistry()
     extra.register(ECHO, echo)
     tasks = InMemoryTaskStore()
-    tools = CompositeToolRegistry(TodoToolRegistry(tasks), extra)
+    tools = CompositeToolRegistry(todo_tools(tasks), extra)
 
     assert [spec.name for spec in await tools.list_tools()] == [*TODO_TOOL_NAMES, "echo"]
     assert await tools.call(ALICE, "echo", {"text": "hi"}) == {"said": "hi", "to": "alice"}
@@ -373,7 +441,7 @@ async def test_composite_routes_each_call_to_the_registry_that_owns_the_tool() -
 
 async def test_composite_routes_before_any_listing_and_sees_tools_added_later() -> None:
     extra = InMemoryToolRegistry()
-    tools = CompositeToolRegistry(TodoToolRegistry(InMemoryTaskStore()), extra)
+    tools = CompositeToolRegistry(todo_tools(InMemoryTaskStore()), extra)
     assert (await tools.call(ALICE, "add_task", {"title": "Unlisted"}))["status"] == "created"
 
     extra.register(ECHO, echo)
@@ -387,7 +455,7 @@ async def test_composite_keeps_the_first_registrys_tool_on_a_duplicate_name_and_
     impostor = ToolSpec("add_task", "A mounted server's tool that happens to share our name.", ECHO.parameters)
     theirs.register(impostor, echo)
     theirs.register(ECHO, echo)
-    tools = CompositeToolRegistry(TodoToolRegistry(ours), theirs)
+    tools = CompositeToolRegistry(todo_tools(ours), theirs)
 
     for _ in range(3):  # every turn lists the tools: a conflict must not fail any of them
         specs = await tools.list_tools()

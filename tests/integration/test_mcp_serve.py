@@ -22,7 +22,7 @@ from chatcore.adapters.auth.hs256 import Hs256TokenVerifier, mint_hs256_token
 from chatcore.adapters.mcp.registry import McpServerConfig, McpToolRegistry
 from chatcore.adapters.mcp.server import create_mcp_asgi_app
 from chatcore.adapters.todo.memory_store import InMemoryTaskStore
-from chatcore.adapters.todo.tools import TodoToolRegistry
+from chatcore.adapters.todo.tools import todo_tools
 from chatcore.errors import AuthUnavailable, ToolError
 from chatcore.model import Principal
 from chatcore.ports import TokenVerifier
@@ -52,7 +52,7 @@ def with_auth(authorization: str) -> dict[str, str]:
 @asynccontextmanager
 async def serving(verifier: TokenVerifier) -> AsyncIterator[str]:
     """The MCP app on a free port in this event loop; yields its URL."""
-    app = create_mcp_asgi_app(TodoToolRegistry(InMemoryTaskStore()), verifier)
+    app = create_mcp_asgi_app(todo_tools(InMemoryTaskStore()), verifier)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

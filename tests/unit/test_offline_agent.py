@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass
@@ -23,14 +24,7 @@ from chatcore import (
 )
 from chatcore.adapters.offline.agent import OfflineTodoAgent
 from chatcore.adapters.todo.memory_store import InMemoryTaskStore
-from chatcore.adapters.todo.tools import (
-    ADD_TASK,
-    COMPLETE_TASK,
-    DELETE_TASK,
-    LIST_TASKS,
-    UPDATE_TASK,
-    TodoToolRegistry,
-)
+from chatcore.adapters.todo.tools import todo_tools
 from chatcore.fakes import InMemoryConversationStore, StaticTokenVerifier
 from chatcore.model import JsonValue
 
@@ -62,7 +56,7 @@ def build(tasks: InMemoryTaskStore | None = None) -> tuple[ChatService, InMemory
         store=store,
         agent=OfflineTodoAgent(),
         verifier=verifier,
-        tools=TodoToolRegistry(tasks if tasks is not None else InMemoryTaskStore()),
+        tools=todo_tools(tasks if tasks is not None else InMemoryTaskStore()),
     )
     return service, store, verifier
 
@@ -388,7 +382,7 @@ async def test_incomplete_or_unclear_requests_get_a_question_not_a_call(phrase: 
 
 # --- Statelessness and robustness ------------------------------------------------------------------------------
 
-TOOLS = (ADD_TASK, LIST_TASKS, COMPLETE_TASK, DELETE_TASK, UPDATE_TASK)
+TOOLS = tuple(asyncio.run(todo_tools(InMemoryTaskStore()).list_tools()))
 
 
 def request(messages: list[ChatMessage], tools: tuple[ToolSpec, ...] = TOOLS) -> AgentRequest:

@@ -1,6 +1,6 @@
 """The todo app, as one toolset package: its model, its store port and stores, its tools and its prompt.
 
-chatcore's domain knows nothing of tasks; the container mounts this toolset by default (``TodoToolRegistry`` over
+chatcore's domain knows nothing of tasks; the container mounts this toolset by default (``todo_tools`` over
 ``SqlAlchemyTaskStore``, with ``TODO_SYSTEM_PROMPT``). ``InMemoryTaskStore`` is its fake, for tests and the demo.
 """
 
@@ -9,7 +9,7 @@ from chatcore.adapters.todo.model import Task, TaskFilter, TaskNotFound
 from chatcore.adapters.todo.ports import TaskStore
 from chatcore.adapters.todo.prompt import TODO_SYSTEM_PROMPT
 from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
-from chatcore.adapters.todo.tools import TodoToolRegistry
+from chatcore.adapters.todo.tools import todo_tools
 
 __all__ = [
     "TODO_SYSTEM_PROMPT",
@@ -19,5 +19,5 @@ __all__ = [
     "TaskFilter",
     "TaskNotFound",
     "TaskStore",
-    "TodoToolRegistry",
+    "todo_tools",
 ]
