@@ -411,6 +411,40 @@ async def test_only_the_steps_after_the_last_user_message_count() -> None:
     assert [(c.name, dict(c.arguments)) for c in response.tool_calls] == [("complete_task", {"task_id": 1})]
 
 
+def delete_meeting_turn(delete_result: ToolResult) -> list[ChatMessage]:
+    """ "Delete the meeting task" as far as the delete: list_tasks found it, then delete_task had ``delete_result``."""
+    user = ChatMessage.user("Delete the meeting task")
+    lookup = ToolCall("c1", "list_tasks", {"status": "all"})
+    tasks = [{"id": 1, "title": "Buy milk", "completed": False}, {"id": 3, "title": "Team meeting", "completed": False}]
+    delete = ToolCall("c2", "delete_task", {"task_id": 3})
+    return [
+        user,
+        ChatMessage.assistant("", [lookup]),
+        ChatMessage.tool_result(lookup, ToolResult(result=tasks)),
+        ChatMessage.assistant("", [delete]),
+        ChatMessage.tool_result(delete, delete_result),
+    ]
+
+
+async def test_a_denied_delete_is_answered_with_the_task_kept_and_the_users_reason() -> None:
+    denied = ToolResult(error="denied by the user: not yet")
+    response = await OfflineTodoAgent().complete(request(delete_meeting_turn(denied)))
+    assert response.tool_calls == ()
+    assert response.text == "OK, I've kept 'Team meeting' (task 3): it was not deleted (you said: not yet)."
+
+
+async def test_an_approved_delete_is_answered_with_what_was_deleted() -> None:
+    deleted_ = ToolResult(result={"task_id": 3, "status": "deleted", "title": "Team meeting"})
+    response = await OfflineTodoAgent().complete(request(delete_meeting_turn(deleted_)))
+    assert response.text == "I've deleted 'Team meeting' (task 3)."
+
+
+async def test_a_call_that_may_or_may_not_have_run_is_answered_honestly() -> None:
+    cut = ToolResult(error="interrupted: it may or may not have run")
+    response = await OfflineTodoAgent().complete(request(delete_meeting_turn(cut)))
+    assert response.text.startswith("I can't tell whether I managed to delete task 3")
+
+
 async def test_a_missing_tool_is_explained_instead_of_called() -> None:
     response = await OfflineTodoAgent().complete(request([ChatMessage.user("Add buy milk")], tools=()))
     assert response.tool_calls == ()

@@ -70,10 +70,21 @@ class _Turn:
         return AgentResponse(text, (), "end_turn")
 
     def report(self) -> AgentResponse:
-        """The final answer: what the last tool call did, or why it failed."""
+        """The final answer: what the last tool call did, or why it failed (or was denied, or may not have run)."""
         step = self.steps[-1]
-        return self.reply(_failure(step) if step.result.error is not None else _success(step))
+        if step.result.error is None:
+            return self.reply(_success(step))
+        if step.result.error.startswith(DENIED):
+            return self.reply(_kept(step, self.steps[:-1]))
+        if step.result.error.startswith(MAY_NOT_HAVE_RUN):
+            return self.reply(_unknown(step))
+        return self.reply(_failure(step))
 
+
+DENIED: Final = "denied by the user"
+"""How a tool result starts when the user denied the call (``ChatService.decide``)."""
+MAY_NOT_HAVE_RUN: Final = "interrupted"
+"""How a tool result starts when its call was cut short: it may or may not have run."""
 
 _Handler = Callable[[re.Match[str], _Turn], AgentResponse]
 
@@ -448,6 +459,41 @@ _DOING: Final = {
     "delete_task": "delete task {id}",
     "update_task": "update task {id}",
 }
+
+
+_KEPT: Final = {
+    "add_task": "OK, I haven't added '{title}'",
+    "complete_task": "OK, I've left {task} as it is, not completed",
+    "delete_task": "OK, I've kept {task}: it was not deleted",
+    "update_task": "OK, I've left {task} unchanged",
+}
+
+
+def _kept(step: _Step, earlier: Sequence[_Step]) -> str:
+    """The answer when the user denied the call: nothing changed, with the task named as the user knows it."""
+    task_id = step.call.arguments.get("task_id")
+    title = step.call.arguments.get("title") if step.call.name == "add_task" else _title_of(task_id, earlier)
+    task = f"'{title}' (task {task_id})" if title and task_id is not None else f"task {task_id}"
+    template = _KEPT.get(step.call.name, "OK, I haven't done that")
+    reason = step.result.error.removeprefix(DENIED).lstrip(": ") if step.result.error else ""
+    said = f" (you said: {reason})" if reason else ""
+    return f"{template.format(task=task, title=title)}{said}."
+
+
+def _title_of(task_id: JsonValue, steps: Sequence[_Step]) -> str | None:
+    """A task's title as an earlier list_tasks call of this turn returned it."""
+    for step in steps:
+        if step.call.name == "list_tasks" and step.result.error is None:
+            for task in _tasks(step.result.result):
+                if task.id == task_id:
+                    return task.title
+    return None
+
+
+def _unknown(step: _Step) -> str:
+    task_id = step.call.arguments.get("task_id")
+    doing = _DOING.get(step.call.name, "do that").format(id=task_id)
+    return f"I can't tell whether I managed to {doing}: {step.result.error}. Say “show my tasks” to check."
 
 
 def _failure(step: _Step) -> str:
