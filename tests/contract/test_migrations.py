@@ -23,7 +23,7 @@ from chatcore.adapters.sqlalchemy.migrate import alembic_config, run_migrations,
 from chatcore.adapters.sqlalchemy.tables import metadata
 
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-TABLES = {"conversations", "messages", "tasks", "idempotency_keys", "turn_events", "turns"}
+TABLES = {"conversations", "messages", "tasks", "idempotency_keys", "turn_events", "turns", "tool_approvals"}
 
 
 def _schema_diff(connection: Connection) -> list[Any]:

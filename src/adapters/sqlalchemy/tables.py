@@ -86,6 +86,9 @@ conversations = Table(
     Column("last_seq", Integer(), nullable=False, server_default=text("0")),
     Column("lease_owner", String(64), nullable=True),
     Column("lease_expires_at", UTCDateTime(), nullable=True),
+    # The turn whose tool calls still lack results (awaiting approval, or decided but not yet continued): no new
+    # turn begins until it is closed. NULL on the normal path, so beginning a turn checks it for free.
+    Column("open_turn_id", Uuid(), nullable=True),
 )
 Index("ix_conversations_user_id_updated_at", conversations.c.user_id, conversations.c.updated_at.desc())
 
@@ -187,3 +190,32 @@ turns = Table(
     Index("ix_turns_updated_at", "updated_at"),
 )
 """Streamed turns, so a stop or a resume reaching another replica finds the turn and its state."""
+
+tool_approvals = Table(
+    "tool_approvals",
+    metadata,
+    # The assistant message that asked for the call: a provider's call ids are unique only within it.
+    Column("message_id", Uuid(), nullable=False),
+    Column("tool_call_id", String(255), nullable=False),
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("user_id", String(255), nullable=False),
+    Column("turn_id", Uuid(), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("arguments", json_type(), nullable=False),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    # NULL while pending; then the user's decision (or a denial: expired, superseded by a new message).
+    Column("approved", Boolean(), nullable=True),
+    Column("reason", Text(), nullable=True),
+    Column("decided_at", UTCDateTime(), nullable=True),
+    # Set, under the conversation's lease, just before an approved call runs: started without a result means
+    # it may or may not have run, and it never runs again.
+    Column("started_at", UTCDateTime(), nullable=True),
+    PrimaryKeyConstraint("message_id", "tool_call_id"),
+    Index("ix_tool_approvals_conversation_id_tool_call_id", "conversation_id", "tool_call_id"),
+)
+"""Tool calls that wait for (or got) the user's approval; their results are ordinary tool messages."""
