@@ -10,15 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
+from chatcore.approvals import EXPIRED, tool_records
 from chatcore.errors import InvalidRequest
-from chatcore.model import Conversation, ConversationSummary, Message, Role, ToolCallRecord
+from chatcore.model import Conversation, ConversationSummary, Message, Role, ToolApproval, ToolCallRecord, utcnow
 from chatcore.ports import ConversationStore
-from chatcore.service import tool_records
 
 T = TypeVar("T")
 
@@ -43,11 +43,46 @@ class HistoryEntry:
     tool_calls: tuple[ToolCallRecord, ...] = ()
 
 
-class ConversationHistory:
-    """Reads, renames and deletes conversations through the ConversationStore port; every call is scoped by user."""
+@dataclass(frozen=True, slots=True)
+class ConversationDetail:
+    """One conversation, with the tool calls that wait for the user's decision."""
 
-    def __init__(self, store: ConversationStore) -> None:
+    conversation: Conversation
+    pending_approvals: tuple[ToolApproval, ...]
+
+    @property
+    def awaiting_approval(self) -> bool:
+        return bool(self.pending_approvals)
+
+
+class ConversationHistory:
+    """Reads, renames and deletes conversations through the ConversationStore port; every call is scoped by user.
+
+    Reading a conversation touches it: its calls pending for longer than ``approval_ttl_seconds`` are denied as
+    expired first, so what it shows is what a decision would find.
+    """
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        *,
+        approval_ttl_seconds: float = 86_400.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.store = store
+        self.approval_ttl_seconds = approval_ttl_seconds
+        self.clock = clock
+
+    async def conversation(self, user_id: str, conversation_id: uuid.UUID) -> ConversationDetail:
+        """The user's conversation and its pending tool calls. Raises ConversationNotFound."""
+        await self._expire(user_id, conversation_id)
+        conversation = await self.store.get(user_id, conversation_id)
+        approvals = await self.store.list_approvals(user_id, conversation_id)
+        return ConversationDetail(conversation, tuple(a for a in approvals if a.pending))
+
+    async def _expire(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        before = self.clock() - timedelta(seconds=self.approval_ttl_seconds)
+        await self.store.deny_pending(user_id, conversation_id, reason=EXPIRED, requested_before=before)
 
     async def conversations(
         self, user_id: str, *, limit: int = 20, cursor: str | None = None
@@ -70,6 +105,7 @@ class ConversationHistory:
         PAIR_LOOKAHEAD messages) to the last result, so every call on the page shows its outcome.
         """
         after = _decode_message_cursor(cursor) if cursor else 0
+        await self._expire(user_id, conversation_id)
         found = list(await self.store.list_messages(user_id, conversation_id, limit=limit + 1, after_seq=after))
         more = len(found) > limit
         page = found[:limit]
@@ -82,7 +118,9 @@ class ConversationHistory:
                 results += 1
             page.extend(following[:results])
             more = len(following) > results
-        return Page(tuple(_entries(page)), _encode(f"m1|{page[-1].seq}") if more and page else None)
+        asked = [m.id for m in page if m.tool_calls]
+        approvals = await self.store.list_approvals(user_id, conversation_id, message_ids=asked) if asked else ()
+        return Page(tuple(_entries(page, approvals)), _encode(f"m1|{page[-1].seq}") if more and page else None)
 
     async def rename(self, user_id: str, conversation_id: uuid.UUID, title: str) -> Conversation:
         return await self.store.rename(user_id, conversation_id, valid_title(title))
@@ -103,10 +141,10 @@ def valid_title(title: str) -> str:
     return cleaned
 
 
-def _entries(messages: Sequence[Message]) -> list[HistoryEntry]:
+def _entries(messages: Sequence[Message], approvals: Sequence[ToolApproval]) -> list[HistoryEntry]:
     tool_messages = [m for m in messages if m.role is Role.TOOL]
     return [
-        HistoryEntry(m, tuple(tool_records([m, *tool_messages])) if m.tool_calls else ())
+        HistoryEntry(m, tuple(tool_records([m, *tool_messages], approvals)) if m.tool_calls else ())
         for m in messages
         if m.role is not Role.TOOL
     ]

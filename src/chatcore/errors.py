@@ -138,3 +138,27 @@ class TurnNotFound(ChatError):
     """A turn id unknown to this user (or another user's): one answer for both, like conversations."""
 
     default_detail = "Turn not found"
+
+
+class ToolCallNotFound(ChatError):
+    """A decision names a tool call that is not awaiting approval in that conversation (or is another user's)."""
+
+    default_detail = "Tool call not found, or it does not await approval in this conversation"
+
+
+class DecisionConflict(ChatError):
+    """A decision contradicts the one already stored for the call (or the call was denied as expired/superseded)."""
+
+    default_detail = "This tool call was already decided otherwise"
+
+
+class TurnStillOpen(ChatError):
+    """A store's answer to ``begin_turn`` while the conversation's last turn still has tool calls without results
+    (waiting for approval, or decided but not continued): the caller closes that turn first, then begins again.
+    A signal between the store and the service; it never reaches a client."""
+
+    default_detail = "The conversation's last turn is still open"
+
+    def __init__(self, turn_id: uuid.UUID, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.turn_id = turn_id

@@ -13,16 +13,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from chatcore.approvals import EXPIRED, already_decided
 from chatcore.errors import (
     AgentError,
     ConversationBusy,
     ConversationNotFound,
+    DecisionConflict,
     IdempotencyInProgress,
     IdempotencyKeyReused,
     LeaseLost,
     StoreUnavailable,
+    ToolCallNotFound,
     ToolError,
     TurnNotFound,
+    TurnStillOpen,
     Unauthenticated,
 )
 from chatcore.idempotency import IdempotentReply
@@ -40,8 +44,11 @@ from chatcore.model import (
     MessageStatus,
     Principal,
     Role,
+    ToolApproval,
+    ToolDecision,
     ToolSpec,
     TurnEvent,
+    TurnResumption,
     TurnStart,
     TurnState,
     TurnStatus,
@@ -73,6 +80,8 @@ class InMemoryConversationStore:
         self.messages: dict[uuid.UUID, list[Message]] = {}
         self.leases: dict[uuid.UUID, _Lease] = {}
         self.idempotency_keys: dict[tuple[str, str], _KeyRecord] = {}
+        self.approvals: dict[tuple[uuid.UUID, str], ToolApproval] = {}
+        self.open_turns: dict[uuid.UUID, uuid.UUID] = {}
         self.available = True
         self.clock = clock
         self._lock = asyncio.Lock()
@@ -147,12 +156,41 @@ class InMemoryConversationStore:
                 conversation = self._owned(user_id, conversation_id)
                 if self._held_by_another(conversation.id, turn_id):
                     raise ConversationBusy()
+                if conversation.id in self.open_turns:
+                    raise TurnStillOpen(self.open_turns[conversation.id])
             if lease_seconds is not None:
                 self.leases[conversation.id] = _Lease(turn_id, self.clock() + timedelta(seconds=lease_seconds))
             existing = self.messages.get(conversation.id, [])
             window = tuple(existing[-history_limit:]) if history_limit > 0 else ()
             [user_message] = self._append(conversation, [message], turn_id)
             return TurnStart(self.conversations[conversation.id], window, user_message, created)
+
+    async def append_turn(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        messages: Sequence[ChatMessage],
+        *,
+        turn_id: uuid.UUID,
+        holder: uuid.UUID,
+        approvals: Sequence[ToolApproval] = (),
+        close: bool = False,
+    ) -> tuple[Message, ...]:
+        async with self._lock:
+            self._check()
+            conversation = self._owned(user_id, conversation_id)
+            if self._held_by_another(conversation_id, holder):
+                raise LeaseLost()
+            added = tuple(self._append(conversation, messages, turn_id))
+            for approval in approvals:
+                self.approvals[(approval.message_id, approval.tool_call_id)] = replace(
+                    approval, conversation_id=conversation_id, turn_id=turn_id, requested_at=self.clock()
+                )
+            if approvals:
+                self.open_turns[conversation_id] = turn_id
+            elif close:
+                self.open_turns.pop(conversation_id, None)
+            return added
 
     async def finish_turn(
         self,
@@ -161,25 +199,58 @@ class InMemoryConversationStore:
         messages: Sequence[ChatMessage],
         *,
         turn_id: uuid.UUID,
+        holder: uuid.UUID | None = None,
         idempotency: IdempotentReply | None = None,
+        keep_open: bool = False,
     ) -> tuple[Message, ...]:
+        holder = turn_id if holder is None else holder
         async with self._lock:
             self._check()
             conversation = self._owned(user_id, conversation_id)
-            if self._held_by_another(conversation_id, turn_id):
+            if self._held_by_another(conversation_id, holder):
                 raise LeaseLost()
             record = None
             if idempotency is not None:
                 record = self._live_key(user_id, idempotency.key)
-                if record is None or record.turn_id != turn_id:
+                if record is None or record.turn_id != holder:
                     raise LeaseLost()
             added = tuple(self._append(conversation, messages, turn_id))
             self.leases.pop(conversation_id, None)
+            if not keep_open:
+                self.open_turns.pop(conversation_id, None)
             if record is not None and idempotency is not None:
                 record.turn_id = None
                 record.reply = idempotency.reply
                 record.expires_at = self.clock() + timedelta(seconds=idempotency.ttl_seconds)
             return added
+
+    async def resume_turn(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        turn_id: uuid.UUID,
+        *,
+        holder: uuid.UUID,
+        lease_seconds: float,
+        history_limit: int,
+    ) -> TurnResumption:
+        async with self._lock:
+            self._check()
+            conversation = self._owned(user_id, conversation_id)
+            if self._held_by_another(conversation_id, holder):
+                raise ConversationBusy()
+            self.leases[conversation_id] = _Lease(holder, self.clock() + timedelta(seconds=lease_seconds))
+            stored = self.messages.get(conversation_id, [])
+            turn = tuple(m for m in stored if m.turn_id == turn_id)
+            before = [m for m in stored if not turn or m.seq < turn[0].seq]
+            return TurnResumption(
+                conversation=conversation,
+                turn_id=turn_id,
+                open=self.open_turns.get(conversation_id) == turn_id,
+                history=tuple(before[-history_limit:]) if history_limit > 0 else (),
+                turn=turn,
+                approvals=tuple(a for a in self._approvals_of(conversation_id) if a.turn_id == turn_id),
+            )
 
     async def renew_turn(
         self,
@@ -270,6 +341,11 @@ class InMemoryConversationStore:
         stored = self.messages.get(conversation_id, [])
         return tuple(stored[-limit:]) if limit > 0 else ()
 
+    async def turn_messages(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> tuple[Message, ...]:
+        self._check()
+        self._owned(user_id, conversation_id)
+        return tuple(m for m in self.messages.get(conversation_id, []) if m.turn_id == turn_id)
+
     async def list_conversations(
         self, user_id: str, *, limit: int, before: tuple[datetime, uuid.UUID] | None = None
     ) -> tuple[ConversationSummary, ...]:
@@ -282,7 +358,14 @@ class InMemoryConversationStore:
         if before is not None:
             owned = [c for c in owned if (c.updated_at, c.id) < before]
         return tuple(
-            ConversationSummary(c.id, c.title, c.created_at, c.updated_at, self._preview(c.id))
+            ConversationSummary(
+                c.id,
+                c.title,
+                c.created_at,
+                c.updated_at,
+                self._preview(c.id),
+                any(a.pending for a in self._approvals_of(c.id)),
+            )
             for c in owned[: max(limit, 0)]
         )
 
@@ -313,9 +396,108 @@ class InMemoryConversationStore:
             self._owned(user_id, conversation_id)
             del self.conversations[conversation_id]
             self.messages.pop(conversation_id, None)
+            self.open_turns.pop(conversation_id, None)
+            for key in [k for k, a in self.approvals.items() if a.conversation_id == conversation_id]:
+                del self.approvals[key]
 
     async def ping(self) -> None:
         self._check()
+
+    # --- ToolApprovalStore -------------------------------------------------------------------------------------
+
+    def _approvals_of(self, conversation_id: uuid.UUID) -> list[ToolApproval]:
+        return sorted(
+            (a for a in self.approvals.values() if a.conversation_id == conversation_id),
+            key=lambda a: (a.requested_at, self._seq_of(a)),
+        )
+
+    def _seq_of(self, approval: ToolApproval) -> int:
+        for message in self.messages.get(approval.conversation_id, []):
+            if message.id == approval.message_id:
+                return message.seq
+        return 0
+
+    def _deny(self, conversation_id: uuid.UUID, reason: str, requested_before: datetime | None) -> None:
+        now = self.clock()
+        for key, approval in list(self.approvals.items()):
+            if approval.conversation_id != conversation_id or not approval.pending:
+                continue
+            if requested_before is None or approval.requested_at < requested_before:
+                self.approvals[key] = replace(approval, approved=False, reason=reason, decided_at=now)
+
+    async def decide_tool_calls(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        decisions: Sequence[ToolDecision],
+        *,
+        expire_before: datetime,
+    ) -> tuple[ToolApproval, ...]:
+        async with self._lock:
+            self._check()
+            self._owned(user_id, conversation_id)
+            saved = dict(self.approvals)
+            self._deny(conversation_id, EXPIRED, expire_before)
+            latest = {a.tool_call_id: a for a in self._approvals_of(conversation_id)}
+            named = [latest.get(d.tool_call_id) for d in decisions]
+            found = [a for a in named if a is not None]
+            try:
+                if len(found) != len(named):
+                    raise ToolCallNotFound()
+                if len({a.turn_id for a in found}) > 1:
+                    raise DecisionConflict("The decisions name tool calls of different turns")
+                for decision, approval in zip(decisions, found, strict=True):
+                    if approval.pending:
+                        self.approvals[(approval.message_id, approval.tool_call_id)] = replace(
+                            approval, approved=decision.approved, reason=decision.reason, decided_at=self.clock()
+                        )
+                    elif approval.approved is not decision.approved:
+                        raise DecisionConflict(already_decided(approval))
+            except (ToolCallNotFound, DecisionConflict):
+                self.approvals = saved  # all or nothing, the expiry included
+                raise
+            return tuple(a for a in self._approvals_of(conversation_id) if a.turn_id == found[0].turn_id)
+
+    async def deny_pending(
+        self, user_id: str, conversation_id: uuid.UUID, *, reason: str, requested_before: datetime | None = None
+    ) -> None:
+        async with self._lock:
+            self._check()
+            conversation = self.conversations.get(conversation_id)
+            if conversation is not None and conversation.user_id == user_id:
+                self._deny(conversation_id, reason, requested_before)
+
+    async def start_tool_calls(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        calls: Sequence[tuple[uuid.UUID, str]],
+        *,
+        holder: uuid.UUID,
+    ) -> tuple[tuple[uuid.UUID, str], ...]:
+        async with self._lock:
+            self._check()
+            self._owned(user_id, conversation_id)
+            lease = self.leases.get(conversation_id)
+            if lease is None or lease.owner != holder:
+                return ()
+            started = []
+            for key in calls:
+                approval = self.approvals.get(key)
+                if approval is None or approval.conversation_id != conversation_id:
+                    continue
+                if approval.approved and approval.started_at is None:
+                    self.approvals[key] = replace(approval, started_at=self.clock())
+                    started.append(key)
+            return tuple(started)
+
+    async def list_approvals(
+        self, user_id: str, conversation_id: uuid.UUID, *, message_ids: Sequence[uuid.UUID] | None = None
+    ) -> tuple[ToolApproval, ...]:
+        self._check()
+        self._owned(user_id, conversation_id)
+        wanted = None if message_ids is None else set(message_ids)
+        return tuple(a for a in self._approvals_of(conversation_id) if wanted is None or a.message_id in wanted)
 
 
 class InMemoryTurnEventStore:

@@ -17,7 +17,10 @@ from chatcore.model import ChatMessage, MessageStatus, Role
 
 M = TypeVar("M", bound=ChatMessage)
 
-INTERRUPTED_RESULT = json.dumps({"error": "interrupted: this tool call did not complete"})
+INTERRUPTED_ERROR = "interrupted: it may or may not have run"
+"""The result of a call that has no stored result: its turn died (or lost its hold) while the call ran, so it may
+or may not have had its effect; the model is told so, and the call is never run again."""
+INTERRUPTED_RESULT = json.dumps({"error": INTERRUPTED_ERROR})
 
 
 def repair_tool_pairs(messages: Sequence[ChatMessage]) -> list[ChatMessage]:

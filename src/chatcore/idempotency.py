@@ -12,9 +12,10 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from chatcore.errors import InvalidMessage
-from chatcore.model import ChatReply, JsonValue, ToolCallRecord
+from chatcore.model import ChatReply, JsonValue, ReplyStatus, ToolApproval, ToolCall, ToolCallRecord
 
 MAX_KEY_LENGTH = 255
 
@@ -61,8 +62,14 @@ def reply_to_json(reply: ChatReply) -> dict[str, JsonValue]:
                 "arguments": canonical(dict(call.arguments)),
                 "result": canonical(call.result),
                 "error": call.error,
+                **({} if call.approval is None else {"approval": approval_to_json(call.approval)}),
             }
             for call in reply.tool_calls
+        ],
+        "status": reply.status.value,
+        "pending_approvals": [
+            {"id": call.id, "name": call.name, "arguments": canonical(dict(call.arguments))}
+            for call in reply.pending_approvals
         ],
     }
 
@@ -79,9 +86,56 @@ def reply_from_json(data: Mapping[str, JsonValue]) -> ChatReply:
                 arguments=canonical(call["arguments"]),
                 result=canonical(call["result"]),
                 error=call["error"],
+                approval=approval_from_json(call["approval"]) if "approval" in call else None,
             )
             for call in data["tool_calls"]
         ),
+        # Replies stored before approvals existed have neither field: they were complete, with nothing pending.
+        status=ReplyStatus(data.get("status", ReplyStatus.COMPLETE)),
+        pending_approvals=tuple(
+            ToolCall(call["id"], call["name"], canonical(call["arguments"]))
+            for call in data.get("pending_approvals", ())
+        ),
+    )
+
+
+def approval_to_json(approval: ToolApproval) -> dict[str, JsonValue]:
+    def moment(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    return {
+        "tool_call_id": approval.tool_call_id,
+        "name": approval.name,
+        "arguments": canonical(dict(approval.arguments)),
+        "conversation_id": str(approval.conversation_id),
+        "turn_id": str(approval.turn_id),
+        "message_id": str(approval.message_id),
+        "requested_at": moment(approval.requested_at),
+        "approved": approval.approved,
+        "reason": approval.reason,
+        "decided_at": moment(approval.decided_at),
+        "started_at": moment(approval.started_at),
+    }
+
+
+def approval_from_json(data: Mapping[str, JsonValue]) -> ToolApproval:
+    def moment(value: str | None) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value)
+
+    requested_at = moment(data["requested_at"])
+    assert requested_at is not None
+    return ToolApproval(
+        tool_call_id=data["tool_call_id"],
+        name=data["name"],
+        arguments=canonical(data["arguments"]),
+        conversation_id=uuid.UUID(data["conversation_id"]),
+        turn_id=uuid.UUID(data["turn_id"]),
+        message_id=uuid.UUID(data["message_id"]),
+        requested_at=requested_at,
+        approved=data["approved"],
+        reason=data["reason"],
+        decided_at=moment(data["decided_at"]),
+        started_at=moment(data["started_at"]),
     )
 
 

@@ -19,6 +19,10 @@ JsonValue: TypeAlias = Any
 
 MAX_USER_ID_LENGTH = 255
 MAX_MESSAGE_LENGTH = 32_000
+MAX_TOOL_CALL_ID_LENGTH = 255
+MAX_REASON_LENGTH = 2_000
+"""A decision's reason: shown to the model in the denied call's result."""
+MAX_DECISIONS = 100
 
 
 def utcnow() -> datetime:
@@ -75,6 +79,7 @@ class ToolSpec:
     description: str
     parameters: Mapping[str, JsonValue]
     requires_approval: bool = False
+    """Calls of this tool wait for the user's approval before they run (``ChatService.decide``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,13 +161,71 @@ class ToolResult:
 
 @dataclass(frozen=True, slots=True)
 class ToolCallRecord:
-    """A tool call of a turn together with what it returned, as reported to the client."""
+    """A tool call of a turn together with what it returned, as reported to the client.
+
+    ``approval`` is the call's approval record when its tool needed the user's approval; a call still
+    waiting for it has neither ``result`` nor ``error``.
+    """
 
     id: str
     name: str
     arguments: Mapping[str, JsonValue]
     result: JsonValue = None
     error: str | None = None
+    approval: ToolApproval | None = None
+
+    @property
+    def awaiting_approval(self) -> bool:
+        return self.approval is not None and self.approval.pending
+
+
+class ReplyStatus(enum.StrEnum):
+    """How a turn ended, as its reply says."""
+
+    COMPLETE = "complete"
+    AWAITING_APPROVAL = "awaiting_approval"
+    """Tool calls wait for the user's decision (``pending_approvals``); the turn goes on once they are decided."""
+    INTERRUPTED = "interrupted"
+    """The turn was stopped, or a new message closed it before it could go on."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDecision:
+    """The user's decision on one pending tool call: run it (with the arguments the model gave) or not."""
+
+    tool_call_id: str
+    approved: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolApproval:
+    """A tool call that needed the user's approval, as stored: pending until decided, then approved or denied.
+
+    ``message_id`` is the assistant message holding the call, ``turn_id`` the turn it belongs to.
+    ``started_at`` is set when an approved call is about to run: a call started but without a stored
+    result may or may not have run, and is never run again.
+    """
+
+    tool_call_id: str
+    name: str
+    arguments: Mapping[str, JsonValue]
+    conversation_id: uuid.UUID
+    turn_id: uuid.UUID
+    message_id: uuid.UUID
+    requested_at: datetime
+    approved: bool | None = None
+    reason: str | None = None
+    decided_at: datetime | None = None
+    started_at: datetime | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.approved is None
+
+    @property
+    def call(self) -> ToolCall:
+        return ToolCall(self.tool_call_id, self.name, self.arguments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +239,35 @@ class TurnStart:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnResumption:
+    """A turn read back under a new hold on its conversation: to go on once its calls are decided, or to close it.
+
+    ``open``: the turn is the conversation's open turn (some of its calls still lack results).
+    ``history``: the messages before the turn, oldest first; ``turn``: the turn's own messages.
+    """
+
+    conversation: Conversation
+    turn_id: uuid.UUID
+    open: bool
+    history: tuple[Message, ...]
+    turn: tuple[Message, ...]
+    approvals: tuple[ToolApproval, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ChatReply:
+    """What a turn (or a decision on its pending tool calls) answers.
+
+    ``message_id`` is the turn's last assistant message: the final answer, or, while calls await approval,
+    the message that asked for them (``pending_approvals``, never run yet).
+    """
+
     conversation_id: uuid.UUID
     message_id: uuid.UUID
     response: str
     tool_calls: tuple[ToolCallRecord, ...] = ()
+    status: ReplyStatus = ReplyStatus.COMPLETE
+    pending_approvals: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +347,8 @@ class ConversationSummary:
     created_at: datetime
     updated_at: datetime
     preview: str | None = None
+    awaiting_approval: bool = False
+    """Tool calls of its last turn wait for the user's decision."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,11 @@ from chatcore.model import (
     JsonValue,
     Message,
     Principal,
+    ToolApproval,
+    ToolDecision,
     ToolSpec,
     TurnEvent,
+    TurnResumption,
     TurnStart,
     TurnState,
     TurnStatus,
@@ -42,7 +45,61 @@ class TokenVerifier(Protocol):
         ...
 
 
-class ConversationStore(Protocol):
+class ToolApprovalStore(Protocol):
+    """Tool calls that wait for the user's approval, in the same database as the messages. Scoped by ``user_id``.
+
+    A call is pending until decided: by the user (``decide_tool_calls``), or denied because it expired or a
+    new message arrived (``deny_pending``). Decisions need no lease (each is one atomic change); running an
+    approved call does: ``start_tool_calls`` marks it started under the holder's lease, so it runs once.
+    """
+
+    async def decide_tool_calls(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        decisions: Sequence[ToolDecision],
+        *,
+        expire_before: datetime,
+    ) -> tuple[ToolApproval, ...]:
+        """In one transaction, all or nothing: deny the conversation's calls pending since before ``expire_before``
+        (reason ``expired``), then store each decision on the call it names (the conversation's latest call with
+        that id). A call already decided the same way is left as it was. Returns every approval of the turn the
+        calls belong to, as they are now.
+
+        Raises ConversationNotFound like ``get``; ToolCallNotFound for an id the conversation has no approval
+        for; DecisionConflict for a call decided otherwise, or decisions naming calls of different turns.
+        """
+        ...
+
+    async def deny_pending(
+        self, user_id: str, conversation_id: uuid.UUID, *, reason: str, requested_before: datetime | None = None
+    ) -> None:
+        """Deny the conversation's pending calls (only those requested before ``requested_before`` when given),
+        with ``reason``. Another user's conversation has no calls of this user's: nothing changes."""
+        ...
+
+    async def start_tool_calls(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        calls: Sequence[tuple[uuid.UUID, str]],
+        *,
+        holder: uuid.UUID,
+    ) -> tuple[tuple[uuid.UUID, str], ...]:
+        """Mark approved calls (``(message_id, tool_call_id)``) started, those not started yet, while ``holder``
+        holds the conversation's lease; returns the ones it marked, which the caller alone may run."""
+        ...
+
+    async def list_approvals(
+        self, user_id: str, conversation_id: uuid.UUID, *, message_ids: Sequence[uuid.UUID] | None = None
+    ) -> tuple[ToolApproval, ...]:
+        """The conversation's approvals (of the calls of ``message_ids`` when given), oldest first.
+
+        Raises ConversationNotFound like ``get``."""
+        ...
+
+
+class ConversationStore(ToolApprovalStore, Protocol):
     """Conversations and their messages. Every method is scoped by ``user_id``.
 
     A turn is two short transactions, ``begin_turn`` and ``finish_turn``, so no
@@ -73,7 +130,29 @@ class ConversationStore(Protocol):
         With ``lease_seconds`` the turn also takes the conversation's lease until then. Raises
         ConversationBusy, storing nothing, while another turn holds a lease that has not expired
         (with or without ``lease_seconds``: a turn never starts inside another's). Raises
-        ConversationNotFound when the id is unknown or owned by another user.
+        ConversationNotFound when the id is unknown or owned by another user. Raises TurnStillOpen,
+        storing nothing, while the conversation has an open turn (``append_turn``): close it first.
+        """
+        ...
+
+    async def append_turn(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        messages: Sequence[ChatMessage],
+        *,
+        turn_id: uuid.UUID,
+        holder: uuid.UUID,
+        approvals: Sequence[ToolApproval] = (),
+        close: bool = False,
+    ) -> tuple[Message, ...]:
+        """Store a running turn's messages as they happen, all or nothing, numbered after every message already
+        stored and marked as turn ``turn_id``'s, while ``holder`` (the turn, or whoever took it up again) keeps
+        the conversation's lease.
+
+        ``approvals`` (pending calls of these messages) are stored with them and make ``turn_id`` the
+        conversation's *open turn*: no new turn begins until it is closed, by ``close`` here or by ``finish_turn``.
+        Raises LeaseLost, storing nothing, when another holder has a live lease; ConversationNotFound like ``get``.
         """
         ...
 
@@ -84,14 +163,35 @@ class ConversationStore(Protocol):
         messages: Sequence[ChatMessage],
         *,
         turn_id: uuid.UUID,
+        holder: uuid.UUID | None = None,
         idempotency: IdempotentReply | None = None,
+        keep_open: bool = False,
     ) -> tuple[Message, ...]:
         """Append ``messages`` in order, all or nothing, numbered after every message already stored, and
-        release the conversation's lease.
+        release the conversation's lease, held by ``holder`` (``turn_id`` when None).
 
-        With ``idempotency`` the key that ``turn_id`` claimed is completed with the reply, in the same
+        The conversation's open turn is closed unless ``keep_open`` (the turn ends waiting for approvals).
+        With ``idempotency`` the key that ``holder`` claimed is completed with the reply, in the same
         transaction. Raises LeaseLost, storing nothing, when another turn holds a live lease on the
         conversation, or the key is no longer this turn's. Raises ConversationNotFound like ``get``.
+        """
+        ...
+
+    async def resume_turn(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        turn_id: uuid.UUID,
+        *,
+        holder: uuid.UUID,
+        lease_seconds: float,
+        history_limit: int,
+    ) -> TurnResumption:
+        """Take the conversation's lease for ``holder`` and read turn ``turn_id`` back: whether it is the open
+        turn, its messages and approvals, and the last ``history_limit`` messages before it, oldest first.
+
+        Raises ConversationBusy, taking nothing, while another holder's lease is live; ConversationNotFound
+        like ``get``.
         """
         ...
 
@@ -152,6 +252,10 @@ class ConversationStore(Protocol):
 
     async def history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> tuple[Message, ...]:
         """The last ``limit`` messages, oldest first. Raises ConversationNotFound like ``get``."""
+        ...
+
+    async def turn_messages(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> tuple[Message, ...]:
+        """Turn ``turn_id``'s messages, oldest first. Raises ConversationNotFound like ``get``."""
         ...
 
     async def list_conversations(

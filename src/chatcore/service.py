@@ -8,16 +8,29 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from chatcore import history as history_rules
+from chatcore.approvals import (
+    EXPIRED,
+    SUPERSEDED,
+    approval_key,
+    closing_result,
+    needs_approval,
+    turn_reply,
+    unanswered_calls,
+    validate_decisions,
+)
 from chatcore.errors import (
     AgentError,
     ChatError,
+    ConversationBusy,
     Forbidden,
     InvalidMessage,
+    LeaseLost,
     StoreUnavailable,
     ToolError,
+    TurnStillOpen,
     Unauthenticated,
 )
 from chatcore.idempotency import as_replayed, request_fingerprint, validate_idempotency_key
@@ -31,11 +44,15 @@ from chatcore.model import (
     Message,
     MessageStatus,
     Principal,
+    ReplyStatus,
     Role,
+    ToolApproval,
     ToolCall,
     ToolCallRecord,
+    ToolDecision,
     ToolResult,
-    ToolSpec,
+    TurnResumption,
+    TurnStart,
     utcnow,
 )
 from chatcore.ports import ConversationStore, LLMAgent, TokenVerifier, ToolRegistry
@@ -53,6 +70,8 @@ DEFAULT_SYSTEM_PROMPT = (
 ``{user_id}`` and ``{today}`` are filled in per turn (``render_system_prompt``)."""
 
 TITLE_LENGTH = 80
+CLOSE_ATTEMPTS = 3
+"""A new message closes the conversation's open turn, then begins; another open turn in between is not expected."""
 PAIR_SLACK = 8
 """Extra history rows read so a window that would cut a tool pair can move back to the pair's start: a call
 with up to 7 results. Results cut from a call with more are dropped instead (``history.window``); every row
@@ -74,6 +93,72 @@ class ChatPolicy:
     """How long a turn waits for a busy conversation, or for a keyed twin still running, before 409."""
     idempotency_ttl_seconds: float = 86_400.0
     """How long a keyed reply is kept for retries."""
+    approval_tools: frozenset[str] = frozenset()
+    """Tools whose calls wait for the user's approval, besides those whose ToolSpec says ``requires_approval``."""
+    approval_ttl_seconds: float = 86_400.0
+    """Pending calls older than this are denied as expired the next time their conversation is touched."""
+
+
+@dataclass(slots=True)
+class _Progress:
+    """A turn as it runs: where its steps are stored (as ``turn_id``'s, under ``holder``'s lease), what it stored,
+    and what this request did, for the model's next step and the reply."""
+
+    user_id: str
+    conversation_id: uuid.UUID
+    turn_id: uuid.UUID
+    holder: uuid.UUID
+    stored: list[Message] = field(default_factory=list)
+    produced: list[ChatMessage] = field(default_factory=list)
+    records: list[ToolCallRecord] = field(default_factory=list)
+    pending: list[ToolCall] = field(default_factory=list)
+
+    async def store(
+        self, store: ConversationStore, messages: Sequence[ChatMessage], *, approvals: Sequence[ToolApproval] = ()
+    ) -> None:
+        self.stored.extend(
+            await store.append_turn(
+                self.user_id,
+                self.conversation_id,
+                messages,
+                turn_id=self.turn_id,
+                holder=self.holder,
+                approvals=approvals,
+            )
+        )
+        self.produced.extend(messages)
+
+    def add_record(self, call: ToolCall, result: ToolResult, approval: ToolApproval | None) -> None:
+        self.records.append(ToolCallRecord(call.id, call.name, call.arguments, result.result, result.error, approval))
+
+    def reply(self, final: ChatMessage | None) -> ChatReply:
+        """The reply of a turn that ran in this request: its answer, or (None) the calls it waits for."""
+        if final is None:
+            asked = next(m for m in reversed(self.produced) if m.role is Role.ASSISTANT)
+            return ChatReply(
+                self.conversation_id,
+                asked.id,
+                asked.content,
+                tuple(self.records),
+                ReplyStatus.AWAITING_APPROVAL,
+                tuple(self.pending),
+            )
+        interrupted = isinstance(final, Message) and final.status is MessageStatus.INTERRUPTED
+        status = ReplyStatus.INTERRUPTED if interrupted else ReplyStatus.COMPLETE
+        return ChatReply(self.conversation_id, final.id, final.content, tuple(self.records), status)
+
+
+def pending_approval(call: ToolCall, message_id: uuid.UUID, progress: _Progress) -> ToolApproval:
+    """A call to store as pending; the store stamps when it was requested."""
+    return ToolApproval(
+        tool_call_id=call.id,
+        name=call.name,
+        arguments=call.arguments,
+        conversation_id=progress.conversation_id,
+        turn_id=progress.turn_id,
+        message_id=message_id,
+        requested_at=utcnow(),
+    )
 
 
 @dataclass(slots=True)
@@ -84,6 +169,19 @@ class _TurnLog:
     model_seconds: float = 0.0
     model_calls: int = 0
     tools: list[str] = field(default_factory=list)
+
+    def fields(self, event: str, user_id: str, outcome: str, started: float) -> dict[str, object]:
+        """The log line's fields; ``started`` is the ``time.perf_counter()`` when the request began."""
+        return {
+            "event": event,
+            "user_id": user_id,
+            "conversation_id": str(self.conversation_id) if self.conversation_id else None,
+            "outcome": outcome,
+            "turn_ms": round((time.perf_counter() - started) * 1000, 2),
+            "model_ms": round(self.model_seconds * 1000, 2),
+            "model_calls": self.model_calls,
+            "tools": self.tools,
+        }
 
 
 def validate_message(message: str) -> str:
@@ -192,19 +290,7 @@ class ChatService:
             outcome = type(error).__name__
             raise
         finally:
-            logger.info(
-                "chat turn",
-                extra={
-                    "event": "chat_turn",
-                    "user_id": principal.user_id,
-                    "conversation_id": str(log.conversation_id) if log.conversation_id else None,
-                    "outcome": outcome,
-                    "turn_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "model_ms": round(log.model_seconds * 1000, 2),
-                    "model_calls": log.model_calls,
-                    "tools": log.tools,
-                },
-            )
+            logger.info("chat turn", extra=log.fields("chat_turn", principal.user_id, outcome, started))
 
     async def _run_held_turn(
         self,
@@ -246,9 +332,7 @@ class ChatService:
         *,
         lease: TurnLease,
     ) -> ChatReply:
-        start = await lease.begin(
-            conversation_id, text, history_limit=self.policy.history_limit + PAIR_SLACK, title=title_from(text)
-        )
+        start = await self._begin(lease, text, conversation_id)
         conversation = start.conversation
         log.conversation_id = conversation.id
         if sink is not None:
@@ -256,51 +340,220 @@ class ChatService:
         past = history_rules.window(
             start.history, max_messages=self.policy.history_limit, max_tokens=self.policy.context_tokens
         )
+        progress = _Progress(principal.user_id, conversation.id, turn_id, holder=turn_id)
         context = [*history_rules.for_model(past), start.user_message]
-        specs = tuple(await self.tools.list_tools())
-        system_prompt = render_system_prompt(self.policy.system_prompt, principal, self.clock())
-
-        produced: list[ChatMessage] = []
-        records: list[ToolCallRecord] = []
         try:
-            final = await self._tool_loop(principal, system_prompt, context, specs, produced, records, log, sink)
+            final = await self._tool_loop(principal, progress, context, log, sink)
         except TurnStopped as stopped:
             final = interrupted_reply(stopped.partial_text, conversation.id)
         except AgentError as error:
             error.conversation_id = conversation.id
-            if produced:
-                await self.store.finish_turn(principal.user_id, conversation.id, produced, turn_id=turn_id)
             await self.store.mark_unanswered(principal.user_id, conversation.id, start.user_message.id)
             raise
-        produced.append(final)
-        reply = ChatReply(
-            conversation_id=conversation.id,
-            message_id=final.id,
-            response=final.content,
-            tool_calls=tuple(records),
-        )
+        reply = progress.reply(final)
         if lease.idempotency_key is not None:
             reply = as_replayed(reply)  # the first answer, byte for byte what every retry will get
         await self.store.finish_turn(
-            principal.user_id, conversation.id, produced, turn_id=turn_id, idempotency=lease.completion(reply)
+            principal.user_id,
+            conversation.id,
+            () if final is None else (final,),
+            turn_id=turn_id,
+            idempotency=lease.completion(reply),
+            keep_open=final is None,
         )
         lease.finished = True
         return reply
 
+    async def _begin(self, lease: TurnLease, text: str, conversation_id: uuid.UUID | None) -> TurnStart:
+        """Store the user's message under the conversation's lease; a turn still open (its calls waiting for
+        approval, or decided but not continued) is closed first: a new message supersedes it."""
+        for _ in range(CLOSE_ATTEMPTS):
+            try:
+                return await lease.begin(
+                    conversation_id, text, history_limit=self.policy.history_limit + PAIR_SLACK, title=title_from(text)
+                )
+            except TurnStillOpen as still_open:
+                assert conversation_id is not None  # a new conversation has no turn to close
+                await self._close_open_turn(lease, conversation_id, still_open.turn_id)
+        raise ConversationBusy()
+
+    async def _close_open_turn(self, lease: TurnLease, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> None:
+        """Give every call of the open turn its result — denied (superseded by a new message, or expired), not run,
+        or interrupted — so the conversation can go on; under the lease the new turn then keeps."""
+        user_id = lease.user_id
+        resumed = await lease.resume(conversation_id, turn_id, history_limit=0)
+        if not resumed.open:
+            return
+        await self.store.deny_pending(user_id, conversation_id, reason=EXPIRED, requested_before=self._expired_before())
+        await self.store.deny_pending(user_id, conversation_id, reason=SUPERSEDED)
+        asked = [m.id for m in resumed.turn if m.tool_calls]
+        approvals = {
+            approval_key(a): a for a in await self.store.list_approvals(user_id, conversation_id, message_ids=asked)
+        }
+        results = []
+        for message, call in unanswered_calls(resumed.turn):
+            result = closing_result(approvals.get((message.id, call.id)), superseded=True)
+            assert result is not None  # closing a turn, every call gets one
+            results.append(ChatMessage.tool_result(call, result))
+        await self.store.append_turn(
+            user_id, conversation_id, results, turn_id=turn_id, holder=lease.turn_id, close=True
+        )
+        logger.info(
+            "open turn closed by a new message",
+            extra={"event": "turn_superseded", "conversation_id": str(conversation_id), "turn_id": str(turn_id)},
+        )
+
+    def _expired_before(self) -> datetime:
+        return self.clock() - timedelta(seconds=self.policy.approval_ttl_seconds)
+
+    async def decide(
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        decisions: Sequence[ToolDecision],
+        *,
+        sink: TurnSink | None = None,
+    ) -> ChatReply:
+        """Approve or deny tool calls waiting in the principal's conversation; the reply has ``send``'s shape.
+
+        Approved calls run with the arguments the model gave (stored with the call, never taken from the
+        decision); denied ones get a ``denied by the user`` result. While calls of the turn are still pending
+        the decisions are stored and the reply says what still waits; once none is, the model continues the
+        same turn under the conversation's lease and the reply is its answer. Deciding again what was decided
+        runs nothing twice and returns that same reply. Raises ToolCallNotFound for a call that is not awaiting
+        approval in the conversation, DecisionConflict for a call decided otherwise.
+        """
+        checked = validate_decisions(decisions)
+        log = _TurnLog(conversation_id=conversation_id)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            reply = await self._decide(principal, conversation_id, checked, log, sink)
+            outcome = "ok"
+            return reply
+        except ChatError as error:
+            outcome = type(error).__name__
+            raise
+        finally:
+            fields = log.fields("tool_decisions", principal.user_id, outcome, started)
+            fields.update(decisions=len(checked), approved=sum(1 for d in checked if d.approved))
+            logger.info("tool decisions", extra=fields)
+
+    async def _decide(
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        decisions: Sequence[ToolDecision],
+        log: _TurnLog,
+        sink: TurnSink | None,
+    ) -> ChatReply:
+        user_id = principal.user_id
+        approvals = await self.store.decide_tool_calls(
+            user_id, conversation_id, decisions, expire_before=self._expired_before()
+        )
+        turn_id, run_id = approvals[0].turn_id, uuid.uuid4()
+        if any(a.pending for a in approvals):
+            turn = await self.store.turn_messages(user_id, conversation_id, turn_id)
+            reply = turn_reply(conversation_id, turn, approvals)
+            if sink is not None:
+                await sink.started(conversation_id, run_id, turn[0].id)
+                for call in reply.pending_approvals:
+                    await sink.approval_request(call)
+            return reply
+        lease = TurnLease(
+            self.store,
+            user_id,
+            run_id,
+            lease_seconds=self.policy.lease_seconds,
+            wait_seconds=self.policy.turn_wait_seconds,
+            idempotency_ttl_seconds=self.policy.idempotency_ttl_seconds,
+        )
+        async with lease:
+            resumed = await lease.resume(conversation_id, turn_id, history_limit=self.policy.history_limit + PAIR_SLACK)
+            if sink is not None:
+                await sink.started(conversation_id, run_id, resumed.turn[0].id)
+            if not resumed.open or any(a.pending for a in resumed.approvals):
+                # Continued already (a twin decision, another replica), or closed by a new message: its reply.
+                return turn_reply(conversation_id, resumed.turn, resumed.approvals)
+            return await self._continue_turn(principal, resumed, lease, log, sink)
+
+    async def _continue_turn(
+        self, principal: Principal, resumed: TurnResumption, lease: TurnLease, log: _TurnLog, sink: TurnSink | None
+    ) -> ChatReply:
+        """The open turn's calls are all decided: run the approved ones, answer the rest, let the model go on."""
+        conversation_id = resumed.conversation.id
+        progress = _Progress(
+            principal.user_id, conversation_id, resumed.turn_id, holder=lease.turn_id, stored=list(resumed.turn)
+        )
+        by_key = {approval_key(a): a for a in resumed.approvals}
+        answers: list[ChatMessage] = []
+        approved: list[ToolApproval] = []
+        for message, call in unanswered_calls(resumed.turn):
+            approval = by_key.get((message.id, call.id))
+            result = closing_result(approval, superseded=False)
+            if result is not None:
+                answers.append(ChatMessage.tool_result(call, result))
+                progress.add_record(call, result, approval)
+            elif approval is not None:
+                approved.append(approval)
+        if answers:
+            await progress.store(self.store, answers)
+            if sink is not None:
+                for record in progress.records:
+                    await sink.tool_result(record)
+        if approved:
+            keys = [approval_key(a) for a in approved]
+            if len(
+                await self.store.start_tool_calls(principal.user_id, conversation_id, keys, holder=lease.turn_id)
+            ) != len(keys):
+                raise LeaseLost()  # under our lease no one else starts them: the lease was lost meanwhile
+            if sink is not None:
+                for approval in approved:
+                    await sink.tool_call(approval.call)
+            await self._run_calls(principal, progress, [(a.call, a) for a in approved], log, sink)
+        past = history_rules.window(
+            resumed.history, max_messages=self.policy.history_limit, max_tokens=self.policy.context_tokens
+        )
+        context = [*history_rules.for_model(past), *resumed.turn]
+        try:
+            final = await self._tool_loop(principal, progress, context, log, sink)
+        except TurnStopped as stopped:
+            final = interrupted_reply(stopped.partial_text, conversation_id)
+        except AgentError as error:
+            error.conversation_id = conversation_id
+            raise  # the turn stays open: deciding again (or a new message) takes it up
+        finished = await self.store.finish_turn(
+            principal.user_id,
+            conversation_id,
+            () if final is None else (final,),
+            turn_id=resumed.turn_id,
+            holder=lease.turn_id,
+            keep_open=final is None,
+        )
+        lease.finished = True
+        asked = [m.id for m in progress.stored if m.tool_calls]
+        approvals = await self.store.list_approvals(principal.user_id, conversation_id, message_ids=asked)
+        return turn_reply(conversation_id, [*progress.stored, *finished], approvals)
+
     async def _tool_loop(
         self,
         principal: Principal,
-        system_prompt: str,
+        progress: _Progress,
         context: list[ChatMessage],
-        specs: tuple[ToolSpec, ...],
-        produced: list[ChatMessage],
-        records: list[ToolCallRecord],
         log: _TurnLog,
         sink: TurnSink | None = None,
-    ) -> ChatMessage:
-        """Ask the model, run the tools it asks for, feed the results back, until it answers or runs out of steps."""
+    ) -> ChatMessage | None:
+        """Ask the model, run the tools it asks for, feed the results back, until it answers or runs out of steps.
+
+        Each step is stored as it happens: the model's calls before they run, each result as soon as its call
+        returns. Calls that need the user's approval are stored as pending instead of run; the loop then ends
+        after the step (None: the turn waits for decisions).
+        """
+        specs = tuple(await self.tools.list_tools())
+        by_name = {spec.name: spec for spec in specs}
+        system_prompt = render_system_prompt(self.policy.system_prompt, principal, self.clock())
         for _ in range(self.policy.max_tool_steps):
-            request = AgentRequest(system_prompt=system_prompt, messages=(*context, *produced), tools=specs)
+            request = AgentRequest(system_prompt=system_prompt, messages=(*context, *progress.produced), tools=specs)
             began = time.perf_counter()
             try:
                 response = await (self.agent.complete(request) if sink is None else sink.step(self.agent, request))
@@ -310,27 +563,48 @@ class ChatService:
             text, calls = without_nul(response.text), tuple(map(_clean_call, response.tool_calls))
             if not calls:
                 return ChatMessage.assistant(text)
-            produced.append(ChatMessage.assistant(text, calls))
+            asked = ChatMessage.assistant(text, calls)
+            waiting = [needs_approval(call, by_name, self.policy.approval_tools) for call in calls]
+            pending = [
+                pending_approval(call, asked.id, progress) for call, wait in zip(calls, waiting, strict=True) if wait
+            ]
+            await progress.store(self.store, [asked], approvals=pending)
             if sink is not None:
-                for call in calls:
-                    await sink.tool_call(call)
-            results = await asyncio.gather(*(self._run_tool(principal, call) for call in calls))
-            for call, result in zip(calls, results, strict=True):
-                log.tools.append(call.name)
-                produced.append(ChatMessage.tool_result(call, result))
-                records.append(
-                    ToolCallRecord(
-                        id=call.id, name=call.name, arguments=call.arguments, result=result.result, error=result.error
-                    )
-                )
-                if sink is not None:
-                    await sink.tool_result(records[-1])
+                for call, wait in zip(calls, waiting, strict=True):
+                    await (sink.approval_request(call) if wait else sink.tool_call(call))
+            ready = [(call, None) for call, wait in zip(calls, waiting, strict=True) if not wait]
+            await self._run_calls(principal, progress, ready, log, sink)
+            if pending:
+                progress.pending.extend(approval.call for approval in pending)
+                return None
         return ChatMessage.assistant(
             f"I stopped after {self.policy.max_tool_steps} tool steps without finishing your request. "
             "Here is what I did so far; please tell me how you would like to continue."
-            if records
+            if progress.records
             else "I could not finish your request. Please try rephrasing it."
         )
+
+    async def _run_calls(
+        self,
+        principal: Principal,
+        progress: _Progress,
+        calls: Sequence[tuple[ToolCall, ToolApproval | None]],
+        log: _TurnLog,
+        sink: TurnSink | None,
+    ) -> None:
+        """Run calls concurrently, each result stored as soon as its call returns; records in the calls' order."""
+
+        async def run(call: ToolCall) -> ToolResult:
+            result = await self._run_tool(principal, call)
+            log.tools.append(call.name)
+            await progress.store(self.store, [ChatMessage.tool_result(call, result)])
+            if sink is not None:
+                await sink.tool_result(ToolCallRecord(call.id, call.name, call.arguments, result.result, result.error))
+            return result
+
+        results = await asyncio.gather(*(run(call) for call, _ in calls))
+        for (call, approval), result in zip(calls, results, strict=True):
+            progress.add_record(call, result, approval)
 
     async def _run_tool(self, principal: Principal, call: ToolCall) -> ToolResult:
         """A tool's result, or an error result: a failing tool never fails the turn."""
@@ -375,19 +649,3 @@ def interrupted_reply(partial_text: str, conversation_id: uuid.UUID) -> Message:
 
 def _clean_call(call: ToolCall) -> ToolCall:
     return ToolCall(without_nul(call.id), without_nul(call.name), without_nul(dict(call.arguments)))
-
-
-def tool_records(messages: Sequence[ChatMessage]) -> list[ToolCallRecord]:
-    """Pair stored assistant calls with their tool results, as the API reports them."""
-    results = {m.tool_call_id: m for m in messages if m.role is Role.TOOL and m.tool_call_id}
-    records: list[ToolCallRecord] = []
-    for message in messages:
-        for call in message.tool_calls:
-            found = results.get(call.id)
-            outcome = (
-                ToolResult.from_content(found.content, is_error=found.is_error)
-                if found
-                else ToolResult(error="interrupted")
-            )
-            records.append(ToolCallRecord(call.id, call.name, call.arguments, outcome.result, outcome.error))
-    return records

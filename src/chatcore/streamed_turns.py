@@ -17,9 +17,10 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from chatcore.approvals import validate_decisions
 from chatcore.errors import ChatError, TurnFailed, TurnNotFound
 from chatcore.model import (
     AgentRequest,
@@ -30,12 +31,14 @@ from chatcore.model import (
     TextDelta,
     ToolCall,
     ToolCallRecord,
+    ToolDecision,
     TurnEvent,
     TurnStatus,
 )
 from chatcore.ports import LLMAgent, TurnEventStore
 from chatcore.service import ChatService, validate_message
 from chatcore.turn_events import (
+    APPROVAL_REQUEST,
     DELTA,
     DONE,
     ERROR,
@@ -143,6 +146,9 @@ class TurnRun:
     async def tool_result(self, record: ToolCallRecord) -> None:
         await self._emit(TOOL_RESULT, tool_result_data(record))
 
+    async def approval_request(self, call: ToolCall) -> None:
+        await self._emit(APPROVAL_REQUEST, tool_call_data(call))
+
     # --- the end of the turn -----------------------------------------------------------------------------------
 
     async def done(self, reply: ChatReply) -> None:
@@ -154,6 +160,8 @@ class TurnRun:
                 "response": reply.response,
                 "tool_calls": [{**tool_call_data(record), **tool_result_data(record)} for record in reply.tool_calls],
                 "interrupted": self.stopped,
+                "status": reply.status.value,
+                "pending_approvals": [tool_call_data(call) for call in reply.pending_approvals],
             },
         )
         await self._finish(TurnStatus.INTERRUPTED if self.stopped else TurnStatus.COMPLETE)
@@ -281,15 +289,28 @@ class TurnStreamer:
         turn's last event (``error``).
         """
         text = validate_message(message)
+        return self._launch(principal, lambda run: self.service.send(principal, text, conversation_id, sink=run))
+
+    async def decide(
+        self, principal: Principal, conversation_id: uuid.UUID, decisions: Sequence[ToolDecision]
+    ) -> AsyncIterator[TurnEvent]:
+        """``ChatService.decide`` in the background, its events live (like ``start``): the approved calls, the model
+        going on, ``done``. Malformed decisions raise InvalidRequest here, before anything runs."""
+        checked = validate_decisions(decisions)
+        return self._launch(principal, lambda run: self.service.decide(principal, conversation_id, checked, sink=run))
+
+    def _launch(
+        self, principal: Principal, turn: Callable[[TurnRun], Awaitable[ChatReply]]
+    ) -> AsyncIterator[TurnEvent]:
         run = TurnRun(self.events, principal, self.policy, self.error_body, self._runs)
-        task = asyncio.create_task(self._run(run, text, conversation_id), name="chatcore-streamed-turn")
+        task = asyncio.create_task(self._run(run, turn), name="chatcore-streamed-turn")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return run.follow()
 
-    async def _run(self, run: TurnRun, text: str, conversation_id: uuid.UUID | None) -> None:
+    async def _run(self, run: TurnRun, turn: Callable[[TurnRun], Awaitable[ChatReply]]) -> None:
         try:
-            reply = await self.service.send(run.principal, text, conversation_id, sink=run)
+            reply = await turn(run)
         except Exception as error:
             if not isinstance(error, ChatError):
                 logger.exception("streamed turn failed", extra={"event": "streamed_turn_error"})

@@ -32,10 +32,14 @@ DELTA: Final = "delta"
 """A piece of the reply's text: ``{text}``."""
 TOOL_CALL: Final = "tool_call"
 """A tool the model asked for, about to run: ``{id, name, arguments}``."""
+APPROVAL_REQUEST: Final = "approval_request"
+"""A tool call that waits for the user's approval instead of running: ``{id, name, arguments}`` (decide it at
+``POST .../approvals``; the turn's ``done`` follows with ``status: awaiting_approval``)."""
 TOOL_RESULT: Final = "tool_result"
 """What a tool returned: ``{id, name, result}`` or ``{id, name, error}``."""
 DONE: Final = "done"
-"""Last event of a finished turn: ``{conversation_id, message_id, response, tool_calls, interrupted}``."""
+"""Last event of a finished turn: ``{conversation_id, message_id, response, tool_calls, interrupted, status,
+pending_approvals}``, ``status`` and ``pending_approvals`` as in the JSON reply."""
 ERROR: Final = "error"
 """Last event of a failed turn: ``{status_code, detail}`` as the JSON endpoint would answer, and ``conversation_id``."""
 TERMINAL_EVENTS: Final = frozenset({DONE, ERROR})
@@ -67,7 +71,11 @@ class TurnSink(Protocol):
         ...
 
     async def tool_result(self, record: ToolCallRecord) -> None:
-        """A tool has returned (or failed)."""
+        """A tool has returned (or failed, or was denied)."""
+        ...
+
+    async def approval_request(self, call: ToolCall) -> None:
+        """A tool call waits for the user's approval instead of running."""
         ...
 
 

@@ -21,7 +21,7 @@ from types import TracebackType
 
 from chatcore.errors import ConversationBusy, IdempotencyInProgress, TurnFailed
 from chatcore.idempotency import IdempotentReply
-from chatcore.model import ChatMessage, ChatReply, TurnStart
+from chatcore.model import ChatMessage, ChatReply, TurnResumption, TurnStart
 from chatcore.ports import ConversationStore
 
 logger = logging.getLogger("chatcore.service")
@@ -137,6 +137,25 @@ class TurnLease:
                 continue
             self.conversation_id = start.conversation.id
             return start
+
+    async def resume(self, conversation_id: uuid.UUID, turn_id: uuid.UUID, *, history_limit: int) -> TurnResumption:
+        """Take the conversation's lease to take turn ``turn_id`` up again, waiting while another turn holds it."""
+        waits = pauses()
+        while True:
+            try:
+                resumed = await self.store.resume_turn(
+                    self.user_id,
+                    conversation_id,
+                    turn_id,
+                    holder=self.turn_id,
+                    lease_seconds=self.lease_seconds,
+                    history_limit=history_limit,
+                )
+            except ConversationBusy:
+                await self._pause(waits, ConversationBusy)
+                continue
+            self.conversation_id = conversation_id
+            return resumed
 
     def completion(self, reply: ChatReply) -> IdempotentReply | None:
         """What ``finish_turn`` stores beside the messages: the reply under the claimed key, if there is one."""

@@ -166,6 +166,8 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.dev:
         os.environ["CHATCORE_DEV"] = "1"
+        # The chat page shows the approval flow: deleting a task waits for Approve (unless the variable is given).
+        os.environ.setdefault("CHATCORE_APPROVAL_TOOLS", "delete_task")
         if not os.environ.get("BETTER_AUTH_SECRET") and not os.environ.get("BETTER_AUTH_JWKS_URL"):
             # Workers read the environment, so the ephemeral secret travels there, never to a file.
             os.environ["BETTER_AUTH_SECRET"] = secrets.token_urlsafe(32)

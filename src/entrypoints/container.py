@@ -152,6 +152,8 @@ def chat_policy(settings: Settings) -> ChatPolicy:
         lease_seconds=settings.lease_seconds,
         turn_wait_seconds=settings.turn_wait_seconds,
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+        approval_tools=frozenset(settings.approval_tools),
+        approval_ttl_seconds=settings.approval_ttl_seconds,
     )
 
 

@@ -96,6 +96,10 @@ class Settings:
     system_prompt: str | None = None
     mcp_servers: str | None = field(default=None, repr=False)
     mcp_call_timeout_seconds: float = 30.0
+    approval_tools: tuple[str, ...] = ()
+    """Tools whose calls wait for the user's approval (CHATCORE_APPROVAL_TOOLS), besides those that declare it."""
+    approval_ttl_seconds: float = 86_400.0
+    """Pending calls older than this are denied as expired the next time their conversation is touched."""
 
     lease_seconds: float = 120.0
     """How long a turn holds its conversation between heartbeats; a crashed replica's turn frees it after this."""
@@ -184,6 +188,8 @@ class Settings:
             system_prompt=reader.text("CHATCORE_SYSTEM_PROMPT"),
             mcp_servers=reader.text("CHATCORE_MCP_SERVERS"),
             mcp_call_timeout_seconds=reader.number("CHATCORE_MCP_TIMEOUT", defaults.mcp_call_timeout_seconds),
+            approval_tools=reader.names("CHATCORE_APPROVAL_TOOLS"),
+            approval_ttl_seconds=reader.number("CHATCORE_APPROVAL_TTL", defaults.approval_ttl_seconds, minimum=1),
             lease_seconds=reader.number("CHATCORE_LEASE_SECONDS", defaults.lease_seconds, minimum=1),
             turn_wait_seconds=reader.number("CHATCORE_TURN_WAIT_SECONDS", defaults.turn_wait_seconds),
             idempotency_ttl_seconds=reader.number(
@@ -250,6 +256,10 @@ class _Reader:
     def text(self, name: str) -> str | None:
         value = self.env.get(name, "").strip()
         return value or None
+
+    def names(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list of names, blanks dropped, each once, in the order given."""
+        return tuple(dict.fromkeys(n.strip() for n in (self.text(name) or "").split(",") if n.strip()))
 
     def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
         raw = self.text(name)

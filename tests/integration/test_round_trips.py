@@ -29,7 +29,9 @@ from .observed_app import engine_of, observed_app
 pytestmark = pytest.mark.integration
 
 MAX_TURN_STATEMENTS = 3
-MAX_TOOL_TURN_STATEMENTS = 3  # the two turn statements and the INSERT, on an autocommit connection
+MAX_TOOL_TURN_STATEMENTS = 5
+"""Begin and finish, the tool's own INSERT, and (since tool results are kept as they happen, issue 17) the step
+stored before its call runs and the call's result stored as soon as it returns: one autocommitted statement each."""
 
 
 @dataclass
@@ -152,7 +154,7 @@ async def test_a_turn_without_tools_takes_at_most_three_statements_new_or_contin
     assert set(agent.checked_out_while_thinking) == {0}
 
 
-async def test_a_turn_with_one_add_task_call_stays_within_three_statements(postgres_url: str) -> None:
+async def test_a_turn_with_one_add_task_call_stays_within_five_statements(postgres_url: str) -> None:
     user = f"user-{uuid.uuid4().hex[:8]}"
     call = ToolCall("call_1", "add_task", {"title": "Buy milk"})
     agent = PoolWatchingAgent(AgentResponse("", (call,)), AgentResponse("Added 'Buy milk'."))

@@ -123,6 +123,8 @@ async def test_a_streamed_turn_emits_turn_tool_call_tool_result_deltas_and_done_
             {"id": "call_milk", "name": "add_task", "arguments": {"title": "Buy milk"}, "result": result.data["result"]}
         ],
         "interrupted": False,
+        "status": "complete",
+        "pending_approvals": [],
     }
     assert turn.data["user_message_id"] == str(stored[0].id)
 

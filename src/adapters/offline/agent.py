@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from chatcore.history import INTERRUPTED_ERROR
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
@@ -83,7 +84,7 @@ class _Turn:
 
 DENIED: Final = "denied by the user"
 """How a tool result starts when the user denied the call (``ChatService.decide``)."""
-MAY_NOT_HAVE_RUN: Final = "interrupted"
+MAY_NOT_HAVE_RUN: Final = INTERRUPTED_ERROR.partition(":")[0]
 """How a tool result starts when its call was cut short: it may or may not have run."""
 
 _Handler = Callable[[re.Match[str], _Turn], AgentResponse]
@@ -138,7 +139,7 @@ def _read_turn(request: AgentRequest) -> _Turn | None:
         if m.role is Role.TOOL and m.tool_call_id is not None
     }
     steps = tuple(
-        _Step(call, results.get(call.id, ToolResult(error="the tool call did not complete")))
+        _Step(call, results.get(call.id, ToolResult(error=INTERRUPTED_ERROR)))
         for m in after
         if m.role is Role.ASSISTANT
         for call in m.tool_calls

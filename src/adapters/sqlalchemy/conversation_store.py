@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 from sqlalchemy.util import greenlet_spawn
 
+from chatcore.adapters.sqlalchemy import approvals as approval_sql
 from chatcore.adapters.sqlalchemy import idempotency as keys
 from chatcore.adapters.sqlalchemy import turn_statements as turn_sql
 from chatcore.adapters.sqlalchemy.driver_statements import DriverStatement, compile_all
@@ -52,7 +53,8 @@ from chatcore.adapters.sqlalchemy.errors import is_unavailable, store_unavailabl
 from chatcore.adapters.sqlalchemy.tables import TITLE_MAX_LENGTH, as_utc
 from chatcore.adapters.sqlalchemy.tables import conversations as conversations_table
 from chatcore.adapters.sqlalchemy.tables import messages as messages_table
-from chatcore.errors import ChatError, ConversationBusy, ConversationNotFound, LeaseLost
+from chatcore.adapters.sqlalchemy.tables import tool_approvals as approvals_table
+from chatcore.errors import ChatError, ConversationBusy, ConversationNotFound, LeaseLost, TurnStillOpen
 from chatcore.idempotency import IdempotentReply
 from chatcore.model import (
     PREVIEW_LENGTH,
@@ -64,7 +66,10 @@ from chatcore.model import (
     Message,
     MessageStatus,
     Role,
+    ToolApproval,
     ToolCall,
+    ToolDecision,
+    TurnResumption,
     TurnStart,
     utcnow,
 )
@@ -104,7 +109,14 @@ class SqlAlchemyConversationStore:
         self._driver: dict[int, DriverStatement] = {}
         if driver_statements and self._single_statement and engine.dialect.driver == "asyncpg":
             self._driver = compile_all(
-                (turn_sql.CONTINUE, turn_sql.CONTINUE_TAKING_LEASE, turn_sql.CREATE, turn_sql.APPEND), engine.dialect
+                (
+                    turn_sql.CONTINUE,
+                    turn_sql.CONTINUE_TAKING_LEASE,
+                    turn_sql.CREATE,
+                    turn_sql.APPEND,
+                    turn_sql.APPEND_HOLDING,
+                ),
+                engine.dialect,
             )
 
     async def _autocommitted(self, statement: Executable, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
@@ -131,9 +143,11 @@ class SqlAlchemyConversationStore:
             pooled.close()  # no transaction was begun on it, so giving it back never awaits
         return rows
 
-    async def _missing_or_busy(self, user_id: str, conversation_id: uuid.UUID, otherwise: ChatError) -> ChatError:
+    async def _missing_or_busy(
+        self, user_id: str, conversation_id: uuid.UUID, otherwise: ChatError, lease: _Lease | None = None
+    ) -> ChatError:
         async with self._autocommit.connect() as connection:
-            return await _missing_or(connection, user_id, conversation_id, otherwise)
+            return await _missing_or(connection, user_id, conversation_id, otherwise, lease)
 
     async def begin_turn(
         self,
@@ -207,11 +221,13 @@ class SqlAlchemyConversationStore:
         turn_id = lease.turn_id
         found = (
             await connection.execute(
-                _bump(user_id, conversation_id, by=1, lease=lease).returning(*_CONVERSATION_COLUMNS)
+                _bump(user_id, conversation_id, by=1, lease=lease, require_closed=True).returning(
+                    *_CONVERSATION_COLUMNS
+                )
             )
         ).one_or_none()
         if found is None:
-            raise await _missing_or(connection, user_id, conversation_id, ConversationBusy())
+            raise await _missing_or(connection, user_id, conversation_id, ConversationBusy(), lease)
         seq: int = found.last_seq
         history = await _window(connection, conversation_id, before=seq, limit=history_limit)
         user_message = _stored(message, conversation_id, seq, turn_id)
@@ -244,7 +260,7 @@ class SqlAlchemyConversationStore:
         statement = turn_sql.CONTINUE if lease.until is None else turn_sql.CONTINUE_TAKING_LEASE
         rows = await self._autocommitted(statement, parameters)
         if not rows:
-            raise await self._missing_or_busy(user_id, conversation_id, ConversationBusy())
+            raise await self._missing_or_busy(user_id, conversation_id, ConversationBusy(), lease)
         first = rows[0]
         seq: int = first[turn_sql.LAST_SEQ]
         history = turn_sql.window_messages(first[turn_sql.WINDOW])
@@ -259,6 +275,32 @@ class SqlAlchemyConversationStore:
             created=False,
         )
 
+    async def append_turn(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        messages: Sequence[ChatMessage],
+        *,
+        turn_id: uuid.UUID,
+        holder: uuid.UUID,
+        approvals: Sequence[ToolApproval] = (),
+        close: bool = False,
+    ) -> tuple[Message, ...]:
+        now = self._clock()
+        keep = _Lease(holder, now, None, opens=turn_id if approvals else None, close=close and not approvals)
+        if messages and self._single_statement and not approvals and not close:  # a step: one statement
+            async with store_unavailable_on_outage():
+                parameters = self._append_parameters(user_id, conversation_id, messages, keep, turn_id)
+                rows = await self._autocommitted(turn_sql.APPEND_HOLDING, parameters)
+                if not rows:
+                    raise await self._missing_or_busy(user_id, conversation_id, LeaseLost())
+                return _appended(messages, conversation_id, turn_id, rows)
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            stored = await self._append(connection, user_id, conversation_id, messages, keep, turn_id)
+            if approvals:
+                await approval_sql.insert_pending(connection, user_id, conversation_id, turn_id, approvals, now=now)
+            return stored
+
     async def finish_turn(
         self,
         user_id: str,
@@ -266,24 +308,29 @@ class SqlAlchemyConversationStore:
         messages: Sequence[ChatMessage],
         *,
         turn_id: uuid.UUID,
+        holder: uuid.UUID | None = None,
         idempotency: IdempotentReply | None = None,
+        keep_open: bool = False,
     ) -> tuple[Message, ...]:
         now = self._clock()
-        release = _Lease(turn_id, now, None, True)
-        if messages and self._single_statement and idempotency is None:  # one statement: autocommit
+        holder = turn_id if holder is None else holder
+        release = _Lease(holder, now, None, True, close=not keep_open)
+        if messages and self._single_statement and idempotency is None and not keep_open:  # one statement
             async with store_unavailable_on_outage():
-                parameters = self._append_parameters(user_id, conversation_id, messages, release)
+                parameters = self._append_parameters(user_id, conversation_id, messages, release, turn_id)
                 rows = await self._autocommitted(turn_sql.APPEND, parameters)
                 if not rows:
                     raise await self._missing_or_busy(user_id, conversation_id, LeaseLost())
-                return _appended(messages, conversation_id, release.turn_id, rows)
+                return _appended(messages, conversation_id, turn_id, rows)
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
-            if messages and self._single_statement:
-                stored = await self._append_in_one_statement(connection, user_id, conversation_id, messages, release)
+            if messages and self._single_statement and not keep_open:
+                stored = await self._append_in_one_statement(
+                    connection, user_id, conversation_id, messages, release, turn_id
+                )
             else:
-                stored = await self._append(connection, user_id, conversation_id, messages, release)
+                stored = await self._append(connection, user_id, conversation_id, messages, release, turn_id)
             if idempotency is not None and not await keys.complete(
-                connection, user_id, idempotency, turn_id=turn_id, conversation_id=conversation_id, now=now
+                connection, user_id, idempotency, turn_id=holder, conversation_id=conversation_id, now=now
             ):
                 raise LeaseLost()  # leaving the block rolls the messages back with it
             return stored
@@ -294,19 +341,18 @@ class SqlAlchemyConversationStore:
         user_id: str,
         conversation_id: uuid.UUID,
         messages: Sequence[ChatMessage],
-        release: _Lease,
+        lease: _Lease,
+        turn_id: uuid.UUID,
     ) -> tuple[Message, ...]:
         last_seq = (
             await connection.execute(
-                _bump(user_id, conversation_id, by=len(messages), lease=release).returning(
-                    conversations_table.c.last_seq
-                )
+                _bump(user_id, conversation_id, by=len(messages), lease=lease).returning(conversations_table.c.last_seq)
             )
         ).scalar_one_or_none()
         if last_seq is None:
             raise await _missing_or(connection, user_id, conversation_id, LeaseLost())
         first = last_seq - len(messages) + 1
-        stored = tuple(_stored(m, conversation_id, first + i, release.turn_id) for i, m in enumerate(messages))
+        stored = tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(messages))
         if stored:
             await connection.execute(insert(messages_table).values([_row(m) for m in stored]))
         return stored
@@ -318,25 +364,58 @@ class SqlAlchemyConversationStore:
         conversation_id: uuid.UUID,
         batch: Sequence[ChatMessage],
         release: _Lease,
+        turn_id: uuid.UUID,
     ) -> tuple[Message, ...]:
         """``finish_turn`` as one PostgreSQL statement, in the caller's transaction."""
-        parameters = self._append_parameters(user_id, conversation_id, batch, release)
+        parameters = self._append_parameters(user_id, conversation_id, batch, release, turn_id)
         rows = (await connection.execute(turn_sql.APPEND, parameters)).all()
         if not rows:
             raise await _missing_or(connection, user_id, conversation_id, LeaseLost())
-        return _appended(batch, conversation_id, release.turn_id, rows)
+        return _appended(batch, conversation_id, turn_id, rows)
+
+    async def resume_turn(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        turn_id: uuid.UUID,
+        *,
+        holder: uuid.UUID,
+        lease_seconds: float,
+        history_limit: int,
+    ) -> TurnResumption:
+        """One transaction: take the lease (a bump by nothing), then read the turn, its approvals and the window."""
+        now = self._clock()
+        lease = _Lease(holder, now, now + timedelta(seconds=lease_seconds))
+        bump = _bump(user_id, conversation_id, by=0, lease=lease).returning(
+            *_CONVERSATION_COLUMNS, conversations_table.c.open_turn_id
+        )
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            found = (await connection.execute(bump)).one_or_none()
+            if found is None:
+                raise await _missing_or(connection, user_id, conversation_id, ConversationBusy(), lease)
+            turn = await _turn_messages(connection, conversation_id, turn_id)
+            before = turn[0].seq if turn else found.last_seq + 1
+            history = await _window(connection, conversation_id, before=before, limit=history_limit)
+            approvals = await approval_sql.of_turn(connection, conversation_id, turn_id)
+        return TurnResumption(
+            conversation=_conversation_from(found._mapping),
+            turn_id=turn_id,
+            open=found.open_turn_id == turn_id,
+            history=history,
+            turn=turn,
+            approvals=approvals,
+        )
 
     @staticmethod
     def _append_parameters(
-        user_id: str, conversation_id: uuid.UUID, batch: Sequence[ChatMessage], release: _Lease
+        user_id: str, conversation_id: uuid.UUID, batch: Sequence[ChatMessage], lease: _Lease, turn_id: uuid.UUID
     ) -> dict[str, Any]:
-        """Bump ``last_seq`` by n and insert n rows numbered below it.
+        """Bump ``last_seq`` by n and insert n rows of turn ``turn_id`` numbered below it, ``lease.turn_id`` holding.
 
         The rows travel as one array per column through ``unnest``, so the SQL text is the
         same for every batch size and asyncpg reuses one prepared statement.
         """
-        turn_id = release.turn_id
-        parameters = turn_sql.bump_parameters(user_id, conversation_id, turn_id, now=release.now, by=len(batch))
+        parameters = turn_sql.bump_parameters(user_id, conversation_id, lease.turn_id, now=lease.now, by=len(batch))
         parameters["p_turn_id"] = turn_id
         parameters |= turn_sql.batch_parameters([_stored(m, conversation_id, 0, turn_id) for m in batch])
         return parameters
@@ -454,6 +533,67 @@ class SqlAlchemyConversationStore:
         found = [_message_from(r._mapping, prefix=_MESSAGE_PREFIX) for r in rows if r._mapping["m_id"] is not None]
         return tuple(sorted(found, key=lambda m: m.seq))
 
+    async def turn_messages(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> tuple[Message, ...]:
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            turn = await _turn_messages(connection, conversation_id, turn_id, owner=user_id)
+            if not turn and (await connection.scalar(_owned(user_id, conversation_id))) is None:
+                raise ConversationNotFound()
+        return turn
+
+    async def decide_tool_calls(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        decisions: Sequence[ToolDecision],
+        *,
+        expire_before: datetime,
+    ) -> tuple[ToolApproval, ...]:
+        now = self._clock()
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            if (await connection.scalar(_owned(user_id, conversation_id))) is None:
+                raise ConversationNotFound()
+            return await approval_sql.decide(
+                connection, conversation_id, decisions, now=now, expire_before=expire_before
+            )
+
+    async def deny_pending(
+        self, user_id: str, conversation_id: uuid.UUID, *, reason: str, requested_before: datetime | None = None
+    ) -> None:
+        now = self._clock()
+        async with store_unavailable_on_outage(), self._autocommit.connect() as connection:
+            await approval_sql.deny_pending(
+                connection, conversation_id, reason, now=now, before=requested_before, user_id=user_id
+            )
+            if not self._single_statement:
+                await connection.commit()
+
+    async def start_tool_calls(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        calls: Sequence[tuple[uuid.UUID, str]],
+        *,
+        holder: uuid.UUID,
+    ) -> tuple[tuple[uuid.UUID, str], ...]:
+        if not calls:
+            return ()
+        held = _held_by(user_id, conversation_id, holder).values(updated_at=conversations_table.c.updated_at)
+        now = self._clock()
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            # Locks the conversation row while its lease is ours: no one takes the lease over mid-way.
+            if (await connection.execute(held)).rowcount != 1:
+                return ()
+            return await approval_sql.start(connection, conversation_id, calls, now=now)
+
+    async def list_approvals(
+        self, user_id: str, conversation_id: uuid.UUID, *, message_ids: Sequence[uuid.UUID] | None = None
+    ) -> tuple[ToolApproval, ...]:
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            found = await approval_sql.of_conversation(connection, user_id, conversation_id, message_ids)
+        if found is None:
+            raise ConversationNotFound()
+        return found
+
     async def list_conversations(
         self, user_id: str, *, limit: int, before: tuple[datetime, uuid.UUID] | None = None
     ) -> tuple[ConversationSummary, ...]:
@@ -472,8 +612,14 @@ class SqlAlchemyConversationStore:
             .correlate(conversations_table)
             .scalar_subquery()
         )
+        awaiting = (
+            select(approvals_table.c.message_id)
+            .where(approvals_table.c.conversation_id == conversations_table.c.id, approvals_table.c.approved.is_(None))
+            .correlate(conversations_table)
+            .exists()
+        )
         statement = (
-            select(*_CONVERSATION_COLUMNS, preview.label("preview"))
+            select(*_CONVERSATION_COLUMNS, preview.label("preview"), awaiting.label("awaiting_approval"))
             .where(conversations_table.c.user_id == user_id)
             .order_by(conversations_table.c.updated_at.desc(), conversations_table.c.id.desc())
             .limit(limit)
@@ -492,6 +638,7 @@ class SqlAlchemyConversationStore:
                 created_at=row.created_at,
                 updated_at=row.updated_at,
                 preview=row.preview,
+                awaiting_approval=bool(row.awaiting_approval),
             )
             for row in rows
         )
@@ -570,6 +717,23 @@ def _appended(
     return tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(batch))
 
 
+async def _turn_messages(
+    connection: AsyncConnection, conversation_id: uuid.UUID, turn_id: uuid.UUID, *, owner: str | None = None
+) -> tuple[Message, ...]:
+    """Turn ``turn_id``'s messages in order (only if ``owner`` owns the conversation, when given)."""
+    conversation = (
+        messages_table.c.conversation_id == conversation_id
+        if owner is None
+        else messages_table.c.conversation_id.in_(_owned(owner, conversation_id))
+    )
+    statement = (
+        select(*_MESSAGE_COLUMNS)
+        .where(conversation, messages_table.c.turn_id == turn_id)
+        .order_by(messages_table.c.seq)
+    )
+    return tuple(_message_from(row._mapping) for row in (await connection.execute(statement)).all())
+
+
 async def _window(
     connection: AsyncConnection, conversation_id: uuid.UUID, *, before: int, limit: int
 ) -> tuple[Message, ...]:
@@ -588,28 +752,37 @@ async def _window(
 
 @dataclass(frozen=True, slots=True)
 class _Lease:
-    """What a bump does with the conversation's lease for ``turn_id``: take it until ``until``, give it back
-    (``release``), or neither; in every case it matches no row while another turn's lease is live."""
+    """What a bump does with the conversation's lease for ``turn_id`` (its holder): take it until ``until``, give
+    it back (``release``), or neither; in every case it matches no row while another turn's lease is live.
+
+    It may also make a turn the conversation's open turn (``opens``) or close the open turn (``close``).
+    """
 
     turn_id: uuid.UUID
     now: datetime
     until: datetime | None
     release: bool = False
+    opens: uuid.UUID | None = None
+    close: bool = False
 
 
-def _bump(user_id: str, conversation_id: uuid.UUID, *, by: int, lease: _Lease) -> Update:
-    """Reserve ``by`` seqs of the user's conversation; matches no row when another user owns it or holds it."""
+def _bump(user_id: str, conversation_id: uuid.UUID, *, by: int, lease: _Lease, require_closed: bool = False) -> Update:
+    """Reserve ``by`` seqs of the user's conversation; matches no row when another user owns it or holds it, nor,
+    with ``require_closed``, while it has an open turn."""
     columns = conversations_table.c
     values: dict[str, Any] = {"last_seq": columns.last_seq + by, "updated_at": lease.now}
     if lease.until is not None:
         values.update(lease_owner=str(lease.turn_id), lease_expires_at=lease.until)
     elif lease.release:
         values.update(lease_owner=None, lease_expires_at=None)
-    return (
-        update(conversations_table)
-        .where(columns.id == conversation_id, columns.user_id == user_id, _free_for(lease.turn_id, lease.now))
-        .values(**values)
-    )
+    if lease.opens is not None:
+        values["open_turn_id"] = lease.opens
+    elif lease.close:
+        values["open_turn_id"] = None
+    conditions = [columns.id == conversation_id, columns.user_id == user_id, _free_for(lease.turn_id, lease.now)]
+    if require_closed:
+        conditions.append(columns.open_turn_id.is_(None))
+    return update(conversations_table).where(*conditions).values(**values)
 
 
 def _free_for(turn_id: uuid.UUID, now: datetime) -> ColumnElement[bool]:
@@ -631,11 +804,35 @@ def _held_by(user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> Up
 
 
 async def _missing_or(
-    connection: AsyncConnection, user_id: str, conversation_id: uuid.UUID, otherwise: ChatError
+    connection: AsyncConnection,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    otherwise: ChatError,
+    beginning: _Lease | None = None,
 ) -> ChatError:
-    """Why a bump matched nothing: the conversation is not the user's, or (``otherwise``) another turn holds it."""
-    if (await connection.scalar(_owned(user_id, conversation_id))) is None:
+    """Why a bump matched nothing: the conversation is not the user's, or (``otherwise``) another turn holds it.
+
+    For a turn ``beginning`` it may also be free but have an open turn: TurnStillOpen, to close that turn first.
+    """
+    columns = conversations_table.c
+    found = (
+        await connection.execute(
+            select(columns.open_turn_id, columns.lease_owner, columns.lease_expires_at).where(
+                columns.id == conversation_id, columns.user_id == user_id
+            )
+        )
+    ).one_or_none()
+    if found is None:
         return ConversationNotFound()
+    if beginning is not None and found.open_turn_id is not None:
+        held = (
+            found.lease_owner is not None
+            and found.lease_owner != str(beginning.turn_id)
+            and found.lease_expires_at is not None
+            and as_utc(found.lease_expires_at) > beginning.now
+        )
+        if not held:
+            return TurnStillOpen(found.open_turn_id)
     return otherwise
 
 

@@ -81,11 +81,12 @@ WINDOW_FIELDS: Final[dict[str, ColumnElement[Any]]] = {c.name: c for c in MESSAG
 with the session's UTC offset: ``engine.create_engine`` sets the session time zone to UTC."""
 
 
-def _bump(*, take_lease: bool, release: bool) -> Update:
+def _bump(*, take_lease: bool, release: bool, require_closed: bool = False) -> Update:
     """Reserve ``p_by`` seqs of the user's conversation; matches no row when another user owns it or holds it.
 
-    The same UPDATE takes the lease (``take_lease``), gives it back (``release``) or leaves it, and
-    matches nothing while another turn's lease is live (see ``conversation_store``).
+    The same UPDATE takes the lease (``take_lease``), gives it back (``release``, closing the conversation's
+    open turn too) or leaves it, and matches nothing while another turn's lease is live (see
+    ``conversation_store``), nor, with ``require_closed``, while the conversation has an open turn.
     """
     values: dict[str, Any] = {
         "last_seq": _C.last_seq + bindparam("p_by", type_=Integer()),
@@ -97,22 +98,21 @@ def _bump(*, take_lease: bool, release: bool) -> Update:
             lease_expires_at=bindparam("p_until", type_=_C.lease_expires_at.type),
         )
     elif release:
-        values.update(lease_owner=None, lease_expires_at=None)
+        values.update(lease_owner=None, lease_expires_at=None, open_turn_id=None)
     free = or_(
         _C.lease_owner.is_(None),
         _C.lease_owner == bindparam("p_turn", type_=_C.lease_owner.type),
         _C.lease_expires_at.is_(None),
         _C.lease_expires_at <= bindparam("p_now", type_=_C.lease_expires_at.type),
     )
-    return (
-        update(conversations)
-        .where(
-            _C.id == bindparam("p_conversation", type_=_C.id.type),
-            _C.user_id == bindparam("p_user", type_=_C.user_id.type),
-            free,
-        )
-        .values(**values)
-    )
+    conditions = [
+        _C.id == bindparam("p_conversation", type_=_C.id.type),
+        _C.user_id == bindparam("p_user", type_=_C.user_id.type),
+        free,
+    ]
+    if require_closed:
+        conditions.append(_C.open_turn_id.is_(None))
+    return update(conversations).where(*conditions).values(**values)
 
 
 def _message_values() -> list[ColumnElement[Any]]:
@@ -130,7 +130,9 @@ def _continue(*, take_lease: bool) -> Select[Any]:
     INSERT's CTE runs exactly once even though nothing reads it; every part of the statement reads the
     snapshot taken when it started (see ``SqlAlchemyConversationStore._continue_in_one_statement``).
     """
-    bumped = _bump(take_lease=take_lease, release=False).returning(*CONVERSATION_COLUMNS).cte("bumped")
+    bumped = (
+        _bump(take_lease=take_lease, release=False, require_closed=True).returning(*CONVERSATION_COLUMNS).cte("bumped")
+    )
     values = [bumped.c.last_seq.label("seq") if value.name == "seq" else value for value in _message_values()]
     store = (
         insert(messages)
@@ -208,13 +210,14 @@ BATCH_COLUMNS: Final[dict[str, TypeEngine[Any]]] = {
 """The per-message columns of a batch, as PostgreSQL array element types (tool_calls as JSON text, cast in SQL)."""
 
 
-def _append() -> ReturningInsert[Any]:
-    """Bump ``last_seq`` by ``p_by``, giving the lease back, and insert the batch numbered up to it.
+def _append(*, release: bool) -> ReturningInsert[Any]:
+    """Bump ``last_seq`` by ``p_by`` and insert the batch numbered up to it; with ``release`` the lease is given
+    back (the turn's last write), else kept (a step stored as it happens).
 
     The rows travel as one array per column through ``unnest``, so the SQL text is the same for
     every batch size and asyncpg reuses one prepared statement.
     """
-    bumped = _bump(take_lease=False, release=True).returning(_C.last_seq).cte("bumped")
+    bumped = _bump(take_lease=False, release=release).returning(_C.last_seq).cte("bumped")
     arrays = (bindparam(f"batch_{name}", type_=ARRAY(type_)) for name, type_ in BATCH_COLUMNS.items())
     unnested = (
         func.unnest(*arrays)
@@ -239,7 +242,8 @@ def _append() -> ReturningInsert[Any]:
     )
 
 
-APPEND: Final = _append()
+APPEND: Final = _append(release=True)
+APPEND_HOLDING: Final = _append(release=False)
 
 
 def bump_parameters(
@@ -252,7 +256,7 @@ def bump_parameters(
     lease_until: datetime | None = None,
 ) -> dict[str, Any]:
     """The bump's parameters, shared by every statement here; ``lease_until`` is for taking the lease."""
-    owner = str(turn_id)
+    owner = str(turn_id)  # the lease holder: a turn, or whoever took its turn up again
     return {
         "p_user": user_id,
         "p_conversation": conversation_id,
