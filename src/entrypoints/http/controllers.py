@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, HeaderParameter
+from litestar.params import Body, FromPath, HeaderParameter
 from litestar.response import Response
 
 from chatcore.entrypoints.http.auth import BEARER_SECURITY, authorize_path_user
-from chatcore.entrypoints.http.conversations import accepts_event_stream, stream_turn
+from chatcore.entrypoints.http.conversations import accepts_event_stream, stream_decisions, stream_turn
 from chatcore.entrypoints.http.dto import (
+    APPROVALS_REQUEST_EXAMPLE,
+    APPROVED_RESPONSE_EXAMPLE,
+    AWAITING_RESPONSE_EXAMPLE,
     CHAT_REQUEST_EXAMPLE,
     CHAT_RESPONSE_EXAMPLE,
+    DENIAL_REQUEST_EXAMPLE,
+    ApprovalsRequest,
     ChatRequest,
     ChatResponse,
     HealthBody,
+    reject_deeply_nested_body,
 )
 from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.ports import ConversationStore
@@ -72,6 +79,9 @@ class ChatController(Controller):
             "\n\nWith `Accept: text/event-stream` the reply streams as Server-Sent Events instead: `turn` "
             "(conversation_id, turn_id), `delta` (text), `tool_call`, `tool_result`, then `done` (message_id, "
             "response, tool_calls, interrupted) or `error` (the status_code and detail this endpoint would answer). "
+            "A tool call that needs the user's approval is not run: it comes as an `approval_request` event (id, name, "
+            "arguments) and the turn ends with `status: awaiting_approval` and its `pending_approvals`; decide them at "
+            "POST `/api/{user_id}/conversations/{conversation_id}/approvals`. "
             "Every event has an `id`; after a dropped connection, GET "
             "`/api/{user_id}/conversations/{conversation_id}/turns/{turn_id}/events` with `Last-Event-ID` gets the "
             "rest. The turn completes and is stored even if the client disconnects."
@@ -103,6 +113,70 @@ class ChatController(Controller):
             return await stream_turn(request, data.message, data.conversation_id)
         service: ChatService = request.app.state.service
         reply = await service.send(principal, data.message, data.conversation_id, idempotency_key=idempotency_key)
+        return Response(ChatResponse.from_reply(reply))
+
+    @post(
+        "/conversations/{conversation_id:uuid}/approvals",
+        summary="Approve or deny tool calls that wait for the user",
+        description=(
+            "Decides tool calls of the conversation's last turn that wait for the user's approval (`status: "
+            "awaiting_approval`, `pending_approvals` in the chat reply). An approved call runs with the arguments "
+            "the model gave (stored on the server; never taken from this request); a denied one gets the error "
+            "result `denied by the user` and the reason. Decisions on only some pending calls are stored and the "
+            "reply still says `awaiting_approval`; once none is left pending, the model continues the same turn "
+            "and the reply has the chat reply's shape (`message_id` is the new final assistant message)."
+            "\n\nThe same decisions sent twice (a retry, or two replicas at once) run each approved call once, and "
+            "both get the same reply. A different decision for a call already decided is 409; a call that is not "
+            "pending in this conversation (or another user's) is 404. A new chat message denies pending calls "
+            "(`superseded by a new message`); calls pending longer than CHATCORE_APPROVAL_TTL are denied "
+            "(`expired`). With `Accept: text/event-stream` the continuation streams like a chat turn."
+        ),
+        status_code=200,
+        before_request=reject_deeply_nested_body,
+        responses={
+            200: ResponseSpec(
+                data_container=ChatResponse,
+                description="The turn's reply after the decisions",
+                examples=[
+                    Example(summary="Approved: the turn went on", value=APPROVED_RESPONSE_EXAMPLE),
+                    Example(summary="Some calls still wait", value=AWAITING_RESPONSE_EXAMPLE),
+                ],
+            ),
+            **CHAT_ERRORS,
+            400: _error("Bad request body", "decisions must hold 1 to 100 decisions", 400),
+            404: _error(
+                "Unknown conversation or tool call, or another user's",
+                "Tool call not found, or it does not await approval in this conversation",
+                404,
+            ),
+            409: _error(
+                "The call was already decided otherwise (or denied as expired or superseded), or the conversation "
+                "stayed busy; Retry-After says when to try again when busy",
+                "Tool call call_2 was already denied (expired)",
+                409,
+            ),
+        },
+    )
+    async def approvals(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[uuid.UUID],
+        data: Annotated[
+            ApprovalsRequest,
+            Body(
+                examples=[
+                    Example(summary="Approve a call", value=APPROVALS_REQUEST_EXAMPLE),
+                    Example(summary="Deny a call, with a reason", value=DENIAL_REQUEST_EXAMPLE),
+                ]
+            ),
+        ],
+    ) -> Response[Any]:
+        principal = await authorize_path_user(request)
+        decisions = [decision.to_decision() for decision in data.decisions]
+        if accepts_event_stream(request):
+            return await stream_decisions(request, conversation_id, decisions)
+        service: ChatService = request.app.state.service
+        reply = await service.decide(principal, conversation_id, decisions)
         return Response(ChatResponse.from_reply(reply))
 
 

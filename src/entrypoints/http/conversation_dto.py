@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import msgspec
 
+from chatcore import conversations
 from chatcore.adapters.todo.model import Task
 from chatcore.conversations import MAX_TITLE_LENGTH, HistoryEntry, Page
-from chatcore.entrypoints.http.dto import ToolCallOut
+from chatcore.entrypoints.http.dto import PendingApprovalOut, ToolCallOut
 from chatcore.model import Conversation, ConversationSummary
 
 
@@ -22,14 +23,33 @@ class ConversationOut(msgspec.Struct):
     preview: Annotated[
         str | None, msgspec.Meta(description="The start of the newest user or assistant message with text.")
     ] = None
+    awaiting_approval: Annotated[
+        bool, msgspec.Meta(description="Tool calls of its last turn wait for the user's decision.")
+    ] = False
 
     @classmethod
     def from_summary(cls, summary: ConversationSummary) -> ConversationOut:
-        return cls(summary.id, summary.title, summary.created_at, summary.updated_at, summary.preview)
+        s = summary
+        return cls(s.id, s.title, s.created_at, s.updated_at, s.preview, s.awaiting_approval)
 
     @classmethod
     def from_conversation(cls, conversation: Conversation) -> ConversationOut:
         return cls(conversation.id, conversation.title, conversation.created_at, conversation.updated_at)
+
+
+class ConversationDetail(ConversationOut):
+    """One conversation, with the tool calls that wait for the user's decision."""
+
+    pending_approvals: Annotated[
+        list[PendingApprovalOut],
+        msgspec.Meta(description="Approve or deny them at POST .../approvals; [] when none."),
+    ] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def from_detail(cls, detail: conversations.ConversationDetail) -> ConversationDetail:
+        c = detail.conversation
+        pending = [PendingApprovalOut.from_call(a.call) for a in detail.pending_approvals]
+        return cls(c.id, c.title, c.created_at, c.updated_at, None, detail.awaiting_approval, pending)
 
 
 class ConversationPage(msgspec.Struct):
@@ -67,10 +87,7 @@ class MessageOut(msgspec.Struct):
             content=m.content,
             status=m.status.value,
             created_at=m.created_at,
-            tool_calls=[
-                ToolCallOut(id=c.id, name=c.name, arguments=dict(c.arguments), result=c.result, error=c.error)
-                for c in entry.tool_calls
-            ],
+            tool_calls=[ToolCallOut.from_record(c) for c in entry.tool_calls],
         )
 
 
@@ -120,6 +137,7 @@ CONVERSATION_EXAMPLE: dict[str, Any] = {
     "created_at": "2025-03-01T09:30:00Z",
     "updated_at": "2025-03-01T09:31:12Z",
     "preview": "I've added 'Buy milk' to your tasks (task 1).",
+    "awaiting_approval": False,
 }
 CONVERSATION_PAGE_EXAMPLE: dict[str, Any] = {"items": [CONVERSATION_EXAMPLE], "next_cursor": "YzF8MjAyNS0wMy0wMVQw"}
 MESSAGE_PAGE_EXAMPLE: dict[str, Any] = {

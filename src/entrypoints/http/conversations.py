@@ -12,7 +12,7 @@ import inspect
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, patch, post
@@ -32,6 +32,7 @@ from chatcore.entrypoints.http.conversation_dto import (
     MESSAGE_PAGE_EXAMPLE,
     SSE_EXAMPLE,
     TASKS_EXAMPLE,
+    ConversationDetail,
     ConversationOut,
     ConversationPage,
     MessagePage,
@@ -42,7 +43,7 @@ from chatcore.entrypoints.http.conversation_dto import (
 from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.entrypoints.http.errors import INTERNAL_ERROR, status_of
 from chatcore.errors import ChatError
-from chatcore.model import JsonValue, Principal, TurnEvent
+from chatcore.model import JsonValue, Principal, ToolDecision, TurnEvent
 from chatcore.ports import TurnEventStore
 from chatcore.service import ChatService
 from chatcore.streamed_turns import TurnStreamer
@@ -98,12 +99,22 @@ async def stream_turn(
     return event_stream(await streamer.start(principal_of(request), message, conversation_id))
 
 
+async def stream_decisions(
+    request: Request[Any, Any, Any], conversation_id: uuid.UUID, decisions: Sequence[ToolDecision]
+) -> ServerSentEvent:
+    """POST .../approvals with ``Accept: text/event-stream``: the decisions (and the turn going on) as events."""
+    streamer: TurnStreamer = request.app.state.streamer
+    return event_stream(await streamer.decide(principal_of(request), conversation_id, decisions))
+
+
 async def attach_conversations(state: State, container: Any, service: ChatService, *, dev_mode: bool) -> None:
     """Put what these controllers need on the app state (called by the app's lifespan, after the resources start)."""
     events: TurnEventStore = await _resolved(container.turn_events())
     tasks: TaskStore = await _resolved(container.tasks())
     state.streamer = TurnStreamer(service, events, error_body=event_error_body)
-    state.history = ConversationHistory(service.store)
+    state.history = ConversationHistory(
+        service.store, approval_ttl_seconds=service.policy.approval_ttl_seconds, clock=service.clock
+    )
     state.tasks = tasks
     state.demo_token = os.environ.get(DEMO_TOKEN_ENV) if dev_mode else None
 
@@ -185,6 +196,34 @@ class ConversationsController(Controller):
     ) -> MessagePage:
         page = await _history(request).messages(_user(request).user_id, conversation_id, limit=limit, cursor=cursor)
         return MessagePage.from_page(page)
+
+    @get(
+        "/conversations/{conversation_id:uuid}",
+        summary="One conversation, and whether tool calls of it wait for the user's approval",
+        responses={
+            200: ResponseSpec(
+                data_container=ConversationDetail,
+                description="The conversation",
+                examples=[
+                    Example(
+                        summary="A delete waiting for approval",
+                        value={
+                            **CONVERSATION_EXAMPLE,
+                            "awaiting_approval": True,
+                            "pending_approvals": [{"id": "call_2", "name": "delete_task", "arguments": {"task_id": 3}}],
+                        },
+                    )
+                ],
+            ),
+            **NOT_FOUND,
+            **AUTH_ERRORS,
+        },
+    )
+    async def get_conversation(
+        self, request: Request[Any, Any, Any], conversation_id: FromPath[uuid.UUID]
+    ) -> ConversationDetail:
+        detail = await _history(request).conversation(_user(request).user_id, conversation_id)
+        return ConversationDetail.from_detail(detail)
 
     @patch(
         "/conversations/{conversation_id:uuid}",

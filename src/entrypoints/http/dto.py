@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 
-from chatcore.model import MAX_MESSAGE_LENGTH, ChatReply
+from chatcore.errors import InvalidRequest
+from chatcore.model import (
+    MAX_DECISIONS,
+    MAX_MESSAGE_LENGTH,
+    MAX_REASON_LENGTH,
+    MAX_TOOL_CALL_ID_LENGTH,
+    ChatReply,
+    ToolApproval,
+    ToolCall,
+    ToolCallRecord,
+    ToolDecision,
+)
 
 
 class ChatRequest(msgspec.Struct, kw_only=True):
@@ -28,19 +41,79 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     ] = None
 
 
+class ApprovalOut(msgspec.Struct):
+    """The approval a call needed: pending, or the decision with its reason (the user's, expired, or superseded)."""
+
+    status: Annotated[str, msgspec.Meta(description="pending, approved or denied.")]
+    reason: str | None
+    requested_at: datetime
+    decided_at: datetime | None
+
+    @classmethod
+    def from_approval(cls, approval: ToolApproval) -> ApprovalOut:
+        status = "pending" if approval.pending else "approved" if approval.approved else "denied"
+        return cls(status, approval.reason, approval.requested_at, approval.decided_at)
+
+
 class ToolCallOut(msgspec.Struct, omit_defaults=True):
     id: str
     name: str
     arguments: dict[str, Any]
     result: Any
     error: str | None = None
+    status: Annotated[
+        str,
+        msgspec.Meta(description="awaiting_approval while the call waits for the user's decision (shown when so)."),
+    ] = "complete"
+    approval: Annotated[
+        ApprovalOut | None, msgspec.Meta(description="Only for calls of tools that need the user's approval.")
+    ] = None
+
+    @classmethod
+    def from_record(cls, record: ToolCallRecord) -> ToolCallOut:
+        return cls(
+            id=record.id,
+            name=record.name,
+            arguments=dict(record.arguments),
+            result=record.result,
+            error=record.error,
+            status="awaiting_approval" if record.awaiting_approval else "complete",
+            approval=None if record.approval is None else ApprovalOut.from_approval(record.approval),
+        )
+
+
+class PendingApprovalOut(msgspec.Struct):
+    """A tool call waiting for the user's decision; approve or deny it at ``POST .../approvals``."""
+
+    id: Annotated[str, msgspec.Meta(description="The tool call's id: send it back as `tool_call_id`.")]
+    name: str
+    arguments: Annotated[dict[str, Any], msgspec.Meta(description="What the call will run with if approved.")]
+
+    @classmethod
+    def from_call(cls, call: ToolCall) -> PendingApprovalOut:
+        return cls(call.id, call.name, dict(call.arguments))
 
 
 class ChatResponse(msgspec.Struct):
     conversation_id: uuid.UUID
-    message_id: Annotated[uuid.UUID, msgspec.Meta(description="The final assistant message.")]
+    message_id: Annotated[
+        uuid.UUID,
+        msgspec.Meta(
+            description="The final assistant message (while calls await approval: the message that asked for them)."
+        ),
+    ]
     response: str
     tool_calls: list[ToolCallOut]
+    status: Annotated[
+        str,
+        msgspec.Meta(
+            description="complete; awaiting_approval (see pending_approvals); interrupted (stopped, or closed by a "
+            "new message before it could go on)."
+        ),
+    ]
+    pending_approvals: Annotated[
+        list[PendingApprovalOut], msgspec.Meta(description="Tool calls waiting for the user's decision; [] when none.")
+    ]
 
     @classmethod
     def from_reply(cls, reply: ChatReply) -> ChatResponse:
@@ -48,11 +121,40 @@ class ChatResponse(msgspec.Struct):
             conversation_id=reply.conversation_id,
             message_id=reply.message_id,
             response=reply.response,
-            tool_calls=[
-                ToolCallOut(id=c.id, name=c.name, arguments=dict(c.arguments), result=c.result, error=c.error)
-                for c in reply.tool_calls
-            ],
+            tool_calls=[ToolCallOut.from_record(c) for c in reply.tool_calls],
+            status=reply.status.value,
+            pending_approvals=[PendingApprovalOut.from_call(c) for c in reply.pending_approvals],
         )
+
+
+class DecisionIn(msgspec.Struct, kw_only=True):
+    tool_call_id: Annotated[
+        str,
+        msgspec.Meta(min_length=1, max_length=MAX_TOOL_CALL_ID_LENGTH, description="A pending call's `id`."),
+    ]
+    approved: Annotated[bool, msgspec.Meta(description="true runs the call; false gives the model a denial.")]
+    reason: Annotated[
+        str | None,
+        msgspec.Meta(max_length=MAX_REASON_LENGTH, description="Optional; a denial's reason is shown to the model."),
+    ] = None
+
+    def to_decision(self) -> ToolDecision:
+        return ToolDecision(self.tool_call_id, self.approved, self.reason)
+
+
+class ApprovalsRequest(msgspec.Struct, kw_only=True):
+    decisions: Annotated[list[DecisionIn], msgspec.Meta(min_length=1, max_length=MAX_DECISIONS)]
+
+
+async def reject_deeply_nested_body(request: Request[Any, Any, Any]) -> None:
+    """A body nested deeper than the JSON decoder can go is 400, before the route decodes it (which would fail
+    with a RecursionError, a 500). Bodies are small (CHATCORE_MAX_BODY_BYTES), so reading one twice costs little."""
+    try:
+        msgspec.json.decode(await request.body())
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
+    except msgspec.DecodeError:
+        return  # malformed JSON: the route's own decoding answers 400 with its detail
 
 
 class ErrorBody(msgspec.Struct):
@@ -77,6 +179,47 @@ CHAT_RESPONSE_EXAMPLE = {
             "result": {"task_id": 1, "status": "created", "title": "Buy milk"},
         }
     ],
+    "status": "complete",
+    "pending_approvals": [],
+}
+AWAITING_RESPONSE_EXAMPLE = {
+    "conversation_id": "7b0c1a52-9d3e-4f7a-8f8e-2d7c1f0e9a11",
+    "message_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+    "response": "",
+    "tool_calls": [
+        {
+            "id": "call_1",
+            "name": "list_tasks",
+            "arguments": {"status": "all"},
+            "result": [{"id": 3, "title": "Team meeting", "description": None, "completed": False}],
+        }
+    ],
+    "status": "awaiting_approval",
+    "pending_approvals": [{"id": "call_2", "name": "delete_task", "arguments": {"task_id": 3}}],
+}
+APPROVALS_REQUEST_EXAMPLE = {"decisions": [{"tool_call_id": "call_2", "approved": True}]}
+DENIAL_REQUEST_EXAMPLE = {"decisions": [{"tool_call_id": "call_2", "approved": False, "reason": "I still need it"}]}
+APPROVED_RESPONSE_EXAMPLE = {
+    "conversation_id": "7b0c1a52-9d3e-4f7a-8f8e-2d7c1f0e9a11",
+    "message_id": "4d3c2b1a-0f9e-4d8c-b7a6-5f4e3d2c1b0a",
+    "response": "I've deleted 'Team meeting' (task 3).",
+    "tool_calls": [
+        AWAITING_RESPONSE_EXAMPLE["tool_calls"][0],
+        {
+            "id": "call_2",
+            "name": "delete_task",
+            "arguments": {"task_id": 3},
+            "result": {"task_id": 3, "status": "deleted", "title": "Team meeting"},
+            "approval": {
+                "status": "approved",
+                "reason": None,
+                "requested_at": "2025-03-01T09:30:01Z",
+                "decided_at": "2025-03-01T09:30:09Z",
+            },
+        },
+    ],
+    "status": "complete",
+    "pending_approvals": [],
 }
 
 
