@@ -31,6 +31,7 @@ DEPTHS = (200, 2_000, 100_000)
 BODY_READERS = {
     ("POST", "/api/{user_id:str}/chat"),
     ("PATCH", "/api/{user_id:str}/conversations/{conversation_id:uuid}"),
+    ("POST", "/api/{user_id:str}/conversations/{conversation_id:uuid}/approvals"),
 }
 """The routes that read a JSON body; each must answer 400 to a body nested too deeply."""
 WRITE_METHODS = {"POST", "PUT", "PATCH"}

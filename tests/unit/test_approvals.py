@@ -498,9 +498,8 @@ Operation = Say | Decide
 says = st.sampled_from(["delete 3", "delete 4 then 5", "hello", "erase"]).map(lambda text: ("say", text))
 decides = st.tuples(st.just("decide"), st.integers(0, 3), st.sampled_from([True, True, False]))
 step = st.one_of(decides, says, decides)
-operations = st.lists(
-    st.one_of(step, st.tuples(st.just("together"), step, step)), min_size=1, max_size=8
-).map(lambda rest: [("say", "delete 3"), *rest])
+then = st.lists(st.one_of(step, st.tuples(st.just("together"), step, step)), min_size=1, max_size=8)
+operations = then.map(lambda rest: [("say", "delete 3"), *rest])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -24,7 +24,6 @@ from chatcore.entrypoints.http.dto import (
     ChatRequest,
     ChatResponse,
     HealthBody,
-    reject_deeply_nested_body,
 )
 from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.ports import ConversationStore
@@ -132,7 +131,6 @@ class ChatController(Controller):
             "(`expired`). With `Accept: text/event-stream` the continuation streams like a chat turn."
         ),
         status_code=200,
-        before_request=reject_deeply_nested_body,
         responses={
             200: ResponseSpec(
                 data_container=ChatResponse,

@@ -7,11 +7,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 
-from chatcore.errors import InvalidRequest
 from chatcore.model import (
     MAX_DECISIONS,
     MAX_MESSAGE_LENGTH,
@@ -133,10 +131,15 @@ class DecisionIn(msgspec.Struct, kw_only=True):
         msgspec.Meta(min_length=1, max_length=MAX_TOOL_CALL_ID_LENGTH, description="A pending call's `id`."),
     ]
     approved: Annotated[bool, msgspec.Meta(description="true runs the call; false gives the model a denial.")]
-    reason: Annotated[
-        str | None,
-        msgspec.Meta(max_length=MAX_REASON_LENGTH, description="Optional; a denial's reason is shown to the model."),
-    ] = None
+    reason: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=MAX_REASON_LENGTH, description="Optional; a denial's reason is shown to the model."
+            ),
+        ]
+        | None
+    ) = None
 
     def to_decision(self) -> ToolDecision:
         return ToolDecision(self.tool_call_id, self.approved, self.reason)
@@ -144,17 +147,6 @@ class DecisionIn(msgspec.Struct, kw_only=True):
 
 class ApprovalsRequest(msgspec.Struct, kw_only=True):
     decisions: Annotated[list[DecisionIn], msgspec.Meta(min_length=1, max_length=MAX_DECISIONS)]
-
-
-async def reject_deeply_nested_body(request: Request[Any, Any, Any]) -> None:
-    """A body nested deeper than the JSON decoder can go is 400, before the route decodes it (which would fail
-    with a RecursionError, a 500). Bodies are small (CHATCORE_MAX_BODY_BYTES), so reading one twice costs little."""
-    try:
-        msgspec.json.decode(await request.body())
-    except RecursionError:
-        raise InvalidRequest("request body is nested too deeply") from None
-    except msgspec.DecodeError:
-        return  # malformed JSON: the route's own decoding answers 400 with its detail
 
 
 class ErrorBody(msgspec.Struct):
