@@ -263,10 +263,12 @@ def whole_turns(rows: Sequence[RowMapping]) -> list[list[RowMapping]]:
         assert all(m["role"] != "user" for m in turn[1:]), "one user message per turn"
         calls = sorted(c["id"] for m in turn if m["role"] == "assistant" for c in m["tool_calls"] or [])
         results = sorted(m["tool_call_id"] for m in turn if m["role"] == "tool")
-        assert calls == results, "every tool call has exactly one result, every result its call"
-        if len(turn) > 1 and turn[0]["status"] == "complete":
-            assert turn[-1]["role"] == "assistant"
-            assert not turn[-1]["tool_calls"], "a complete turn ends with the answer"
+        assert len(results) == len(set(results)), "no tool call has two results"
+        assert set(results) <= set(calls), "every result has its call"
+        # A turn cut short (a kill, the database gone) stored each step as it happened: the calls that were running
+        # have no result, and history sends them to a model as "interrupted: it may or may not have run".
+        if turn[-1]["role"] == "assistant" and not turn[-1]["tool_calls"]:
+            assert calls == results, "an answered turn has every tool call's result"
     return turns
 
 
