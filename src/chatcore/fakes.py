@@ -52,6 +52,7 @@ from chatcore.model import (
     TurnStart,
     TurnState,
     TurnStatus,
+    Usage,
     utcnow,
 )
 from chatcore.turn_events import stream_of_response
@@ -660,32 +661,63 @@ class InMemoryToolRegistry:
 
 
 AgentFunction = Callable[[AgentRequest], AgentResponse | Awaitable[AgentResponse]]
+AgentStreamFunction = Callable[[AgentRequest], AsyncIterator[AgentStreamEvent]]
 
 
 class FunctionAgent:
-    """An LLMAgent driven by a function of the request, like pydantic-ai's FunctionModel."""
+    """An LLMAgent driven by a function of the request, like pydantic-ai's FunctionModel.
+
+    ``function`` answers a step at once; ``stream`` then cuts its response into pieces. ``stream_function``
+    is the streaming hook (pydantic-ai's ``stream_function``): an async generator yielding the step's deltas
+    and then its AgentResponse, passed on by ``stream`` as they come, so a test can script how a step
+    streams (or fails halfway). With only a stream function, ``complete`` answers with its AgentResponse.
+    A response without usage is reported as zero tokens (``Usage()``); one with usage keeps it.
+    """
 
     provider = "function"
 
-    def __init__(self, function: AgentFunction) -> None:
+    def __init__(
+        self, function: AgentFunction | None = None, *, stream_function: AgentStreamFunction | None = None
+    ) -> None:
+        if function is None and stream_function is None:
+            raise ValueError("FunctionAgent needs a function, a stream_function or both")
         self.function = function
+        self.stream_function = stream_function
         self.requests: list[AgentRequest] = []
 
     async def complete(self, request: AgentRequest) -> AgentResponse:
+        if self.function is None:
+            events = [event async for event in self.stream(request)]
+            last = events[-1]
+            assert isinstance(last, AgentResponse)  # stream() makes sure of it
+            return last
         self.requests.append(request)
         outcome = self.function(request)
-        if isinstance(outcome, AgentResponse):
-            return outcome
-        return await outcome
+        return _reported(outcome if isinstance(outcome, AgentResponse) else await outcome)
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
-        """The function's response, streamed word by word (text) and piece by piece (tool calls)."""
-        for event in stream_of_response(await self.complete(request)):
-            yield event
+        """The stream function's items as they come; else the function's response, streamed word by word (text)
+        and piece by piece (tool calls)."""
+        if self.stream_function is None:
+            for event in stream_of_response(await self.complete(request)):
+                yield event
+            return
+        self.requests.append(request)
+        answered = False
+        async for event in self.stream_function(request):
+            if answered:
+                raise ValueError("a stream_function must yield exactly one AgentResponse, last")
+            answered = isinstance(event, AgentResponse)
+            yield _reported(event) if isinstance(event, AgentResponse) else event
+        if not answered:
+            raise ValueError("a stream_function must end with an AgentResponse")
 
 
 class ScriptedAgent:
-    """An LLMAgent that plays back responses (or raises errors) in order, then repeats the last one."""
+    """An LLMAgent that plays back responses (or raises errors) in order, then repeats the last one.
+
+    A response without usage is reported as zero tokens (``Usage()``); one with usage keeps it.
+    """
 
     provider = "scripted"
 
@@ -698,9 +730,14 @@ class ScriptedAgent:
         step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
         if isinstance(step, AgentError):
             raise step
-        return step
+        return _reported(step)
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
         """The next scripted step, streamed word by word (text) and piece by piece (tool calls)."""
         for event in stream_of_response(await self.complete(request)):
             yield event
+
+
+def _reported(response: AgentResponse) -> AgentResponse:
+    """``response`` as an agent reports it: with zero-token usage when it came without any."""
+    return response if response.usage is not None else replace(response, usage=Usage())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from chatcore.history import INTERRUPTED_ERROR
@@ -28,8 +28,12 @@ from chatcore.model import (
     TextDelta,
     ToolCall,
     ToolResult,
+    Usage,
 )
 from chatcore.turn_events import stream_of_response
+
+MODEL: Final = "offline"
+"""The model name the offline agent reports (it costs no tokens)."""
 
 EXAMPLES: Final = (
     "- “Add a task to buy groceries”\n"
@@ -114,16 +118,21 @@ class OfflineTodoAgent:
             yield event
 
     async def complete(self, request: AgentRequest) -> AgentResponse:
-        turn = _read_turn(request)
-        if turn is None:
-            return AgentResponse(f"Hi! {HELP}", (), "end_turn")
-        line = _one_line(turn.instruction.content)
-        command = _without_politeness(line)
-        for intent in _INTENTS:
-            match = intent.pattern.fullmatch(command)
-            if match is not None:
-                return intent.handle(match, turn)
-        return turn.reply(_not_understood(line))
+        """The step, costing no tokens: usage is zero and the model is ``offline``."""
+        return replace(_answer(request), usage=Usage(), model=MODEL)
+
+
+def _answer(request: AgentRequest) -> AgentResponse:
+    turn = _read_turn(request)
+    if turn is None:
+        return AgentResponse(f"Hi! {HELP}", (), "end_turn")
+    line = _one_line(turn.instruction.content)
+    command = _without_politeness(line)
+    for intent in _INTENTS:
+        match = intent.pattern.fullmatch(command)
+        if match is not None:
+            return intent.handle(match, turn)
+    return turn.reply(_not_understood(line))
 
 
 def _read_turn(request: AgentRequest) -> _Turn | None:
