@@ -10,10 +10,9 @@ fails a test with the API's 400 instead of passing against a lenient fake.
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
-from .brain import Decision, ToolOutcome, respond_to_results, respond_to_user
+from .brain import Decision, ToolOutcome, digest, json_pieces, respond_to_results, respond_to_user, text_pieces
 
 PATH = "/v1/messages"
 PREAMBLE = "I'll take care of that."
@@ -156,18 +155,33 @@ def _result_text(block: dict[str, Any]) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
-def message(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
-    """A complete ``message`` object, as the API returns it."""
+def message(
+    body: dict[str, Any], decision: Decision, *, cache_read_tokens: int = 0, cache_write_tokens: int = 0
+) -> dict[str, Any]:
+    """A complete ``message`` object, as the API returns it.
+
+    Ids come from the request (``digest``), so the same request streamed or not gets the same reply. Of the
+    prompt's tokens, ``cache_read_tokens`` are reported as read from the prompt cache and ``cache_write_tokens``
+    as written to it; ``input_tokens`` is the rest, as the API counts it (neither cache part included).
+    """
     content: list[dict[str, Any]] = []
     text = decision.text or (PREAMBLE if decision.calls else "")
     if text:
         content.append({"type": "text", "text": text, "citations": None})
     content.extend(
-        {"type": "tool_use", "id": f"toolu_01{secrets.token_hex(11)}", "name": call.name, "input": call.arguments}
-        for call in decision.calls
+        {
+            "type": "tool_use",
+            "id": f"toolu_01{digest([body['messages'], index], 22)}",
+            "name": call.name,
+            "input": call.arguments,
+        }
+        for index, call in enumerate(decision.calls)
     )
+    prompt_tokens = len(json.dumps(body["messages"])) // 4
+    cache_read = min(cache_read_tokens, prompt_tokens)
+    cache_write = min(cache_write_tokens, prompt_tokens - cache_read)
     return {
-        "id": f"msg_01{secrets.token_hex(11)}",
+        "id": f"msg_01{digest(body['messages'], 22)}",
         "type": "message",
         "role": "assistant",
         "model": body["model"],
@@ -175,13 +189,60 @@ def message(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
         "stop_reason": "tool_use" if decision.calls else "end_turn",
         "stop_sequence": None,
         "usage": {
-            "input_tokens": len(json.dumps(body["messages"])) // 4,
+            "input_tokens": prompt_tokens - cache_read - cache_write,
             "output_tokens": max(1, len(json.dumps(content)) // 4),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": cache_write,
+            "cache_read_input_tokens": cache_read,
             "service_tier": "standard",
         },
     }
+
+
+def _call_id(body: dict[str, Any], index: int) -> str:
+    return f"toolu_01{digest([body['messages'], index], 22)}"
+
+
+def events(whole: dict[str, Any], *, piece_chars: int | None = None) -> list[dict[str, Any]]:
+    """The stream of ``whole`` (a ``message``), as the API sends it with ``"stream": true``.
+
+    ``message_start`` carries the message without content and the input usage (``output_tokens`` 1 so far);
+    each block is ``content_block_start``, its ``text_delta`` or ``input_json_delta`` pieces (a tool's input
+    starting with an empty one), ``content_block_stop``; a ``ping`` follows the first block's start;
+    ``message_delta`` brings the stop reason and the final ``output_tokens``; ``message_stop`` ends it.
+    """
+    usage = whole["usage"]
+    start = {**whole, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
+    out: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(whole["content"]):
+        if block["type"] == "text":
+            out.append({"type": "content_block_start", "index": index, "content_block": {**block, "text": ""}})
+            deltas = [{"type": "text_delta", "text": piece} for piece in text_pieces(block["text"], piece_chars)]
+        else:
+            out.append({"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}})
+            arguments = json.dumps(block["input"])
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in ["", *json_pieces(arguments)]]
+        if index == 0:
+            out.append({"type": "ping"})
+        out.extend({"type": "content_block_delta", "index": index, "delta": delta} for delta in deltas)
+        out.append({"type": "content_block_stop", "index": index})
+    out.append(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": whole["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]},
+        }
+    )
+    out.append({"type": "message_stop"})
+    return out
+
+
+def event_stream(events: list[dict[str, Any]]) -> bytes:
+    """Server-sent events as Anthropic writes them: ``event:`` names the type, ``data:`` carries the JSON."""
+    return "".join(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n" for event in events).encode()
+
+
+STREAM_ERROR = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+"""The ``error`` event of a stream that fails after it began."""
 
 
 def error_body(error_type: str, message: str, request_id: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ which tool a message leads to, and can check every byte that travels.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -80,3 +82,24 @@ def _title(words: str) -> str:
     """'buy milk.' -> 'Buy milk', as the offline agent writes titles."""
     cleaned = words.strip().rstrip(".!?").strip()
     return cleaned[:1].upper() + cleaned[1:]
+
+
+_WORD = re.compile(r"\s*\S+\s*|\s+")
+
+
+def text_pieces(text: str, size: int | None = None) -> list[str]:
+    """How the fake streams ``text``: a word at a time (whitespace kept), or ``size`` characters at a time."""
+    if size:
+        return [text[start : start + size] for start in range(0, len(text), size)]
+    return _WORD.findall(text)
+
+
+def json_pieces(text: str) -> list[str]:
+    """Tool-call arguments as streamed: the JSON text in three pieces of about equal length (empty ones left out)."""
+    third = max(1, -(-len(text) // 3))
+    return [text[start : start + third] for start in range(0, len(text), third)]
+
+
+def digest(value: Any, length: int) -> str:
+    """``length`` hex digits standing for ``value``: the same request gets the same ids, streamed or not."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:length]

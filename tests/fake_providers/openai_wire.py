@@ -9,11 +9,10 @@ Bodies follow the API reference, with every field the SDK models declare.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import Any
 
-from .brain import Decision, ToolOutcome, respond_to_results, respond_to_user
+from .brain import Decision, ToolOutcome, digest, json_pieces, respond_to_results, respond_to_user, text_pieces
 
 PATH = "/v1/chat/completions"
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -72,6 +71,10 @@ def validate(body: Any) -> None:
             raise OpenAIRequestError("Invalid type for message content.", f"messages.[{index}].content")
     if open_calls:
         raise OpenAIRequestError("The last assistant message's tool calls have no responses.", "messages")
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        raise OpenAIRequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
+        )
     for index, tool in enumerate(body.get("tools") or []):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or tool.get("type") != "function" or not function.get("name"):
@@ -125,18 +128,22 @@ def _is_error(content: str) -> bool:
     return isinstance(decoded, dict) and set(decoded) == {"error"}
 
 
-def completion(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
-    """A complete ``chat.completion`` object, as the API returns it."""
+def completion(body: dict[str, Any], decision: Decision, *, cached_tokens: int = 0) -> dict[str, Any]:
+    """A complete ``chat.completion`` object, as the API returns it.
+
+    Ids come from the request (``digest``), so the same request streamed or not gets the same reply.
+    ``cached_tokens`` of the prompt are reported as read from OpenAI's prompt cache (part of ``prompt_tokens``).
+    """
     tool_calls = [
         {
-            "id": f"call_{secrets.token_urlsafe(18)[:24]}",
+            "id": f"call_{digest([body['messages'], index], 24)}",
             "type": "function",
             "function": {
                 "name": call.name,
                 "arguments": json.dumps(call.arguments, separators=(",", ":")),
             },  # compact, as OpenAI sends them
         }
-        for call in decision.calls
+        for index, call in enumerate(decision.calls)
     ]
     message: dict[str, Any] = {
         "role": "assistant",
@@ -149,7 +156,7 @@ def completion(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
     prompt_tokens = len(json.dumps(body["messages"])) // 4
     completion_tokens = max(1, len(json.dumps(message)) // 4)
     return {
-        "id": f"chatcmpl-{secrets.token_hex(15)}",
+        "id": f"chatcmpl-{digest(body['messages'], 30)}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body["model"],
@@ -165,7 +172,7 @@ def completion(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": min(cached_tokens, prompt_tokens), "audio_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": 0,
                 "audio_tokens": 0,
@@ -176,6 +183,64 @@ def completion(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
         "service_tier": "default",
         "system_fingerprint": "fp_fake0001",
     }
+
+
+def chunks(whole: dict[str, Any], *, include_usage: bool, piece_chars: int | None = None) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` objects that stream ``whole`` (a ``completion``), as the API sends them.
+
+    The first chunk carries the role; text arrives in pieces, each tool call as a first piece with its id and
+    name and then its arguments in pieces; the last chunk with choices carries the finish reason. With
+    ``stream_options.include_usage`` every chunk has ``"usage": null`` and one more chunk, without choices, the
+    usage.
+    """
+    head = {key: whole[key] for key in ("id", "created", "model", "service_tier", "system_fingerprint")}
+    head["object"] = "chat.completion.chunk"
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+    choice = whole["choices"][0]
+    message = choice["message"]
+    calls = message.get("tool_calls") or []
+    out: list[dict[str, Any]] = []
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> None:
+        out.append(
+            {
+                **head,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                **extra,
+            }
+        )
+
+    first: dict[str, Any] = {"role": "assistant", "content": "" if message["content"] else None, "refusal": None}
+    if message["content"] or not calls:
+        chunk(first)
+        first = {}
+        for piece in text_pieces(message["content"] or "", piece_chars):
+            chunk({"content": piece})
+    for index, call in enumerate(calls):
+        start = {
+            "index": index,
+            "id": call["id"],
+            "type": "function",
+            "function": {**call["function"], "arguments": ""},
+        }
+        chunk({**first, "tool_calls": [start]})
+        first = {}
+        for piece in json_pieces(call["function"]["arguments"]):
+            chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    chunk({}, choice["finish_reason"])
+    if include_usage:
+        out.append({**head, "choices": [], "usage": whole["usage"]})
+    return out
+
+
+def event_stream(chunks: list[dict[str, Any]], *, done: bool = True) -> bytes:
+    """Server-sent events as OpenAI writes them: one ``data:`` line per chunk, then ``data: [DONE]``."""
+    text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks)
+    return (text + ("data: [DONE]\n\n" if done else "")).encode()
+
+
+STREAM_ERROR = {"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}
+"""What OpenAI sends inside a stream that fails after it began (``data: {"error": ...}``)."""
 
 
 def error_body(message: str, error_type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:

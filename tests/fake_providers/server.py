@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal, get_args
@@ -22,15 +23,17 @@ from typing import Any, Final, Literal, get_args
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import anthropic_wire, openai_wire
 
 Provider = Literal["openai", "anthropic"]
-FailureKind = Literal["rate_limit", "server_error", "unauthorized", "context_length", "slow"]
+FailureKind = Literal["rate_limit", "server_error", "unauthorized", "context_length", "slow", "stream_error"]
 FAILURE_KINDS: Final[tuple[FailureKind, ...]] = get_args(FailureKind)
 START_TIMEOUT_SECONDS: Final = 10.0
+STREAM_WRITE_BYTES: Final = 512
+"""Bytes per write of a streamed reply: events split across reads, as they arrive from a provider."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +49,30 @@ class RecordedRequest:
 class FakeProviderServer:
     """Both providers' APIs on one port: OpenAI under ``{url}/v1``, Anthropic at ``{url}`` (the SDKs add ``/v1``).
 
-    ``retry_after`` is the Retry-After a rate limit carries; a ``slow`` failure answers after
-    ``slow_seconds`` (cut short when the server stops, so no test waits for it).
+    A request with ``"stream": true`` is answered with the API's event stream (the same reply, in pieces;
+    ``stream_piece_chars`` sets the size of the text pieces, else a word each). Usage is reported like the
+    APIs do, with ``cache_read_tokens`` of each prompt read from the prompt cache and (Anthropic only)
+    ``cache_write_tokens`` written to it. ``retry_after`` is the Retry-After a rate limit carries; a
+    ``slow`` failure answers after ``slow_seconds`` (cut short when the server stops, so no test waits for
+    it); a ``stream_error`` sends the first piece of a streamed reply and then the API's error event (a
+    request that is not streamed gets the server error instead).
     Use as a context manager, or call ``start()`` and ``stop()``.
     """
 
-    def __init__(self, *, retry_after: int = 7, slow_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        retry_after: int = 7,
+        slow_seconds: float = 10.0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        stream_piece_chars: int | None = None,
+    ) -> None:
         self.retry_after = retry_after
         self.slow_seconds = slow_seconds
+        self.cache_read_tokens = cache_read_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.stream_piece_chars = stream_piece_chars
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._failures: deque[FailureKind] = deque()
@@ -149,12 +168,15 @@ class FakeProviderServer:
             failure = None
         return body, failure
 
-    async def _openai(self, request: Request) -> JSONResponse:
+    async def _openai(self, request: Request) -> Response:
         body, failure = await self._receive("openai", request)
         request_id = f"req_{secrets.token_hex(16)}"
         headers = {"x-request-id": request_id, "openai-processing-ms": "12"}
         key = openai_wire.check_auth(dict(request.headers))
-        if failure is not None:
+        streamed = isinstance(body, dict) and body.get("stream") is True
+        if failure == "stream_error" and not streamed:
+            failure = "server_error"
+        if failure is not None and failure != "stream_error":
             status, error = openai_wire.failure(failure, body, key)
             if status == 429:
                 headers["retry-after"] = str(self.retry_after)
@@ -171,14 +193,24 @@ class FakeProviderServer:
         except openai_wire.OpenAIRequestError as problem:
             error = openai_wire.error_body(str(problem), "invalid_request_error", param=problem.param)
             return JSONResponse(error, 400, headers)
-        return JSONResponse(openai_wire.completion(body, openai_wire.decide(body)), 200, headers)
+        whole = openai_wire.completion(body, openai_wire.decide(body), cached_tokens=self.cache_read_tokens)
+        if not streamed:
+            return JSONResponse(whole, 200, headers)
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        chunks = openai_wire.chunks(whole, include_usage=include_usage, piece_chars=self.stream_piece_chars)
+        if failure == "stream_error":
+            chunks = [*chunks[:2], openai_wire.STREAM_ERROR]
+        return _event_stream(openai_wire.event_stream(chunks, done=failure is None), headers)
 
-    async def _anthropic(self, request: Request) -> JSONResponse:
+    async def _anthropic(self, request: Request) -> Response:
         body, failure = await self._receive("anthropic", request)
         request_id = f"req_011{secrets.token_hex(12)}"
         headers = {"request-id": request_id}
         key = anthropic_wire.check_auth(dict(request.headers))
-        if failure is not None:
+        streamed = isinstance(body, dict) and body.get("stream") is True
+        if failure == "stream_error" and not streamed:
+            failure = "server_error"
+        if failure is not None and failure != "stream_error":
             status, error = anthropic_wire.failure(failure, key, request_id)
             if status == 429:
                 headers["retry-after"] = str(self.retry_after)
@@ -192,4 +224,25 @@ class FakeProviderServer:
             return JSONResponse(
                 anthropic_wire.error_body("invalid_request_error", str(problem), request_id), 400, headers
             )
-        return JSONResponse(anthropic_wire.message(body, anthropic_wire.decide(body)), 200, headers)
+        whole = anthropic_wire.message(
+            body,
+            anthropic_wire.decide(body),
+            cache_read_tokens=self.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+        )
+        if not streamed:
+            return JSONResponse(whole, 200, headers)
+        events = anthropic_wire.events(whole, piece_chars=self.stream_piece_chars)
+        if failure == "stream_error":
+            events = [*events[:4], anthropic_wire.STREAM_ERROR]
+        return _event_stream(anthropic_wire.event_stream(events), headers)
+
+
+def _event_stream(content: bytes, headers: dict[str, str]) -> Response:
+    """A ``text/event-stream`` reply, sent as the events' bytes in pieces like a provider streams them."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(content), STREAM_WRITE_BYTES):
+            yield content[start : start + STREAM_WRITE_BYTES]
+
+    return StreamingResponse(pieces(), 200, headers, media_type="text/event-stream")
