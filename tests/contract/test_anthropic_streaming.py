@@ -16,7 +16,7 @@ import pytest
 import respx
 
 from chatcore.adapters.anthropic.agent import AnthropicChatAgent
-from chatcore.errors import AgentRateLimited, AgentUnavailable
+from chatcore.errors import AgentUnavailable
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
@@ -26,6 +26,7 @@ from chatcore.model import (
     ToolCall,
     ToolCallDelta,
     ToolSpec,
+    Usage,
 )
 
 API_KEY = "sk-ant-test-SECRET123"
@@ -141,22 +142,6 @@ async def collect(agent: AnthropicChatAgent) -> list[AgentStreamEvent]:
     return [event async for event in agent.stream(request())]
 
 
-async def test_the_request_is_the_complete_request_with_stream_true(
-    httpx2_mock: respx.Router, agent: AnthropicChatAgent
-) -> None:
-    route = httpx2_mock.post(MESSAGES_URL)
-    final = {**message_start()["message"], "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn"}
-    route.side_effect = [respx.MockResponse(**event_stream(TEXT_STREAM)), respx.MockResponse(200, json=final)]
-
-    await collect(agent)
-    await agent.complete(request())
-
-    streamed, completed = (json.loads(call.request.content) for call in route.calls)
-    assert streamed.pop("stream") is True
-    assert streamed == completed
-    assert route.calls[0].request.headers["authorization"] == f"Bearer {API_KEY}"
-
-
 async def test_text_deltas_then_the_whole_response(httpx2_mock: respx.Router, agent: AnthropicChatAgent) -> None:
     httpx2_mock.post(MESSAGES_URL).respond(**event_stream(TEXT_STREAM))
 
@@ -166,7 +151,7 @@ async def test_text_deltas_then_the_whole_response(httpx2_mock: respx.Router, ag
         TextDelta("You have"),
         TextDelta(" 2 pending"),
         TextDelta(" tasks."),
-        AgentResponse("You have 2 pending tasks.", (), "end_turn"),
+        AgentResponse("You have 2 pending tasks.", (), "end_turn", Usage(472, 89), MODEL),
     ]
 
 
@@ -189,47 +174,38 @@ async def test_input_json_deltas_are_assembled_into_tool_calls(
             ToolCall("toolu_02eggs", "add_task", {"title": "Buy eggs"}),
         ),
         "tool_use",
+        Usage(472, 89),
+        MODEL,
     )
 
 
-async def test_a_streamed_response_equals_the_complete_response(
+async def test_usage_is_message_starts_input_with_its_cache_parts_and_message_deltas_output(
     httpx2_mock: respx.Router, agent: AnthropicChatAgent
 ) -> None:
-    final = {
-        **message_start()["message"],
-        "content": [
-            {"type": "text", "text": "Adding both."},
-            {"type": "tool_use", "id": "toolu_01milk", "name": "add_task", "input": {"title": "Buy milk"}},
-            {"type": "tool_use", "id": "toolu_02eggs", "name": "add_task", "input": {"title": "Buy eggs"}},
-        ],
-        "stop_reason": "tool_use",
+    """``message_start`` carries the input (``input_tokens`` without the cache's reads and writes) and
+    ``message_delta`` the final, cumulative ``output_tokens``."""
+    start = message_start()
+    start["message"]["usage"] = {
+        "input_tokens": 50,
+        "cache_creation_input_tokens": 248,
+        "cache_read_input_tokens": 1800,
+        "output_tokens": 1,
     }
-    route = httpx2_mock.post(MESSAGES_URL)
-    route.side_effect = [respx.MockResponse(**event_stream(TOOL_STREAM)), respx.MockResponse(200, json=final)]
+    body = sse(start, block_start(0, {"type": "text", "text": ""}), text_delta(0, "Done."), block_stop(0))
+    body += sse(*message_end("end_turn"))
+    httpx2_mock.post(MESSAGES_URL).respond(**event_stream(body))
 
-    streamed = (await collect(agent))[-1]
+    events = await collect(agent)
 
-    assert streamed == await agent.complete(request())
-
-
-async def test_a_rate_limit_before_the_stream_is_agent_rate_limited(
-    httpx2_mock: respx.Router, agent: AnthropicChatAgent
-) -> None:
-    httpx2_mock.post(MESSAGES_URL).respond(
-        429,
-        json={"type": "error", "error": {"type": "rate_limit_error", "message": "Number of request tokens exceeded"}},
-        headers={"retry-after": "12"},
+    assert events[-1] == AgentResponse(
+        "Done.", (), "end_turn", Usage(2098, 89, cached_read_tokens=1800, cache_write_tokens=248), MODEL
     )
 
-    with pytest.raises(AgentRateLimited) as raised:
-        await collect(agent)
 
-    assert raised.value.retry_after == 12
-
-
-async def test_an_error_event_mid_stream_is_agent_unavailable_after_the_deltas_before_it(
+async def test_an_error_event_keeps_the_usage_message_start_reported(
     httpx2_mock: respx.Router, agent: AnthropicChatAgent
 ) -> None:
+    """The input of a stream that failed after ``message_start`` was counted: the error carries it."""
     body = sse(
         message_start(),
         block_start(0, {"type": "text", "text": ""}),
@@ -237,26 +213,27 @@ async def test_an_error_event_mid_stream_is_agent_unavailable_after_the_deltas_b
         {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
     )
     httpx2_mock.post(MESSAGES_URL).respond(**event_stream(body))
-    seen: list[AgentStreamEvent] = []
 
-    async def read_all() -> None:
-        async for event in agent.stream(request()):
-            seen.append(event)
+    with pytest.raises(AgentUnavailable) as failed:
+        await collect(agent)
 
-    with pytest.raises(AgentUnavailable) as raised:
-        await read_all()
-
-    assert seen == [TextDelta("Hel")]
-    assert API_KEY not in raised.value.detail
+    assert failed.value.detail == "Anthropic request failed: error in the reply stream (overloaded_error)"
+    assert failed.value.usage == Usage(472, 2)
 
 
-async def test_closing_the_stream_early_stops_reading(httpx2_mock: respx.Router, agent: AnthropicChatAgent) -> None:
-    httpx2_mock.post(MESSAGES_URL).respond(**event_stream(TEXT_STREAM))
-    stream = agent.stream(request())
+async def test_a_tool_input_cut_off_mid_json_is_not_run(httpx2_mock: respx.Router, agent: AnthropicChatAgent) -> None:
+    body = sse(
+        message_start(),
+        block_start(0, {"type": "tool_use", "id": "toolu_01cut", "name": "add_task", "input": {}}),
+        json_delta(0, '{"title": "Bu'),
+        block_stop(0),
+        *message_end("max_tokens"),
+    )
+    httpx2_mock.post(MESSAGES_URL).respond(**event_stream(body))
 
-    first = await anext(stream)
-    await stream.aclose()  # type: ignore[attr-defined]
+    events = await collect(agent)
 
-    assert first == TextDelta("You have")
-    with pytest.raises(StopAsyncIteration):
-        await anext(stream)
+    final = events[-1]
+    assert isinstance(final, AgentResponse)
+    assert final.tool_calls == ()
+    assert final.stop_reason == "max_tokens"

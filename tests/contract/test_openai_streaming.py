@@ -15,7 +15,7 @@ import pytest
 import respx
 
 from chatcore.adapters.openai.agent import OpenAIChatAgent
-from chatcore.errors import AgentRateLimited, AgentUnavailable
+from chatcore.errors import AgentUnavailable
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
@@ -25,6 +25,7 @@ from chatcore.model import (
     ToolCall,
     ToolCallDelta,
     ToolSpec,
+    Usage,
 )
 
 API_KEY = "sk-test-SECRET123"
@@ -35,11 +36,12 @@ ADD_TASK = ToolSpec(
     description="Add a task to the user's list.",
     parameters={"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]},
 )
+SNAPSHOT = "gpt-4o-mini-2024-07-18"
 HEAD = {
     "id": "chatcmpl-BAl2fBLhHmDDGkXR9HdeNtwWpYZ3m",
     "object": "chat.completion.chunk",
     "created": 1741882085,
-    "model": "gpt-4o-mini-2024-07-18",
+    "model": SNAPSHOT,
     "service_tier": "default",
     "system_fingerprint": "fp_06737a9306",
 }
@@ -106,23 +108,6 @@ async def collect(agent: OpenAIChatAgent, agent_request: AgentRequest) -> list[A
     return [event async for event in agent.stream(agent_request)]
 
 
-async def test_the_request_is_the_complete_request_with_stream_true(
-    httpx2_mock: respx.Router, agent: OpenAIChatAgent
-) -> None:
-    route = httpx2_mock.post(COMPLETIONS_URL)
-    route.side_effect = [
-        respx.MockResponse(**event_stream(TEXT_STREAM)),
-        respx.MockResponse(200, json={**HEAD, "object": "chat.completion", "choices": []}),
-    ]
-    await collect(agent, request())
-    with pytest.raises(AgentUnavailable):  # no choices: the request is what matters here
-        await agent.complete(request())
-
-    streamed, completed = (json.loads(call.request.content) for call in route.calls)
-    assert streamed.pop("stream") is True
-    assert streamed == completed
-
-
 async def test_text_arrives_as_deltas_then_the_whole_response(
     httpx2_mock: respx.Router, agent: OpenAIChatAgent
 ) -> None:
@@ -134,7 +119,7 @@ async def test_text_arrives_as_deltas_then_the_whole_response(
         TextDelta("You have"),
         TextDelta(" 2 pending"),
         TextDelta(" tasks."),
-        AgentResponse("You have 2 pending tasks.", (), "stop"),
+        AgentResponse("You have 2 pending tasks.", (), "stop", Usage(412, 6), SNAPSHOT),
     ]
 
 
@@ -157,46 +142,9 @@ async def test_tool_call_argument_deltas_are_assembled_per_call(
             ToolCall("call_Q2x8", "add_task", {"title": "Buy eggs"}),
         ),
         "tool_calls",
+        None,  # this stream was not asked for usage (a server that ignores stream_options sends none)
+        SNAPSHOT,
     )
-
-
-async def test_a_stream_response_equals_the_complete_response_for_the_same_reply(
-    httpx2_mock: respx.Router, agent: OpenAIChatAgent
-) -> None:
-    completion = {
-        **HEAD,
-        "object": "chat.completion",
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "refusal": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_Y7m5",
-                            "type": "function",
-                            "function": {"name": "add_task", "arguments": '{"title": "Call mom"}'},
-                        },
-                        {
-                            "id": "call_Q2x8",
-                            "type": "function",
-                            "function": {"name": "add_task", "arguments": '{"title": "Buy eggs"}'},
-                        },
-                    ],
-                },
-                "logprobs": None,
-                "finish_reason": "tool_calls",
-            }
-        ],
-    }
-    route = httpx2_mock.post(COMPLETIONS_URL)
-    route.side_effect = [respx.MockResponse(**event_stream(TOOL_STREAM)), respx.MockResponse(200, json=completion)]
-
-    streamed = (await collect(agent, request()))[-1]
-
-    assert streamed == await agent.complete(request())
 
 
 async def test_a_refusal_streams_as_the_answer_text(httpx2_mock: respx.Router, agent: OpenAIChatAgent) -> None:
@@ -211,43 +159,7 @@ async def test_a_refusal_streams_as_the_answer_text(httpx2_mock: respx.Router, a
 
     events = await collect(agent, request())
 
-    assert events[-1] == AgentResponse("I can't help.", (), "stop")
-
-
-async def test_a_rate_limit_before_the_stream_is_agent_rate_limited(
-    httpx2_mock: respx.Router, agent: OpenAIChatAgent
-) -> None:
-    httpx2_mock.post(COMPLETIONS_URL).respond(
-        429,
-        json={"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
-        headers={"retry-after": "7"},
-    )
-
-    with pytest.raises(AgentRateLimited) as raised:
-        await collect(agent, request())
-
-    assert raised.value.retry_after == 7
-
-
-async def test_an_error_inside_the_stream_is_agent_unavailable_after_the_deltas_before_it(
-    httpx2_mock: respx.Router, agent: OpenAIChatAgent
-) -> None:
-    broken = (
-        sse(chunk({"role": "assistant", "content": "Hel"})).removesuffix(b"data: [DONE]\n\n")
-        + b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n'
-    )
-    httpx2_mock.post(COMPLETIONS_URL).respond(**event_stream(broken))
-    seen: list[AgentStreamEvent] = []
-
-    async def read_all() -> None:
-        async for event in agent.stream(request()):
-            seen.append(event)
-
-    with pytest.raises(AgentUnavailable) as raised:
-        await read_all()
-
-    assert seen == [TextDelta("Hel")]
-    assert API_KEY not in raised.value.detail
+    assert events[-1] == AgentResponse("I can't help.", (), "stop", None, SNAPSHOT)
 
 
 async def test_a_stream_without_choices_is_unavailable(httpx2_mock: respx.Router, agent: OpenAIChatAgent) -> None:
@@ -257,13 +169,46 @@ async def test_a_stream_without_choices_is_unavailable(httpx2_mock: respx.Router
         await collect(agent, request())
 
 
-async def test_closing_the_stream_early_stops_reading(httpx2_mock: respx.Router, agent: OpenAIChatAgent) -> None:
-    httpx2_mock.post(COMPLETIONS_URL).respond(**event_stream(TEXT_STREAM))
-    stream = agent.stream(request())
+async def test_the_usage_chunk_without_choices_is_the_steps_usage_with_its_cached_part(
+    httpx2_mock: respx.Router, agent: OpenAIChatAgent
+) -> None:
+    """With ``stream_options.include_usage`` OpenAI sends ``"usage": null`` in every chunk and the usage in one
+    more chunk after the last choice; ``prompt_tokens`` include the cached tokens."""
+    usage = {
+        "prompt_tokens": 2006,
+        "completion_tokens": 6,
+        "total_tokens": 2012,
+        "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }
+    body = sse(
+        {**chunk({"role": "assistant", "content": "", "refusal": None}), "usage": None},
+        {**chunk({"content": "Done."}), "usage": None},
+        {**chunk({}, "stop"), "usage": None},
+        {**HEAD, "choices": [], "usage": usage},
+    )
+    httpx2_mock.post(COMPLETIONS_URL).respond(**event_stream(body))
 
-    first = await anext(stream)
-    await stream.aclose()  # type: ignore[attr-defined]
+    events = await collect(agent, request())
 
-    assert first == TextDelta("You have")
-    with pytest.raises(StopAsyncIteration):
-        await anext(stream)
+    assert events == [
+        TextDelta("Done."),
+        AgentResponse("Done.", (), "stop", Usage(2006, 6, cached_read_tokens=1920), SNAPSHOT),
+    ]
+
+
+async def test_a_chunk_that_is_not_a_chunk_is_an_unavailable_provider(
+    httpx2_mock: respx.Router, agent: OpenAIChatAgent
+) -> None:
+    body = sse(chunk({"content": "Hel"})).replace(b"data: [DONE]", b'data: {"choices": "lo"}')
+    httpx2_mock.post(COMPLETIONS_URL).respond(**event_stream(body))
+    seen: list[AgentStreamEvent] = []
+
+    async def read_all() -> None:
+        async for event in agent.stream(request()):
+            seen.append(event)
+
+    with pytest.raises(AgentUnavailable, match="could not read"):
+        await read_all()
+
+    assert seen == [TextDelta("Hel")]

@@ -5,6 +5,11 @@ request, ``_map_response`` reads the reply; ``chatcore.adapters.providers.errors
 The Messages API is stricter than chat completions: roles must alternate starting with ``user``,
 tool results travel as blocks inside a user message, and text blocks may not be empty; the
 mapping below is where those rules are met. Timeouts and retries are the SDK's own.
+
+Requests go through the SDK client's ``post`` as ready JSON bytes (msgspec), so its retries, timeouts,
+auth and error classes apply, and replies come back raw: a message is decoded by msgspec and read by
+``_map_response`` as JSON, and a stream's events are split out by ``providers.sse`` and decoded into the
+few Structs below, instead of a pydantic object per event and the SDK's accumulated ``Message``.
 """
 
 from __future__ import annotations
@@ -12,24 +17,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import ClassVar, Literal, assert_never
+from dataclasses import dataclass, field
+from typing import ClassVar, Final, Literal, assert_never
 
 import anthropic
-from anthropic import AsyncAnthropic, omit
+import httpx2
+import msgspec
+from anthropic import AsyncAnthropic
 from anthropic.types import (
     ContentBlockParam,
-    Message,
     MessageParam,
-    TextBlock,
     TextBlockParam,
     ToolParam,
     ToolResultBlockParam,
-    ToolUseBlock,
 )
 
-from chatcore.adapters.providers.errors import SdkErrors, UnreadableReply, agent_error, failure_of
+from chatcore.adapters.providers import sse
+from chatcore.adapters.providers.errors import SdkErrors, StreamFailure, UnreadableReply, agent_error, token_count
 from chatcore.adapters.providers.sdk_agent import SdkAgent
-from chatcore.errors import AgentError
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
@@ -41,11 +46,13 @@ from chatcore.model import (
     ToolCall,
     ToolCallDelta,
     ToolSpec,
+    Usage,
 )
 
 logger = logging.getLogger("chatcore.adapters.anthropic")
 
 PROVIDER = "anthropic"
+MESSAGES_PATH: Final = "/v1/messages"
 
 INVALID_JSON_KEY = "_invalid_json"
 """The key under which tool input that is not a JSON object is passed on, so the tool's schema rejects it."""
@@ -56,10 +63,6 @@ CUT_OFF_REPLY = (
 )
 """The answer when the model stopped mid tool call and said nothing the user could read."""
 
-_SDK_ERRORS = SdkErrors(
-    timeout=anthropic.APITimeoutError, connection=anthropic.APIConnectionError, status=anthropic.APIStatusError
-)
-
 
 _Role = Literal["user", "assistant"]
 
@@ -67,8 +70,8 @@ _Role = Literal["user", "assistant"]
 class AnthropicChatAgent(SdkAgent[AsyncAnthropic]):
     """An LLMAgent on the Anthropic Messages API (settings: ``SdkAgent``).
 
-    ``temperature`` is sent only when set: the 2.x SDK dropped it from ``messages.create`` (it goes
-    in ``extra_body``) and recent models reject non-default values.
+    ``temperature`` is sent only when set: the 2.x SDK dropped it from ``messages.create`` and recent
+    models reject non-default values.
     """
 
     provider: str = PROVIDER
@@ -90,54 +93,63 @@ class AnthropicChatAgent(SdkAgent[AsyncAnthropic]):
         return client
 
     async def complete(self, request: AgentRequest) -> AgentResponse:
-        tools = _map_tools(request.tools)
         try:
-            message = await self._client.messages.create(
-                model=self.model,
-                max_tokens=self.max_tokens,
-                system=request.system_prompt or omit,
-                messages=_map_messages(request.messages),
-                tools=tools or omit,
-                extra_body=None if self.temperature is None else {"temperature": self.temperature},
+            response = await self._client.post(
+                MESSAGES_PATH, content=self._body(request), cast_to=httpx2.Response, stream=False
             )
         except anthropic.AnthropicError as error:
             raise _agent_error(error) from error
-        return _map_response(message)
+        try:
+            message = msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            raise agent_error(PROVIDER, UnreadableReply("a response that is not JSON")) from None
+        return _map_response(message, self.model)
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
-        """``complete`` through the SDK's stream helper: ``text_delta`` and ``input_json_delta`` pieces as they
-        arrive, then the Message the SDK accumulated, read by ``_map_response``, so both paths answer alike.
+        """``complete`` with ``"stream": true``: ``text_delta`` and ``input_json_delta`` pieces as they arrive,
+        then the events put back together into the message ``complete`` would have received, read by
+        ``_map_response``, so both paths answer alike.
         """
-        tools = _map_tools(request.tools)
-        calls: dict[int, int] = {}
-        # content block index -> the tool call's index among this step's calls
+        assembly = _EventAssembly()
         try:
-            async with self._client.messages.stream(
-                model=self.model,
-                max_tokens=self.max_tokens,
-                system=request.system_prompt or omit,
-                messages=_map_messages(request.messages),
-                tools=tools or omit,
-                extra_body=None if self.temperature is None else {"temperature": self.temperature},
-            ) as events:
-                async for event in events:
-                    if isinstance(event, anthropic.types.RawContentBlockStartEvent):
-                        block = event.content_block
-                        if isinstance(block, ToolUseBlock):
-                            calls[event.index] = len(calls)
-                            yield ToolCallDelta(calls[event.index], id=block.id, name=block.name)
-                    elif isinstance(event, anthropic.types.RawContentBlockDeltaEvent):
-                        delta = event.delta
-                        if isinstance(delta, anthropic.types.TextDelta) and delta.text:
-                            yield TextDelta(delta.text)
-                        elif isinstance(delta, anthropic.types.InputJSONDelta) and event.index in calls:
-                            yield ToolCallDelta(calls[event.index], arguments=delta.partial_json)
-                message = await events.get_final_message()
+            response = await self._client.post(
+                MESSAGES_PATH,
+                content=self._body(request, stream=True),
+                cast_to=httpx2.Response,  # as it is, its body not yet read: read below, event by event
+                stream=True,
+            )
         except anthropic.AnthropicError as error:
             raise _agent_error(error) from error
-        except ValueError as error:  # the SDK could not parse a tool's streamed input as JSON
-            raise agent_error(PROVIDER, UnreadableReply("unreadable tool input")) from error
-        yield _map_response(message)
+        try:
+            async for event in sse.events(response.aiter_bytes()):
+                for delta in assembly.add(event):
+                    yield delta
+                if assembly.stopped:
+                    break
+        except httpx2.HTTPError as error:
+            raise _agent_error(error) from error
+        finally:
+            await response.aclose()
+        yield _map_response(assembly.message(), self.model)
+
+    def _body(self, request: AgentRequest, *, stream: bool = False) -> bytes:
+        """The Messages API request body as JSON bytes: the system prompt and tools only when there are any,
+        the temperature only when set."""
+        body: dict[str, object] = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "messages": _map_messages(request.messages),
+        }
+        if request.system_prompt:
+            body["system"] = request.system_prompt
+        tools = _map_tools(request.tools)
+        if tools:
+            body["tools"] = tools
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if stream:
+            body["stream"] = True
+        return msgspec.json.encode(body)
 
 
 def _map_messages(messages: Sequence[ChatMessage]) -> list[MessageParam]:
@@ -208,32 +220,60 @@ def _map_tools(tools: Sequence[ToolSpec]) -> list[ToolParam]:
     ]
 
 
-def _map_response(message: Message) -> AgentResponse:
-    """Text blocks joined, ``tool_use`` blocks as calls; other blocks (thinking, server tools) are not ours.
+def _map_response(message: object, configured_model: str) -> AgentResponse:
+    """Text blocks joined, ``tool_use`` blocks as calls; other blocks (thinking, server tools) are not ours. The
+    usage and the model name as the API reported them (the model asked for when it named none).
 
     ``stop_reason`` decides whether the calls run: only ``tool_use`` means "run these and come back".
     A ``tool_use`` block in a reply that stopped for another reason (``max_tokens`` cut it off) may
     hold half its input, and running it would act on arguments the model never finished writing, so
     the calls are dropped and the reply ends the turn (with a sentence saying why when it has no text).
     """
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        raise agent_error(PROVIDER, UnreadableReply("a response without content"))
+    assert isinstance(message, dict)
     text: list[str] = []
     calls: list[ToolCall] = []
-    for block in message.content:
-        if isinstance(block, TextBlock):
-            text.append(block.text)
-        elif isinstance(block, ToolUseBlock):
-            calls.append(ToolCall(id=block.id, name=block.name, arguments=_arguments(block.input)))
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            text.append(str(block.get("text") or ""))
+        elif kind == "tool_use":
+            calls.append(
+                ToolCall(id=str(block.get("id")), name=str(block.get("name")), arguments=_arguments(block.get("input")))
+            )
+    stop_reason = message.get("stop_reason")
+    stop_reason = stop_reason if isinstance(stop_reason, str) else None
+    model = message.get("model")
+    usage = _usage_of(message.get("usage"))
+    model = model if isinstance(model, str) and model else configured_model
     answer = "".join(text)
-    if calls and message.stop_reason != "tool_use":
+    if calls and stop_reason != "tool_use":
         logger.warning(
             "anthropic reply stopped for %s with %d unfinished tool call(s); they are not run "
             "(raise CHATCORE_MAX_TOKENS if this is max_tokens)",
-            message.stop_reason,
+            stop_reason,
             len(calls),
-            extra={"event": "agent_cut_off", "provider": PROVIDER, "stop_reason": message.stop_reason},
+            extra={"event": "agent_cut_off", "provider": PROVIDER, "stop_reason": stop_reason},
         )
-        return AgentResponse(text=answer.strip() or CUT_OFF_REPLY, stop_reason=message.stop_reason)
-    return AgentResponse(text=answer, tool_calls=tuple(calls), stop_reason=message.stop_reason)
+        return AgentResponse(answer.strip() or CUT_OFF_REPLY, (), stop_reason, usage, model)
+    return AgentResponse(answer, tuple(calls), stop_reason, usage, model)
+
+
+def _usage_of(reported: object) -> Usage | None:
+    """Anthropic's ``usage``: its ``input_tokens`` leave out the prompt cache's reads and writes, so the whole
+    input is the three together; the cache parts are kept apart as well."""
+    if not isinstance(reported, dict):
+        return None
+    cache_read = token_count(reported.get("cache_read_input_tokens"))
+    cache_write = token_count(reported.get("cache_creation_input_tokens"))
+    return Usage(
+        input_tokens=token_count(reported.get("input_tokens")) + cache_read + cache_write,
+        output_tokens=token_count(reported.get("output_tokens")),
+        cached_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
 
 
 def _arguments(value: object) -> dict[str, JsonValue]:
@@ -243,6 +283,170 @@ def _arguments(value: object) -> dict[str, JsonValue]:
     return {INVALID_JSON_KEY: json.dumps(value, ensure_ascii=False, default=str)}
 
 
-def _agent_error(error: BaseException) -> AgentError:
-    """The domain error for an SDK error (``chatcore.adapters.providers.errors`` decides which)."""
-    return agent_error(PROVIDER, failure_of(error, _SDK_ERRORS))
+_agent_error = SdkErrors(
+    PROVIDER,
+    timeout=anthropic.APITimeoutError,
+    connection=anthropic.APIConnectionError,
+    status=anthropic.APIStatusError,
+    usage_of=_usage_of,
+)
+"""The domain error for an SDK error (``chatcore.adapters.providers.errors`` decides which)."""
+
+
+# --- the stream's events, as msgspec decodes them: only the fields the step needs ----------------------------
+
+
+class _Block(msgspec.Struct):
+    type: str
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+
+
+class _BlockStart(msgspec.Struct):
+    index: int
+    content_block: _Block
+
+
+class _Delta(msgspec.Struct):
+    type: str
+    text: str | None = None
+    partial_json: str | None = None
+
+
+class _BlockDelta(msgspec.Struct):
+    index: int
+    delta: _Delta
+
+
+class _StartMessage(msgspec.Struct):
+    model: str | None = None
+    usage: dict[str, object] | None = None
+
+
+class _MessageStart(msgspec.Struct):
+    message: _StartMessage
+
+
+class _StopReason(msgspec.Struct):
+    stop_reason: str | None = None
+
+
+class _MessageDelta(msgspec.Struct):
+    delta: _StopReason | None = None
+    usage: dict[str, object] | None = None
+
+
+_BLOCK_START = msgspec.json.Decoder(_BlockStart)
+_BLOCK_DELTA = msgspec.json.Decoder(_BlockDelta)
+_MESSAGE_START = msgspec.json.Decoder(_MessageStart)
+_MESSAGE_DELTA = msgspec.json.Decoder(_MessageDelta)
+
+
+@dataclass(slots=True)
+class _BlockPieces:
+    """A content block as it streams in: text pieces, or a tool call's id, name and input JSON pieces."""
+
+    type: str
+    call_index: int = -1
+    id: str = ""
+    name: str = ""
+    pieces: list[str] = field(default_factory=list)
+
+    def block(self) -> dict[str, object]:
+        if self.type == "text":
+            return {"type": "text", "text": "".join(self.pieces)}
+        return {"type": self.type, "id": self.id, "name": self.name, "input": _streamed_input("".join(self.pieces))}
+
+
+@dataclass(slots=True)
+class _EventAssembly:
+    """The stream's events put back together into the message ``complete`` would have received."""
+
+    model: str | None = None
+    blocks: dict[int, _BlockPieces] = field(default_factory=dict)
+    calls: int = 0
+    stop_reason: str | None = None
+    usage: dict[str, object] = field(default_factory=dict)
+    stopped: bool = False
+
+    def add(self, event: sse.Event) -> list[AgentStreamEvent]:
+        """The deltas of one event. Raises the domain error for an ``error`` event or an unreadable one."""
+        try:
+            match event.name:
+                case b"content_block_delta":
+                    return self._delta(_BLOCK_DELTA.decode(event.data))
+                case b"content_block_start":
+                    return self._start(_BLOCK_START.decode(event.data))
+                case b"message_start":
+                    started = _MESSAGE_START.decode(event.data).message
+                    self.model = started.model
+                    self.usage = dict(started.usage or {})
+                case b"message_delta":
+                    delta = _MESSAGE_DELTA.decode(event.data)
+                    if delta.delta is not None:
+                        self.stop_reason = delta.delta.stop_reason
+                    # The counts in message_delta are cumulative: they replace message_start's.
+                    self.usage.update({k: v for k, v in (delta.usage or {}).items() if v is not None})
+                case b"message_stop":
+                    self.stopped = True
+                case b"error":
+                    raise agent_error(
+                        PROVIDER, StreamFailure(msgspec.json.decode(event.data)), usage=self._usage_so_far()
+                    )
+                case _:  # ping, content_block_stop, and event types added later
+                    pass
+        except msgspec.DecodeError as error:
+            raise agent_error(PROVIDER, UnreadableReply("a stream event it could not read")) from error
+        return []
+
+    def _start(self, start: _BlockStart) -> list[AgentStreamEvent]:
+        block = start.content_block
+        pieces = self.blocks[start.index] = _BlockPieces(block.type)
+        if block.type == "text":
+            if block.text:
+                pieces.pieces.append(block.text)
+                return [TextDelta(block.text)]
+        elif block.type == "tool_use":
+            pieces.call_index, self.calls = self.calls, self.calls + 1
+            pieces.id, pieces.name = block.id or "", block.name or ""
+            return [ToolCallDelta(pieces.call_index, id=pieces.id, name=pieces.name)]
+        return []
+
+    def _delta(self, event: _BlockDelta) -> list[AgentStreamEvent]:
+        pieces = self.blocks.get(event.index)
+        delta = event.delta
+        if pieces is None:
+            return []
+        if delta.type == "text_delta" and delta.text:
+            pieces.pieces.append(delta.text)
+            return [TextDelta(delta.text)]
+        if delta.type == "input_json_delta" and pieces.type == "tool_use":
+            pieces.pieces.append(delta.partial_json or "")
+            return [ToolCallDelta(pieces.call_index, arguments=delta.partial_json or "")]
+        return []
+
+    def _usage_so_far(self) -> Usage | None:
+        return _usage_of(self.usage) if self.usage else None
+
+    def message(self) -> dict[str, object]:
+        """The message as ``complete`` would have read it: text and ``tool_use`` blocks, stop reason, usage."""
+        content = [pieces.block() for _, pieces in sorted(self.blocks.items()) if pieces.type in ("text", "tool_use")]
+        return {
+            "type": "message",
+            "model": self.model,
+            "content": content,
+            "stop_reason": self.stop_reason,
+            "usage": self.usage or None,
+        }
+
+
+def _streamed_input(raw: str) -> object:
+    """A tool's input from its streamed JSON pieces: no pieces is no input; JSON that is not an object (cut off
+    mid-call) is handed on as the text, for ``_map_response`` to drop or the tool to reject."""
+    if not raw.strip():
+        return {}
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return raw

@@ -16,9 +16,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, TypeAlias, assert_never
+from typing import Protocol, TypeAlias, assert_never
 
 import httpx2
 
@@ -219,6 +219,11 @@ def retry_after_seconds(headers: Mapping[str, str], default: int = DEFAULT_RETRY
     return max(1, math.ceil(seconds))
 
 
+def token_count(value: object) -> int:
+    """A token count as a provider reported it; 0 when it is missing or not a whole number (never a guess)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def safe_token(value: object) -> str | None:
     """A provider's short error code, or None when it is missing or not a plain identifier (never free text)."""
     return value if isinstance(value, str) and _SAFE_TOKEN.fullmatch(value) else None
@@ -240,27 +245,42 @@ class SdkStatusError(Protocol):
     def body(self) -> object: ...
 
 
-class SdkErrors(NamedTuple):
-    """An SDK's exception classes for a timeout, a failed connection and an error status."""
+UsageReader: TypeAlias = Callable[[object], Usage | None]
+"""A provider's reading of the ``usage`` object of its JSON (None when there is none)."""
 
+
+@dataclass(frozen=True, slots=True)
+class SdkErrors:
+    """One provider SDK's exception classes, and how the provider reports usage: turns the SDK's (or httpx2's)
+    exceptions into chatcore's errors. ``errors(exception)`` is ``agent_error(provider, failure_of(exception))``,
+    with the usage an error body reported, if any."""
+
+    provider: str
     timeout: type[BaseException]
     connection: type[BaseException]
     status: type[BaseException]
+    usage_of: UsageReader
 
+    def __call__(self, error: BaseException) -> AgentError:
+        failure = self.failure_of(error)
+        body = failure.body if isinstance(failure, HttpFailure | StreamFailure) else None
+        return agent_error(
+            self.provider, failure, usage=self.usage_of(body.get("usage")) if isinstance(body, dict) else None
+        )
 
-def failure_of(error: BaseException, sdk: SdkErrors) -> ProviderFailure:
-    """What ``error`` (the SDK's, or httpx2's while a reply is read) says went wrong, for ``agent_error``."""
-    if isinstance(error, (sdk.timeout, httpx2.TimeoutException)):
-        return TransportFailure.TIMEOUT
-    if isinstance(error, sdk.connection):
-        return TransportFailure.CONNECT
-    if isinstance(error, httpx2.TransportError):  # raised while the body is read, after the SDK handed it over
-        return TransportFailure.DROPPED
-    if isinstance(error, sdk.status):
-        status_error: SdkStatusError = error  # type: ignore[assignment]  # sdk.status is such a class
-        response = status_error.response
-        request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
-        if status_error.status_code < 400:  # an error event inside a stream that began with 200
-            return StreamFailure(status_error.body, request_id)
-        return HttpFailure(status_error.status_code, response.headers, status_error.body, request_id)
-    return UnexpectedFailure(type(error).__name__)
+    def failure_of(self, error: BaseException) -> ProviderFailure:
+        """What ``error`` (the SDK's, or httpx2's while a reply is read) says went wrong."""
+        if isinstance(error, (self.timeout, httpx2.TimeoutException)):
+            return TransportFailure.TIMEOUT
+        if isinstance(error, self.connection):
+            return TransportFailure.CONNECT
+        if isinstance(error, httpx2.TransportError):  # raised while a body is read, after the SDK handed it over
+            return TransportFailure.DROPPED
+        if isinstance(error, self.status):
+            status_error: SdkStatusError = error  # type: ignore[assignment]  # self.status is such a class
+            response = status_error.response
+            request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
+            if status_error.status_code < 400:  # an error event inside a stream that began with 200
+                return StreamFailure(status_error.body, request_id)
+            return HttpFailure(status_error.status_code, response.headers, status_error.body, request_id)
+        return UnexpectedFailure(type(error).__name__)
