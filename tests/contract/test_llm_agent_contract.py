@@ -25,7 +25,6 @@ from chatcore.adapters.anthropic.agent import AnthropicChatAgent
 from chatcore.adapters.offline.agent import OfflineTodoAgent
 from chatcore.adapters.openai.agent import OpenAIChatAgent
 from chatcore.adapters.providers.transports import SpreadConnectionPools
-from chatcore.adapters.tools.todo import ADD_TASK
 from chatcore.errors import AgentError, AgentRateLimited, AgentTimeout, AgentUnavailable
 from chatcore.fakes import FunctionAgent, ScriptedAgent
 from chatcore.model import (
@@ -36,6 +35,7 @@ from chatcore.model import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
+    ToolSpec,
     Usage,
 )
 from chatcore.ports import LLMAgent
@@ -48,6 +48,11 @@ AGENTS = ["offline", "function", "scripted", "openai", "anthropic"]
 PROVIDERS = ["openai", "anthropic"]
 KEYS = {"openai": "sk-test-SECRET-openai", "anthropic": "sk-ant-test-SECRET-anthropic"}
 SYSTEM_PROMPT = "You are a todo assistant."
+ADD_TASK = ToolSpec(
+    "add_task",
+    "Add a task to the user's list.",
+    {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]},
+)
 REQUESTS: dict[Reply, AgentRequest] = {
     "text": AgentRequest(SYSTEM_PROMPT, (ChatMessage.user("Hello there"),), (ADD_TASK,)),
     "tools": AgentRequest(SYSTEM_PROMPT, (ChatMessage.user("Add a task to buy milk and to call mom"),), (ADD_TASK,)),
