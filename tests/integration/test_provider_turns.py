@@ -10,6 +10,7 @@ process. Every provider failure is checked as the client sees it.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -333,3 +334,41 @@ async def test_a_refused_connection_is_502_naming_the_provider(
     assert failed.json()["detail"] == f"{PROVIDER_NAMES[llm]} request failed: could not connect"
     assert KEYS[llm] not in failed.text
     uuid.UUID(failed.json()["conversation_id"])
+
+
+@pytest.mark.parametrize("llm", ["offline", "openai", "anthropic"])
+async def test_a_streamed_turn_over_each_providers_event_stream_answers_as_the_json_turn(
+    app_client: AppClient, fake: FakeProviderServer, llm: str
+) -> None:
+    """Over each provider's real event stream (read raw by the agents), the SSE turn is the JSON turn in pieces."""
+    user = new_user()
+    async with app_client(**settings_for(llm, fake)) as client:
+        streamed = await client.post(
+            f"/api/{user}/chat",
+            json={"message": "Add a task to buy milk"},
+            headers={**auth(user), "Accept": "text/event-stream"},
+        )
+        plain = await say(client, user, "Add a task to buy eggs")
+
+    assert streamed.status_code == 200, streamed.text
+    events = [
+        (fields["event"], json.loads(fields["data"]))
+        for fields in (
+            dict(line.partition(": ")[::2] for line in block.split("\n"))
+            for block in streamed.text.replace("\r\n", "\n").strip().split("\n\n")
+        )
+    ]
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "turn"
+    assert kinds[-1] == "done"
+    assert [kind for kind in kinds if kind != "delta"] == ["turn", "tool_call", "tool_result", "done"]
+    done = events[-1][1]
+    # Claude says a few words before its tool call: they stream too, the reply is the last step's text.
+    assert "".join(data["text"] for kind, data in events if kind == "delta").endswith(done["response"])
+    assert [(c["name"], c["arguments"]) for c in done["tool_calls"]] == [("add_task", {"title": "Buy milk"})]
+    assert done["tool_calls"][0]["result"]["status"] == "created"
+    # The same words as the JSON turn's (its task is eggs, with the next id).
+    assert re.sub(r"\d+", "N", done["response"].replace("milk", "eggs")) == re.sub(r"\d+", "N", plain["response"])
+    if llm != "offline":  # the streamed steps asked for streams, the JSON ones did not
+        streamed_flags = [body.get("stream") is True for body in fake.bodies(cast(Provider, llm))]
+        assert streamed_flags == [True, True, False, False]
