@@ -1,9 +1,9 @@
 """The distribution: what the wheel ships, and that ``pip install chatcore`` alone is a working library.
 
 The bare wheel is installed with its declared dependencies (resolved from the machine's package index, pip's
-own wheel cache reused) into a new virtual environment that sees none of this one's packages. A turn runs
-there with the fakes and on SQLite, and the commands that need an extra say which one instead of failing
-with a traceback.
+own wheel cache reused) into a new virtual environment that sees none of this one's packages. A turn with the
+fakes and a function tool runs there, in memory and on SQLite, and the commands that need an extra say which
+one instead of failing with a traceback.
 """
 
 from __future__ import annotations
@@ -50,15 +50,18 @@ LIBRARY_TURN = textwrap.dedent(
     from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
     from chatcore.adapters.sqlalchemy.engine import create_engine
     from chatcore.adapters.sqlalchemy.migrate import run_migrations
-    from chatcore.fakes import InMemoryConversationStore, InMemoryToolRegistry, ScriptedAgent, StaticTokenVerifier
-    from chatcore.model import AgentResponse, ToolCall, ToolSpec
+    from chatcore.fakes import InMemoryConversationStore, ScriptedAgent, StaticTokenVerifier
+    from chatcore.model import AgentResponse, ToolCall
+    from chatcore.tools import FunctionToolRegistry, tool
 
-    async def add(principal: Principal, arguments):
-        return {"sum": arguments["a"] + arguments["b"], "for": principal.user_id}
+    @tool
+    def add(principal: Principal, a: int, b: int) -> dict[str, object]:
+        '''Add two numbers.'''
+        return {"sum": a + b, "for": principal.user_id}
 
     async def turn(store):
-        tools = InMemoryToolRegistry()
-        tools.register(ToolSpec("add", "Add two numbers.", {"type": "object"}), add)
+        tools = FunctionToolRegistry([add])
+        [spec] = await tools.list_tools()
         agent = ScriptedAgent(
             [AgentResponse("", tool_calls=(ToolCall("call-1", "add", {"a": 2, "b": 3}),)), AgentResponse("5")]
         )
@@ -69,6 +72,7 @@ LIBRARY_TURN = textwrap.dedent(
         # A second turn in the same conversation: the model sees the first one as the store kept it.
         await service.chat(token, "alice", "Thanks", reply.conversation_id)
         return {
+            "schema": spec.parameters,
             "response": reply.response,
             "tool_results": [call.result for call in reply.tool_calls],
             "stored_roles": [message.role for message in agent.requests[-1].messages],
@@ -183,6 +187,7 @@ def test_bare_install_runs_a_turn_with_the_fakes_and_on_sqlite(bare_venv: Path, 
     for store in ("memory", "sqlite"):
         assert report[store]["response"] == "5"
         assert report[store]["tool_results"] == [{"sum": 5, "for": "alice"}]
+        assert report[store]["schema"]["required"] == ["a", "b"]  # derived by msgspec; the principal is not in it
         assert report[store]["stored_roles"] == ["user", "assistant", "tool", "assistant", "user"]
 
 
@@ -226,7 +231,7 @@ def test_importing_the_library_loads_no_server_or_sdk_module_even_where_they_are
     probe = textwrap.dedent(
         """
         import json, sys
-        import chatcore, chatcore.fakes, chatcore.model, chatcore.ports
+        import chatcore, chatcore.fakes, chatcore.model, chatcore.ports, chatcore.tools
         import chatcore.adapters.sqlalchemy.conversation_store, chatcore.adapters.sqlalchemy.migrate
         import chatcore.adapters.auth.hs256, chatcore.adapters.auth.jwks, chatcore.adapters.offline.agent
         import chatcore.entrypoints.cli, chatcore.entrypoints.settings
