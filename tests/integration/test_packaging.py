@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -105,9 +106,24 @@ def _run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from a copy of the sources: an in-tree build would ship whatever a stale build/ holds."""
+    source = tmp_path_factory.mktemp("source")
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     directory = tmp_path_factory.mktemp("wheel")
     built = _run(
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", directory, ROOT, cwd=ROOT
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        directory,
+        source,
+        cwd=source,
     )
     assert built.returncode == 0, built.stderr[-3000:]
     [path] = directory.glob("chatcore-*.whl")
@@ -141,6 +157,16 @@ def test_wheel_installs_beside_pypi_entrypoints(wheel: Path, tmp_path: Path) -> 
     assert top_level == {"chatcore", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     assert "chatcore/adapters/sqlalchemy/migrations/script.py.mako" in names
     assert "chatcore/py.typed" in names
+    # Every module of the source tree is shipped (pyproject.toml lists the packages one by one).
+    folders = {
+        "chatcore": "src/chatcore",
+        "chatcore/adapters": "src/adapters",
+        "chatcore/entrypoints": "src/entrypoints",
+    }
+    for prefix, folder in folders.items():
+        for module in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" not in module.parts and (module.parent / "__init__.py").exists():
+                assert f"{prefix}/{module.relative_to(ROOT / folder).as_posix()}" in names
 
     target = tmp_path / "site"
     installed = _run(sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", target, wheel, cwd=tmp_path)
