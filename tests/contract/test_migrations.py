@@ -13,26 +13,41 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, MetaData, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from chatcore.adapters.sqlalchemy.engine import create_engine
-from chatcore.adapters.sqlalchemy.migrate import alembic_config, run_migrations, run_migrations_async
+from chatcore.adapters.sqlalchemy.migrate import (
+    LEGACY_VERSION_TABLE,
+    VERSION_TABLE,
+    alembic_config,
+    run_migrations,
+    run_migrations_async,
+)
 from chatcore.adapters.sqlalchemy.tables import metadata
+
+from ..conftest import fresh_database
 
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 TABLES = {"conversations", "messages", "tasks", "idempotency_keys", "turn_events", "turns", "tool_approvals"}
 
 
+def _not_the_hosts(name: str | None, kind: str, _parents: Any) -> bool:
+    """Drift is about chatcore's tables: a host application's ``alembic_version`` beside them is none."""
+    return not (kind == "table" and name == LEGACY_VERSION_TABLE)
+
+
 def _schema_diff(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
+    opts = {"compare_type": True, "compare_server_default": True, "version_table": VERSION_TABLE}
+    context = MigrationContext.configure(connection, opts={**opts, "include_name": _not_the_hosts})
     return list(compare_metadata(context, metadata))
 
 
 def _state(connection: Connection) -> tuple[str | None, set[str]]:
-    return MigrationContext.configure(connection).get_current_revision(), set(inspect(connection).get_table_names())
+    revision = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    return revision, set(inspect(connection).get_table_names())
 
 
 async def inspect_database(url: str) -> tuple[str | None, set[str], list[Any]]:
@@ -181,3 +196,136 @@ def test_the_config_keeps_a_password_with_percent_signs_and_finds_the_scripts() 
 async def _in_thread(function: Any, *args: Any) -> None:
     """Alembic commands start their own event loop, so they run off the test's loop."""
     await asyncio.to_thread(function, *args)
+
+
+# Hosted in another application's database: a version table of chatcore's own, and optionally a schema.
+
+
+def _version_in(connection: Connection, table: str) -> str | None:
+    return MigrationContext.configure(connection, opts={"version_table": table}).get_current_revision()
+
+
+async def _execute(url: str, *statements: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def _versions(url: str) -> tuple[str | None, str | None]:
+    """(chatcore's version table, the legacy/host ``alembic_version``)."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            ours = await connection.run_sync(_version_in, VERSION_TABLE)
+            legacy = await connection.run_sync(_version_in, LEGACY_VERSION_TABLE)
+            tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+    return ours, legacy if LEGACY_VERSION_TABLE in tables else "<no table>"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A database with nothing in it yet: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    async with fresh_database(request.getfixturevalue("postgres_server")) as url:
+        yield url
+
+
+async def test_chatcore_keeps_its_revision_beside_the_host_applications_alembic_version(empty_database: str) -> None:
+    await _execute(
+        empty_database,
+        f"CREATE TABLE {LEGACY_VERSION_TABLE} (version_num VARCHAR(32) NOT NULL PRIMARY KEY)",
+        f"INSERT INTO {LEGACY_VERSION_TABLE} VALUES ('host_0007')",
+    )
+
+    await run_migrations_async(empty_database)
+    await run_migrations_async(empty_database)
+
+    assert await _versions(empty_database) == (HEAD, "host_0007")
+    revision, tables, diff = await inspect_database(empty_database)
+    assert (revision, diff) == (HEAD, [])
+    assert tables >= TABLES | {VERSION_TABLE, LEGACY_VERSION_TABLE}
+
+
+async def test_a_database_migrated_before_the_own_version_table_carries_its_revision_over(empty_database: str) -> None:
+    """Older chatcore kept its revision in ``alembic_version``: the next migrate moves it, and creates nothing twice."""
+    await run_migrations_async(empty_database)
+    await _execute(  # the version table as Alembic made it under its default name
+        empty_database,
+        f"DROP TABLE {VERSION_TABLE}",
+        f"CREATE TABLE {LEGACY_VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
+        f"CONSTRAINT {LEGACY_VERSION_TABLE}_pkc PRIMARY KEY (version_num))",
+        f"INSERT INTO {LEGACY_VERSION_TABLE} VALUES ('{HEAD}')",
+    )
+    assert await _versions(empty_database) == (None, HEAD)  # what an older deployment looks like
+
+    await run_migrations_async(empty_database)
+
+    assert await _versions(empty_database) == (HEAD, "<no table>")
+    revision, _, diff = await inspect_database(empty_database)
+    assert (revision, diff) == (HEAD, [])
+
+
+def _in_schema(connection: Connection, schema: str) -> tuple[str | None, set[str], set[str], list[Any]]:
+    """The revision in the schema's version table, the schema's tables, the default schema's, and the drift."""
+    revision = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
+    ).get_current_revision()
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "compare_type": True,
+            "compare_server_default": True,
+            "version_table": VERSION_TABLE,
+            "version_table_schema": schema,
+            "include_schemas": True,
+            "include_name": lambda name, kind, _parents: kind != "schema" or name == schema,
+        },
+    )
+    in_schema = MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.tables.values():
+        table.to_metadata(in_schema, schema=schema)
+    diff = list(compare_metadata(context, in_schema))
+    inspector = inspect(connection)
+    return revision, set(inspector.get_table_names(schema=schema)), set(inspector.get_table_names()), diff
+
+
+@pytest.mark.integration
+async def test_chatcores_tables_can_live_in_their_own_postgresql_schema(postgres_server: URL) -> None:
+    async with fresh_database(postgres_server) as url:
+        await _execute(url, "CREATE TABLE orders (id integer PRIMARY KEY)")  # the host application's
+
+        await run_migrations_async(url, schema="chat")
+        await run_migrations_async(url, schema="chat")
+
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as connection:
+                revision, in_schema, in_public, diff = await connection.run_sync(_in_schema, "chat")
+        finally:
+            await engine.dispose()
+
+    assert (revision, diff) == (HEAD, [])
+    assert in_schema >= TABLES | {VERSION_TABLE}
+    assert in_public == {"orders"}
+
+
+@pytest.mark.parametrize(
+    ("url", "schema", "problem"),
+    [
+        ("postgresql://db/app", "Chat", "lower-case letters"),
+        ("postgresql://db/app", "chat; DROP TABLE orders", "lower-case letters"),
+        ("postgresql://db/app", "1chat", "lower-case letters"),
+        ("sqlite:///chatcore.db", "chat", "needs PostgreSQL"),
+    ],
+)
+def test_a_schema_name_is_checked(url: str, schema: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        alembic_config(url, schema=schema)

@@ -6,6 +6,7 @@ building the application never needs a reachable database.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -29,6 +30,28 @@ _IDLE_SINCE = "chatcore_idle_since"
 
 _LIBPQ_ONLY_PARAMETERS = ("channel_binding",)
 """libpq URL parameters that asyncpg rejects as unknown keyword arguments (hosted PostgreSQL URLs carry them)."""
+
+
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+"""A PostgreSQL schema name that needs no quoting anywhere: lower-case letters, digits and underscores."""
+
+
+def check_schema(schema: str | None, url: str) -> str | None:
+    """The schema for chatcore's tables (``CHATCORE_DB_SCHEMA``), checked; None or blank: the default schema.
+
+    Raises ValueError for a name that would need quoting, or for a database other than PostgreSQL.
+    """
+    if schema is None or not schema.strip():
+        return None
+    schema = schema.strip()
+    if not SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(
+            "a schema name is at most 63 lower-case letters, digits and underscores, not starting with a digit; "
+            f"not {schema!r}"
+        )
+    if make_url(database_url_from(url)).get_backend_name() != "postgresql":
+        raise ValueError("a schema for chatcore's tables needs PostgreSQL")
+    return schema
 
 
 def database_url_from(value: str | None) -> str:

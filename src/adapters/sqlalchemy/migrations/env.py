@@ -3,7 +3,9 @@
 Configured by ``chatcore.adapters.sqlalchemy.migrate`` without an alembic.ini: the
 URL arrives in ``config.attributes["url"]`` (no ConfigParser interpolation of a
 password's ``%``), or in ``sqlalchemy.url`` for someone running the alembic CLI with
-their own ini. A caller may also hand over an open sync ``connection`` attribute.
+their own ini. A caller may also hand over an open sync ``connection`` attribute. The schema
+for chatcore's tables arrives in ``config.attributes["schema"]`` (None: the default schema).
+Why the version table has its own name, and how an older database's is carried over: ``migrate``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
+from chatcore.adapters.sqlalchemy.migrate import LEGACY_VERSION_TABLE, VERSION_TABLE
 from chatcore.adapters.sqlalchemy.tables import metadata
 
 MIGRATION_LOCK_KEY = 0x63686174636F7265
@@ -28,10 +33,17 @@ def _url() -> str:
     return database_url_from(url)
 
 
+def _schema() -> str | None:
+    schema: str | None = config.attributes.get("schema")
+    return schema
+
+
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        version_table=VERSION_TABLE,
+        version_table_schema=_schema(),
         # SQLite can roll DDL back too once SQLAlchemy emits BEGIN (see engine._sqlite_setup).
         transactional_ddl=True,
         # SQLite's ALTER TABLE is limited: autogenerate "move and copy" batches there.
@@ -42,10 +54,36 @@ def _configure(connection: Connection) -> None:
 
 def do_run_migrations(connection: Connection) -> None:
     _configure(connection)
+    schema = _schema()
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+        if schema is not None:
+            # The migrations name no schema: for this transaction, unqualified names are chatcore's schema's.
+            # (A checked name: lower-case letters, digits and underscores only.)
+            connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            connection.exec_driver_sql(f"SET LOCAL search_path TO {schema}")
+        else:
+            _carry_over_legacy_version(connection)
         context.run_migrations()
+
+
+def _carry_over_legacy_version(connection: Connection) -> None:
+    """A database migrated before chatcore's version table had its own name: its revision moves over (``migrate``).
+
+    Only into the default schema: with a schema, the old tables are not where the revision would say they are.
+    """
+    ours = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    if ours.get_current_heads():
+        return
+    legacy = MigrationContext.configure(connection, opts={"version_table": LEGACY_VERSION_TABLE})
+    heads = legacy.get_current_heads()
+    script = ScriptDirectory.from_config(config)
+    revisions = {revision.revision for revision in script.walk_revisions()}
+    if len(heads) != 1 or heads[0] not in revisions:
+        return  # no old table, or the host application's own history
+    ours.stamp(script, heads[0])
+    connection.exec_driver_sql(f"DROP TABLE {LEGACY_VERSION_TABLE}")
 
 
 async def run_async_migrations(url: str) -> None:
