@@ -180,14 +180,10 @@ async def seed_conversations(dsn: str, owners: Sequence[str], count: int) -> dic
     return conversations
 
 
-async def analyze(dsn: str) -> None:
+async def analyze(connection: asyncpg.Connection) -> None:
     """Fresh planner statistics, as autovacuum keeps them in production.
 
     Without them the plans prepared while the tables were nearly empty (sequential scans) stay
     cached on pooled connections and each turn gets slower as the tables grow.
     """
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute("ANALYZE conversations, messages, tasks")
-    finally:
-        await connection.close()
+    await connection.execute("ANALYZE conversations, messages, tasks")

@@ -74,7 +74,9 @@ class Bench:
     secret: str
     model: FakeModel
     control: httpx.AsyncClient
-    dsn: str
+    connection: asyncpg.Connection
+    """The orchestrator's own connection to the benchmark's database, held for the whole run: PostgreSQL's
+    ``max_connections`` is shared with whatever else runs on the machine, so a new one could be refused."""
     database: str
     counter: WireCounterProcess | None = None
     """Counts each server's statements and transactions (``bench/pgwire.py``); None: not counted."""
@@ -82,13 +84,9 @@ class Bench:
 
     async def database_backends(self) -> list[int]:
         """The PostgreSQL backends serving the benchmark's database, so tests that share the server don't count."""
-        connection = await asyncpg.connect(self.dsn)
-        try:
-            rows = await connection.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.database
-            )
-        finally:
-            await connection.close()
+        rows = await self.connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.database
+        )
         return [row["pid"] for row in rows]
 
     async def wire_counts(self, server: Server) -> Counts | None:
@@ -179,6 +177,7 @@ class Bench:
             first_text_p95_ms=result.first_text_percentile_ms(95),
             transactions_per_turn=wire.transactions / per_turn if wire else math.nan,
             statements_per_turn=wire.statements / per_turn if wire else math.nan,
+            round_trips_per_turn=wire.round_trips / per_turn if wire else math.nan,
             baseline=scenario.baseline,
         )
 

@@ -55,6 +55,8 @@ class Measurement:
     connections ran per successful turn, counted on the wire (``bench/pgwire.py``); NaN when not counted."""
     statements_per_turn: float = math.nan
     """Statements (``Execute`` and simple ``Query`` messages) the server sent per successful turn."""
+    round_trips_per_turn: float = math.nan
+    """Round trips to PostgreSQL (a ``Sync`` or ``Query`` answered by ``ReadyForQuery``) per successful turn."""
     baseline: str | None = None
     """The scenario of the plain JSON turn this one is compared with (``Scenario.baseline``)."""
 
@@ -374,17 +376,19 @@ class Report:
             "same run) and by the floor's on the same path.",
             "",
             "| path | plain JSON turn | server CPU/turn ÷ plain JSON turn | ÷ floor, same path "
-            "| PostgreSQL transactions/turn (plain JSON turn) |",
-            "|---|---|--:|--:|--:|",
+            "| PostgreSQL transactions/turn (plain JSON turn) | round trips/turn (plain JSON turn) |",
+            "|---|---|--:|--:|--:|--:|",
         ]
         for m in paths:
             assert m.baseline is not None
             plain_cpu = self.figure(m.baseline, CHATCORE, lambda x: x.server_cpu_ms_per_turn)
             plain_transactions = self.figure(m.baseline, CHATCORE, lambda x: x.transactions_per_turn)
+            plain_round_trips = self.figure(m.baseline, CHATCORE, lambda x: x.round_trips_per_turn)
             lines.append(
                 f"| {m.scenario} | {m.baseline} | {_num(_divide(m.server_cpu_ms_per_turn, plain_cpu))}× "
                 f"| {_num(self.ratio(m.scenario, lambda x: x.server_cpu_ms_per_turn))}× "
-                f"| {_num(m.transactions_per_turn, 1)} ({_num(plain_transactions, 1)}) |"
+                f"| {_num(m.transactions_per_turn, 1)} ({_num(plain_transactions, 1)}) "
+                f"| {_num(m.round_trips_per_turn, 1)} ({_num(plain_round_trips, 1)}) |"
             )
         return lines
 

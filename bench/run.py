@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 
 from bench.database import (
@@ -132,7 +133,9 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
             stack.push_async_callback(server.stop)
             return server
 
-        bench = Bench(args, secret, model, control, dsn, database, counter, warm_up_users(scenarios))
+        connection = await asyncpg.connect(dsn)
+        stack.push_async_callback(connection.close)
+        bench = Bench(args, secret, model, control, connection, database, counter, warm_up_users(scenarios))
         fleet = Fleet(plan, make, bench.warm_up, control)
         stack.push_async_callback(fleet.stop_all)
 
@@ -150,7 +153,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
             profiled = set()
         for index, scenario in enumerate(scenarios):
             servers = await fleet.servers_for(index)
-            await analyze(dsn)
+            await analyze(connection)
             for server in servers if index % 2 == 0 else servers[::-1]:
                 print(f"bench: {scenario.name} ({scenario.description}) on {server.name}", flush=True)
                 measurement = await bench.measure(server, scenario, seeded.get((server.target, scenario.name)))

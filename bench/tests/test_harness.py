@@ -377,7 +377,7 @@ def test_streaming_targets_compare_sse_with_json_and_with_the_floor() -> None:
     assert "| streaming-sse | chatcore | SSE | 1 × 1 | 10 | 100.0 | n/a / 250 | 10 / 2500 | 5.00 | 5.0 |" in text
     assert "| streaming-json | chatcore | JSON |" in text  # the JSON turn of a streaming model is listed with them
     assert "| overhead-rate-limit | overhead | n/a× | 1.30× |" in text  # no plain overhead run: no ratio to it
-    assert "| streaming-sse | streaming-json | 2.50× | 1.25× | 5.0 (2.0) |" in text
+    assert "| streaming-sse | streaming-json | 2.50× | 1.25× | 5.0 (2.0) | n/a (n/a) |" in text
 
 
 def test_targets_are_listed_only_for_scenarios_that_ran() -> None:
