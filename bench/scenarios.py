@@ -137,6 +137,15 @@ def scenario_table(args: argparse.Namespace) -> list[Scenario]:
             rounds=args.history_rounds,
         ),
         Scenario(
+            "open-streams",
+            f"one SSE turn each, all open at once; a {args.open_streams_seconds:g} s model streaming "
+            f"{args.streaming_chars} characters in {args.open_streams_chunks} chunks",
+            users(args.open_streams),
+            1,
+            open_streams,
+            protocol="sse",
+        ),
+        Scenario(
             "overhead-rate-limit",
             f"overhead, chatcore with CHATCORE_RATE_LIMIT={args.rate_limit} (never reached) and INFO logging",
             users(args.overhead_users),
@@ -170,16 +179,6 @@ def scenario_table(args: argparse.Namespace) -> list[Scenario]:
             streaming_long,
             protocol="sse",
             baseline="streaming-json",
-            counted=True,
-        ),
-        Scenario(
-            "open-streams",
-            f"one SSE turn each, all open at once; a {args.open_streams_seconds:g} s model streaming "
-            f"{args.streaming_chars} characters in {args.open_streams_chunks} chunks",
-            users(args.open_streams),
-            1,
-            open_streams,
-            protocol="sse",
             counted=True,
         ),
     ]
