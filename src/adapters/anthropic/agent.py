@@ -14,9 +14,8 @@ few Structs below, instead of a pydantic object per event and the SDK's accumula
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal, assert_never
 
@@ -35,12 +34,12 @@ from anthropic.types import (
 from chatcore.adapters.providers import sse
 from chatcore.adapters.providers.errors import SdkErrors, StreamFailure, UnreadableReply, agent_error, token_count
 from chatcore.adapters.providers.sdk_agent import SdkAgent
+from chatcore.adapters.providers.tool_arguments import tool_arguments
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
     AgentStreamEvent,
     ChatMessage,
-    JsonValue,
     Role,
     TextDelta,
     ToolCall,
@@ -53,9 +52,6 @@ logger = logging.getLogger("chatcore.adapters.anthropic")
 
 PROVIDER = "anthropic"
 MESSAGES_PATH: Final = "/v1/messages"
-
-INVALID_JSON_KEY = "_invalid_json"
-"""The key under which tool input that is not a JSON object is passed on, so the tool's schema rejects it."""
 
 CUT_OFF_REPLY = (
     "My reply was cut off before I could finish what I was doing, so I did not do it. "
@@ -240,9 +236,8 @@ def _map_response(message: object, configured_model: str) -> AgentResponse:
         if kind == "text":
             text.append(str(block.get("text") or ""))
         elif kind == "tool_use":
-            calls.append(
-                ToolCall(id=str(block.get("id")), name=str(block.get("name")), arguments=_arguments(block.get("input")))
-            )
+            call_id, name = block.get("id"), block.get("name")
+            calls.append(ToolCall(str(call_id or ""), str(name or ""), tool_arguments(block.get("input"))))
     stop_reason = message.get("stop_reason")
     stop_reason = stop_reason if isinstance(stop_reason, str) else None
     model = message.get("model")
@@ -274,13 +269,6 @@ def _usage_of(reported: object) -> Usage | None:
         cached_read_tokens=cache_read,
         cache_write_tokens=cache_write,
     )
-
-
-def _arguments(value: object) -> dict[str, JsonValue]:
-    """The API promises an object; anything else is handed on, as the OpenAI adapter does, for the tool to reject."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    return {INVALID_JSON_KEY: json.dumps(value, ensure_ascii=False, default=str)}
 
 
 _agent_error = SdkErrors(
@@ -356,7 +344,8 @@ class _BlockPieces:
     def block(self) -> dict[str, object]:
         if self.type == "text":
             return {"type": "text", "text": "".join(self.pieces)}
-        return {"type": self.type, "id": self.id, "name": self.name, "input": _streamed_input("".join(self.pieces))}
+        # The input's JSON text as it streamed: ``_map_response`` reads it as ``complete`` reads an input object.
+        return {"type": self.type, "id": self.id, "name": self.name, "input": "".join(self.pieces)}
 
 
 @dataclass(slots=True)
@@ -439,14 +428,3 @@ class _EventAssembly:
             "stop_reason": self.stop_reason,
             "usage": self.usage or None,
         }
-
-
-def _streamed_input(raw: str) -> object:
-    """A tool's input from its streamed JSON pieces: no pieces is no input; JSON that is not an object (cut off
-    mid-call) is handed on as the text, for ``_map_response`` to drop or the tool to reject."""
-    if not raw.strip():
-        return {}
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return raw

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, assert_never
 
@@ -52,12 +51,13 @@ from chatcore.adapters.providers.errors import (
     token_count,
 )
 from chatcore.adapters.providers.sdk_agent import SdkAgent
+from chatcore.adapters.providers.tool_arguments import INVALID_JSON_KEY as INVALID_JSON_KEY
+from chatcore.adapters.providers.tool_arguments import tool_arguments
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
     AgentStreamEvent,
     ChatMessage,
-    JsonValue,
     Role,
     TextDelta,
     ToolCall,
@@ -75,15 +75,6 @@ _REQUEST_OPTIONS: RequestOptions = {"security": {"bearer_auth": True}}
 INITIAL_RETRY_DELAY_SECONDS = 0.5
 MAX_RETRY_AFTER_SECONDS = 120.0
 """The SDK's first backoff and the longest Retry-After it honours (``openai._constants``)."""
-
-INVALID_JSON_KEY = "_invalid_json"
-"""The key under which tool-call arguments that are not a JSON object are passed on, as the raw text.
-
-Models sometimes emit broken JSON (often when cut off by ``max_tokens``). Dropping the call would
-leave the model waiting for a result; guessing would run a tool with made-up arguments. Passing
-``{"_invalid_json": raw}`` lets the tool's schema validation reject it, so the model receives an
-error result naming the problem and can retry with valid arguments.
-"""
 
 _JSON_TEXT = msgspec.json.Encoder()
 """Tool-call arguments as the JSON text OpenAI's wire format carries them (compact UTF-8, like the SDK's)."""
@@ -301,7 +292,7 @@ def _map_response(completion: object, configured_model: str) -> AgentResponse:
                     # Some compatible servers leave ids empty; the result must still find its call.
                     id=call.get("id") or f"call_{uuid.uuid4().hex}",
                     name=function.get("name") or "",
-                    arguments=_parse_arguments(function.get("arguments") or ""),
+                    arguments=tool_arguments(function.get("arguments") or ""),
                 )
             )
         else:
@@ -328,19 +319,6 @@ def _usage_of(reported: object) -> Usage | None:
         output_tokens=token_count(reported.get("completion_tokens")),
         cached_read_tokens=token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
     )
-
-
-def _parse_arguments(raw: str | Mapping[str, JsonValue]) -> dict[str, JsonValue]:
-    """Arguments as a JSON object; empty text is no arguments; anything else goes under INVALID_JSON_KEY."""
-    if isinstance(raw, Mapping):  # a lenient server may send an object instead of its JSON text
-        return dict(raw)
-    if not raw.strip():
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return {INVALID_JSON_KEY: raw}
-    return parsed if isinstance(parsed, dict) else {INVALID_JSON_KEY: raw}
 
 
 _agent_error = SdkErrors(
