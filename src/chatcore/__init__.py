@@ -40,7 +40,7 @@ from chatcore.model import (
     ToolSpec,
     TurnStart,
 )
-from chatcore.ports import ConversationStore, LLMAgent, TokenVerifier, ToolRegistry
+from chatcore.ports import ConversationReader, ConversationStore, LLMAgent, TokenVerifier, ToolRegistry, TurnClaimStore
 from chatcore.service import ChatPolicy, ChatService
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "Conversation",
     "ConversationBusy",
     "ConversationNotFound",
+    "ConversationReader",
     "ConversationStore",
     "Forbidden",
     "IdempotencyInProgress",
@@ -79,6 +80,7 @@ __all__ = [
     "ToolRegistry",
     "ToolResult",
     "ToolSpec",
+    "TurnClaimStore",
     "TurnStart",
     "Unauthenticated",
 ]

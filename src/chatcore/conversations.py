@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 from chatcore.approvals import EXPIRED, tool_records
 from chatcore.errors import InvalidRequest
 from chatcore.model import Conversation, ConversationSummary, Message, Role, ToolApproval, ToolCallRecord, utcnow
-from chatcore.ports import ConversationStore
+from chatcore.ports import ConversationReader, ConversationStore
 
 T = TypeVar("T")
 
@@ -56,7 +56,8 @@ class ConversationDetail:
 
 
 class ConversationHistory:
-    """Reads, renames and deletes conversations through the ConversationStore port; every call is scoped by user.
+    """Reads conversations through the ConversationReader port, renames and deletes them (and expires their pending
+    calls) through the ConversationStore; every call is scoped by user.
 
     Reading a conversation touches it: its calls pending for longer than ``approval_ttl_seconds`` are denied as
     expired first, so what it shows is what a decision would find.
@@ -64,11 +65,13 @@ class ConversationHistory:
 
     def __init__(
         self,
+        reader: ConversationReader,
         store: ConversationStore,
         *,
         approval_ttl_seconds: float = 86_400.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.reader = reader
         self.store = store
         self.approval_ttl_seconds = approval_ttl_seconds
         self.clock = clock
@@ -76,7 +79,7 @@ class ConversationHistory:
     async def conversation(self, user_id: str, conversation_id: uuid.UUID) -> ConversationDetail:
         """The user's conversation and its pending tool calls. Raises ConversationNotFound."""
         await self._expire(user_id, conversation_id)
-        conversation = await self.store.get(user_id, conversation_id)
+        conversation = await self.reader.get(user_id, conversation_id)
         approvals = await self.store.list_approvals(user_id, conversation_id)
         return ConversationDetail(conversation, tuple(a for a in approvals if a.pending))
 
@@ -89,7 +92,7 @@ class ConversationHistory:
     ) -> Page[ConversationSummary]:
         """The user's conversations, most recently active first."""
         before = _decode_conversation_cursor(cursor) if cursor else None
-        found = await self.store.list_conversations(user_id, limit=limit + 1, before=before)
+        found = await self.reader.list_conversations(user_id, limit=limit + 1, before=before)
         items = found[:limit]
         if len(found) <= limit or not items:
             return Page(items, None)
@@ -106,11 +109,11 @@ class ConversationHistory:
         """
         after = _decode_message_cursor(cursor) if cursor else 0
         await self._expire(user_id, conversation_id)
-        found = list(await self.store.list_messages(user_id, conversation_id, limit=limit + 1, after_seq=after))
+        found = list(await self.reader.list_messages(user_id, conversation_id, limit=limit + 1, after_seq=after))
         more = len(found) > limit
         page = found[:limit]
         if more and page and (page[-1].role is Role.TOOL or page[-1].tool_calls):
-            following = await self.store.list_messages(
+            following = await self.reader.list_messages(
                 user_id, conversation_id, limit=PAIR_LOOKAHEAD + 1, after_seq=page[-1].seq
             )
             results = 0

@@ -73,8 +73,12 @@ class _KeyRecord:
     expires_at: datetime
 
 
-class InMemoryConversationStore:
-    """A ConversationStore in a dict. ``available = False`` simulates an outage; ``clock`` judges lease expiry."""
+class InMemoryChatDatabase:
+    """One in-memory database of conversations, their messages, leases, Idempotency-Keys and approvals, shared
+    by the in-memory ConversationStore, TurnClaimStore, ConversationReader, TurnEventStore and RetentionStore as a
+    database is shared by the SQL adapters. ``available = False`` simulates an outage; ``clock`` judges lease and
+    key expiry.
+    """
 
     def __init__(self, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.conversations: dict[uuid.UUID, Conversation] = {}
@@ -85,30 +89,30 @@ class InMemoryConversationStore:
         self.open_turns: dict[uuid.UUID, uuid.UUID] = {}
         self.available = True
         self.clock = clock
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
 
-    def _held_by_another(self, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
+    def held_by_another(self, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
         lease = self.leases.get(conversation_id)
         return lease is not None and lease.owner != turn_id and lease.expires_at > self.clock()
 
-    def _live_key(self, user_id: str, key: str) -> _KeyRecord | None:
+    def live_key(self, user_id: str, key: str) -> _KeyRecord | None:
         record = self.idempotency_keys.get((user_id, key))
         if record is not None and record.expires_at <= self.clock():
             del self.idempotency_keys[(user_id, key)]
             return None
         return record
 
-    def _check(self) -> None:
+    def check(self) -> None:
         if not self.available:
             raise StoreUnavailable()
 
-    def _owned(self, user_id: str, conversation_id: uuid.UUID) -> Conversation:
+    def owned(self, user_id: str, conversation_id: uuid.UUID) -> Conversation:
         conversation = self.conversations.get(conversation_id)
         if conversation is None or conversation.user_id != user_id:
             raise ConversationNotFound()
         return conversation
 
-    def _append(self, conversation: Conversation, messages: Sequence[ChatMessage], turn_id: uuid.UUID) -> list[Message]:
+    def append(self, conversation: Conversation, messages: Sequence[ChatMessage], turn_id: uuid.UUID) -> list[Message]:
         stored = self.messages.setdefault(conversation.id, [])
         known = {m.id for m in stored}
         new_ids = [m.id for m in messages]
@@ -135,6 +139,46 @@ class InMemoryConversationStore:
         self.conversations[conversation.id] = replace(conversation, updated_at=utcnow())
         return added
 
+    def approvals_of(self, conversation_id: uuid.UUID) -> list[ToolApproval]:
+        return sorted(
+            (a for a in self.approvals.values() if a.conversation_id == conversation_id),
+            key=lambda a: (a.requested_at, self.seq_of(a)),
+        )
+
+    def seq_of(self, approval: ToolApproval) -> int:
+        for message in self.messages.get(approval.conversation_id, []):
+            if message.id == approval.message_id:
+                return message.seq
+        return 0
+
+    def deny(self, conversation_id: uuid.UUID, reason: str, requested_before: datetime | None) -> None:
+        now = self.clock()
+        for key, approval in list(self.approvals.items()):
+            if approval.conversation_id != conversation_id or not approval.pending:
+                continue
+            if requested_before is None or approval.requested_at < requested_before:
+                self.approvals[key] = replace(approval, approved=False, reason=reason, decided_at=now)
+
+    def lease_held_by(self, turn_id: uuid.UUID, user_id: str, conversation_id: uuid.UUID) -> _Lease | None:
+        """The lease ``turn_id`` holds on the user's conversation (even expired, while nobody took it over)."""
+        lease = self.leases.get(conversation_id)
+        owned = self.conversations.get(conversation_id)
+        if lease is None or lease.owner != turn_id or owned is None or owned.user_id != user_id:
+            return None
+        return lease
+
+
+class _OverDatabase:
+    """An in-memory adapter over an InMemoryChatDatabase: a new one of its own unless one is given to share."""
+
+    def __init__(self, database: InMemoryChatDatabase | None = None, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.database = database if database is not None else InMemoryChatDatabase(clock=clock)
+
+
+class InMemoryConversationStore(_OverDatabase):
+    """A ConversationStore (with its ToolApprovalStore part) in dicts. ``InMemoryTurnClaimStore(store.database)``
+    and ``InMemoryConversationReader(store.database)`` work on the same data."""
+
     async def begin_turn(
         self,
         user_id: str,
@@ -146,25 +190,27 @@ class InMemoryConversationStore:
         title: str | None = None,
         lease_seconds: float | None = None,
     ) -> TurnStart:
-        async with self._lock:
-            self._check()
+        async with self.database.lock:
+            self.database.check()
             created = conversation_id is None
             if conversation_id is None:
                 now = utcnow()
                 conversation = Conversation(uuid.uuid4(), user_id, title, now, now)
-                self.conversations[conversation.id] = conversation
+                self.database.conversations[conversation.id] = conversation
             else:
-                conversation = self._owned(user_id, conversation_id)
-                if self._held_by_another(conversation.id, turn_id):
+                conversation = self.database.owned(user_id, conversation_id)
+                if self.database.held_by_another(conversation.id, turn_id):
                     raise ConversationBusy()
-                if conversation.id in self.open_turns:
-                    raise TurnStillOpen(self.open_turns[conversation.id])
+                if conversation.id in self.database.open_turns:
+                    raise TurnStillOpen(self.database.open_turns[conversation.id])
             if lease_seconds is not None:
-                self.leases[conversation.id] = _Lease(turn_id, self.clock() + timedelta(seconds=lease_seconds))
-            existing = self.messages.get(conversation.id, [])
+                self.database.leases[conversation.id] = _Lease(
+                    turn_id, self.database.clock() + timedelta(seconds=lease_seconds)
+                )
+            existing = self.database.messages.get(conversation.id, [])
             window = tuple(existing[-history_limit:]) if history_limit > 0 else ()
-            [user_message] = self._append(conversation, [message], turn_id)
-            return TurnStart(self.conversations[conversation.id], window, user_message, created)
+            [user_message] = self.database.append(conversation, [message], turn_id)
+            return TurnStart(self.database.conversations[conversation.id], window, user_message, created)
 
     async def append_turn(
         self,
@@ -177,20 +223,20 @@ class InMemoryConversationStore:
         approvals: Sequence[ToolApproval] = (),
         close: bool = False,
     ) -> tuple[Message, ...]:
-        async with self._lock:
-            self._check()
-            conversation = self._owned(user_id, conversation_id)
-            if self._held_by_another(conversation_id, holder):
+        async with self.database.lock:
+            self.database.check()
+            conversation = self.database.owned(user_id, conversation_id)
+            if self.database.held_by_another(conversation_id, holder):
                 raise LeaseLost()
-            added = tuple(self._append(conversation, messages, turn_id))
+            added = tuple(self.database.append(conversation, messages, turn_id))
             for approval in approvals:
-                self.approvals[(approval.message_id, approval.tool_call_id)] = replace(
-                    approval, conversation_id=conversation_id, turn_id=turn_id, requested_at=self.clock()
+                self.database.approvals[(approval.message_id, approval.tool_call_id)] = replace(
+                    approval, conversation_id=conversation_id, turn_id=turn_id, requested_at=self.database.clock()
                 )
             if approvals:
-                self.open_turns[conversation_id] = turn_id
+                self.database.open_turns[conversation_id] = turn_id
             elif close:
-                self.open_turns.pop(conversation_id, None)
+                self.database.open_turns.pop(conversation_id, None)
             return added
 
     async def finish_turn(
@@ -205,24 +251,24 @@ class InMemoryConversationStore:
         keep_open: bool = False,
     ) -> tuple[Message, ...]:
         holder = turn_id if holder is None else holder
-        async with self._lock:
-            self._check()
-            conversation = self._owned(user_id, conversation_id)
-            if self._held_by_another(conversation_id, holder):
+        async with self.database.lock:
+            self.database.check()
+            conversation = self.database.owned(user_id, conversation_id)
+            if self.database.held_by_another(conversation_id, holder):
                 raise LeaseLost()
             record = None
             if idempotency is not None:
-                record = self._live_key(user_id, idempotency.key)
+                record = self.database.live_key(user_id, idempotency.key)
                 if record is None or record.turn_id != holder:
                     raise LeaseLost()
-            added = tuple(self._append(conversation, messages, turn_id))
-            self.leases.pop(conversation_id, None)
+            added = tuple(self.database.append(conversation, messages, turn_id))
+            self.database.leases.pop(conversation_id, None)
             if not keep_open:
-                self.open_turns.pop(conversation_id, None)
+                self.database.open_turns.pop(conversation_id, None)
             if record is not None and idempotency is not None:
                 record.turn_id = None
                 record.reply = idempotency.reply
-                record.expires_at = self.clock() + timedelta(seconds=idempotency.ttl_seconds)
+                record.expires_at = self.database.clock() + timedelta(seconds=idempotency.ttl_seconds)
             return added
 
     async def resume_turn(
@@ -235,23 +281,142 @@ class InMemoryConversationStore:
         lease_seconds: float,
         history_limit: int,
     ) -> TurnResumption:
-        async with self._lock:
-            self._check()
-            conversation = self._owned(user_id, conversation_id)
-            if self._held_by_another(conversation_id, holder):
+        async with self.database.lock:
+            self.database.check()
+            conversation = self.database.owned(user_id, conversation_id)
+            if self.database.held_by_another(conversation_id, holder):
                 raise ConversationBusy()
-            self.leases[conversation_id] = _Lease(holder, self.clock() + timedelta(seconds=lease_seconds))
-            stored = self.messages.get(conversation_id, [])
+            self.database.leases[conversation_id] = _Lease(
+                holder, self.database.clock() + timedelta(seconds=lease_seconds)
+            )
+            stored = self.database.messages.get(conversation_id, [])
             turn = tuple(m for m in stored if m.turn_id == turn_id)
             before = [m for m in stored if not turn or m.seq < turn[0].seq]
             return TurnResumption(
                 conversation=conversation,
                 turn_id=turn_id,
-                open=self.open_turns.get(conversation_id) == turn_id,
+                open=self.database.open_turns.get(conversation_id) == turn_id,
                 history=tuple(before[-history_limit:]) if history_limit > 0 else (),
                 turn=turn,
-                approvals=tuple(a for a in self._approvals_of(conversation_id) if a.turn_id == turn_id),
+                approvals=tuple(a for a in self.database.approvals_of(conversation_id) if a.turn_id == turn_id),
             )
+
+    async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
+        async with self.database.lock:
+            self.database.check()
+            self.database.owned(user_id, conversation_id)
+            stored = self.database.messages.get(conversation_id, [])
+            for index, message in enumerate(stored):
+                if message.id == message_id:
+                    stored[index] = replace(message, status=MessageStatus.UNANSWERED)
+
+    async def turn_messages(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> tuple[Message, ...]:
+        self.database.check()
+        self.database.owned(user_id, conversation_id)
+        return tuple(m for m in self.database.messages.get(conversation_id, []) if m.turn_id == turn_id)
+
+    async def rename(self, user_id: str, conversation_id: uuid.UUID, title: str) -> Conversation:
+        async with self.database.lock:
+            self.database.check()
+            renamed = replace(self.database.owned(user_id, conversation_id), title=title)
+            self.database.conversations[conversation_id] = renamed
+            return renamed
+
+    async def delete(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        async with self.database.lock:
+            self.database.check()
+            self.database.owned(user_id, conversation_id)
+            del self.database.conversations[conversation_id]
+            self.database.messages.pop(conversation_id, None)
+            self.database.open_turns.pop(conversation_id, None)
+            for key in [k for k, a in self.database.approvals.items() if a.conversation_id == conversation_id]:
+                del self.database.approvals[key]
+
+    async def ping(self) -> None:
+        self.database.check()
+
+    # --- its ToolApprovalStore part ----------------------------------------------------------------------------
+
+    async def decide_tool_calls(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        decisions: Sequence[ToolDecision],
+        *,
+        expire_before: datetime,
+    ) -> tuple[ToolApproval, ...]:
+        async with self.database.lock:
+            self.database.check()
+            self.database.owned(user_id, conversation_id)
+            saved = dict(self.database.approvals)
+            self.database.deny(conversation_id, EXPIRED, expire_before)
+            latest = {a.tool_call_id: a for a in self.database.approvals_of(conversation_id)}
+            named = [latest.get(d.tool_call_id) for d in decisions]
+            found = [a for a in named if a is not None]
+            try:
+                if len(found) != len(named):
+                    raise ToolCallNotFound()
+                if len({a.turn_id for a in found}) > 1:
+                    raise DecisionConflict("The decisions name tool calls of different turns")
+                for decision, approval in zip(decisions, found, strict=True):
+                    if approval.pending:
+                        self.database.approvals[(approval.message_id, approval.tool_call_id)] = replace(
+                            approval,
+                            approved=decision.approved,
+                            reason=decision.reason,
+                            decided_at=self.database.clock(),
+                        )
+                    elif approval.approved is not decision.approved:
+                        raise DecisionConflict(already_decided(approval))
+            except (ToolCallNotFound, DecisionConflict):
+                self.database.approvals = saved  # all or nothing, the expiry included
+                raise
+            return tuple(a for a in self.database.approvals_of(conversation_id) if a.turn_id == found[0].turn_id)
+
+    async def deny_pending(
+        self, user_id: str, conversation_id: uuid.UUID, *, reason: str, requested_before: datetime | None = None
+    ) -> None:
+        async with self.database.lock:
+            self.database.check()
+            conversation = self.database.conversations.get(conversation_id)
+            if conversation is not None and conversation.user_id == user_id:
+                self.database.deny(conversation_id, reason, requested_before)
+
+    async def start_tool_calls(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        calls: Sequence[tuple[uuid.UUID, str]],
+        *,
+        holder: uuid.UUID,
+    ) -> tuple[tuple[uuid.UUID, str], ...]:
+        async with self.database.lock:
+            self.database.check()
+            self.database.owned(user_id, conversation_id)
+            lease = self.database.leases.get(conversation_id)
+            if lease is None or lease.owner != holder:
+                return ()
+            started = []
+            for key in calls:
+                approval = self.database.approvals.get(key)
+                if approval is None or approval.conversation_id != conversation_id:
+                    continue
+                if approval.approved and approval.started_at is None:
+                    self.database.approvals[key] = replace(approval, started_at=self.database.clock())
+                    started.append(key)
+            return tuple(started)
+
+    async def list_approvals(
+        self, user_id: str, conversation_id: uuid.UUID, *, message_ids: Sequence[uuid.UUID] | None = None
+    ) -> tuple[ToolApproval, ...]:
+        self.database.check()
+        self.database.owned(user_id, conversation_id)
+        wanted = None if message_ids is None else set(message_ids)
+        return tuple(a for a in self.database.approvals_of(conversation_id) if wanted is None or a.message_id in wanted)
+
+
+class InMemoryTurnClaimStore(_OverDatabase):
+    """A TurnClaimStore over the leases and Idempotency-Keys of an InMemoryChatDatabase."""
 
     async def renew_turn(
         self,
@@ -262,19 +427,18 @@ class InMemoryConversationStore:
         idempotency_key: str | None,
         lease_seconds: float,
     ) -> bool:
-        async with self._lock:
-            self._check()
-            until = self.clock() + timedelta(seconds=lease_seconds)
+        async with self.database.lock:
+            self.database.check()
+            until = self.database.clock() + timedelta(seconds=lease_seconds)
             held = True
             if conversation_id is not None:
-                lease = self.leases.get(conversation_id)
-                owned = self.conversations.get(conversation_id)
-                if lease is not None and lease.owner == turn_id and owned is not None and owned.user_id == user_id:
+                lease = self.database.lease_held_by(turn_id, user_id, conversation_id)
+                if lease is not None:
                     lease.expires_at = until
                 else:
                     held = False
             if idempotency_key is not None:
-                record = self.idempotency_keys.get((user_id, idempotency_key))
+                record = self.database.idempotency_keys.get((user_id, idempotency_key))
                 if record is not None and record.turn_id == turn_id:
                     record.expires_at = until
                 else:
@@ -289,17 +453,14 @@ class InMemoryConversationStore:
         conversation_id: uuid.UUID | None,
         idempotency_key: str | None,
     ) -> None:
-        async with self._lock:
-            self._check()
-            if conversation_id is not None:
-                lease = self.leases.get(conversation_id)
-                owned = self.conversations.get(conversation_id)
-                if lease is not None and lease.owner == turn_id and owned is not None and owned.user_id == user_id:
-                    del self.leases[conversation_id]
+        async with self.database.lock:
+            self.database.check()
+            if conversation_id is not None and self.database.lease_held_by(turn_id, user_id, conversation_id):
+                del self.database.leases[conversation_id]
             if idempotency_key is not None:
-                record = self.idempotency_keys.get((user_id, idempotency_key))
+                record = self.database.idempotency_keys.get((user_id, idempotency_key))
                 if record is not None and record.turn_id == turn_id:
-                    del self.idempotency_keys[(user_id, idempotency_key)]
+                    del self.database.idempotency_keys[(user_id, idempotency_key)]
 
     async def claim_idempotency_key(
         self,
@@ -310,12 +471,12 @@ class InMemoryConversationStore:
         turn_id: uuid.UUID,
         hold_seconds: float,
     ) -> ChatReply | None:
-        async with self._lock:
-            self._check()
-            record = self._live_key(user_id, key)
+        async with self.database.lock:
+            self.database.check()
+            record = self.database.live_key(user_id, key)
             if record is None:
-                until = self.clock() + timedelta(seconds=hold_seconds)
-                self.idempotency_keys[(user_id, key)] = _KeyRecord(request_hash, turn_id, None, until)
+                until = self.database.clock() + timedelta(seconds=hold_seconds)
+                self.database.idempotency_keys[(user_id, key)] = _KeyRecord(request_hash, turn_id, None, until)
                 return None
             if record.request_hash != request_hash:
                 raise IdempotencyKeyReused()
@@ -323,36 +484,20 @@ class InMemoryConversationStore:
                 raise IdempotencyInProgress()
             return record.reply
 
-    async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
-        async with self._lock:
-            self._check()
-            self._owned(user_id, conversation_id)
-            stored = self.messages.get(conversation_id, [])
-            for index, message in enumerate(stored):
-                if message.id == message_id:
-                    stored[index] = replace(message, status=MessageStatus.UNANSWERED)
+
+class InMemoryConversationReader(_OverDatabase):
+    """A ConversationReader over an InMemoryChatDatabase."""
 
     async def get(self, user_id: str, conversation_id: uuid.UUID) -> Conversation:
-        self._check()
-        return self._owned(user_id, conversation_id)
-
-    async def history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> tuple[Message, ...]:
-        self._check()
-        self._owned(user_id, conversation_id)
-        stored = self.messages.get(conversation_id, [])
-        return tuple(stored[-limit:]) if limit > 0 else ()
-
-    async def turn_messages(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> tuple[Message, ...]:
-        self._check()
-        self._owned(user_id, conversation_id)
-        return tuple(m for m in self.messages.get(conversation_id, []) if m.turn_id == turn_id)
+        self.database.check()
+        return self.database.owned(user_id, conversation_id)
 
     async def list_conversations(
         self, user_id: str, *, limit: int, before: tuple[datetime, uuid.UUID] | None = None
     ) -> tuple[ConversationSummary, ...]:
-        self._check()
+        self.database.check()
         owned = sorted(
-            (c for c in self.conversations.values() if c.user_id == user_id),
+            (c for c in self.database.conversations.values() if c.user_id == user_id),
             key=lambda c: (c.updated_at, c.id),
             reverse=True,
         )
@@ -365,13 +510,13 @@ class InMemoryConversationStore:
                 c.created_at,
                 c.updated_at,
                 self._preview(c.id),
-                any(a.pending for a in self._approvals_of(c.id)),
+                any(a.pending for a in self.database.approvals_of(c.id)),
             )
             for c in owned[: max(limit, 0)]
         )
 
     def _preview(self, conversation_id: uuid.UUID) -> str | None:
-        for message in reversed(self.messages.get(conversation_id, [])):
+        for message in reversed(self.database.messages.get(conversation_id, [])):
             if message.role in (Role.USER, Role.ASSISTANT) and message.content:
                 return message.content[:PREVIEW_LENGTH]
         return None
@@ -379,150 +524,34 @@ class InMemoryConversationStore:
     async def list_messages(
         self, user_id: str, conversation_id: uuid.UUID, *, limit: int, after_seq: int = 0
     ) -> tuple[Message, ...]:
-        self._check()
-        self._owned(user_id, conversation_id)
-        later = [m for m in self.messages.get(conversation_id, []) if m.seq > after_seq]
+        self.database.check()
+        self.database.owned(user_id, conversation_id)
+        later = [m for m in self.database.messages.get(conversation_id, []) if m.seq > after_seq]
         return tuple(later[: max(limit, 0)])
-
-    async def rename(self, user_id: str, conversation_id: uuid.UUID, title: str) -> Conversation:
-        async with self._lock:
-            self._check()
-            renamed = replace(self._owned(user_id, conversation_id), title=title)
-            self.conversations[conversation_id] = renamed
-            return renamed
-
-    async def delete(self, user_id: str, conversation_id: uuid.UUID) -> None:
-        async with self._lock:
-            self._check()
-            self._owned(user_id, conversation_id)
-            del self.conversations[conversation_id]
-            self.messages.pop(conversation_id, None)
-            self.open_turns.pop(conversation_id, None)
-            for key in [k for k, a in self.approvals.items() if a.conversation_id == conversation_id]:
-                del self.approvals[key]
-
-    async def ping(self) -> None:
-        self._check()
-
-    # --- ToolApprovalStore -------------------------------------------------------------------------------------
-
-    def _approvals_of(self, conversation_id: uuid.UUID) -> list[ToolApproval]:
-        return sorted(
-            (a for a in self.approvals.values() if a.conversation_id == conversation_id),
-            key=lambda a: (a.requested_at, self._seq_of(a)),
-        )
-
-    def _seq_of(self, approval: ToolApproval) -> int:
-        for message in self.messages.get(approval.conversation_id, []):
-            if message.id == approval.message_id:
-                return message.seq
-        return 0
-
-    def _deny(self, conversation_id: uuid.UUID, reason: str, requested_before: datetime | None) -> None:
-        now = self.clock()
-        for key, approval in list(self.approvals.items()):
-            if approval.conversation_id != conversation_id or not approval.pending:
-                continue
-            if requested_before is None or approval.requested_at < requested_before:
-                self.approvals[key] = replace(approval, approved=False, reason=reason, decided_at=now)
-
-    async def decide_tool_calls(
-        self,
-        user_id: str,
-        conversation_id: uuid.UUID,
-        decisions: Sequence[ToolDecision],
-        *,
-        expire_before: datetime,
-    ) -> tuple[ToolApproval, ...]:
-        async with self._lock:
-            self._check()
-            self._owned(user_id, conversation_id)
-            saved = dict(self.approvals)
-            self._deny(conversation_id, EXPIRED, expire_before)
-            latest = {a.tool_call_id: a for a in self._approvals_of(conversation_id)}
-            named = [latest.get(d.tool_call_id) for d in decisions]
-            found = [a for a in named if a is not None]
-            try:
-                if len(found) != len(named):
-                    raise ToolCallNotFound()
-                if len({a.turn_id for a in found}) > 1:
-                    raise DecisionConflict("The decisions name tool calls of different turns")
-                for decision, approval in zip(decisions, found, strict=True):
-                    if approval.pending:
-                        self.approvals[(approval.message_id, approval.tool_call_id)] = replace(
-                            approval, approved=decision.approved, reason=decision.reason, decided_at=self.clock()
-                        )
-                    elif approval.approved is not decision.approved:
-                        raise DecisionConflict(already_decided(approval))
-            except (ToolCallNotFound, DecisionConflict):
-                self.approvals = saved  # all or nothing, the expiry included
-                raise
-            return tuple(a for a in self._approvals_of(conversation_id) if a.turn_id == found[0].turn_id)
-
-    async def deny_pending(
-        self, user_id: str, conversation_id: uuid.UUID, *, reason: str, requested_before: datetime | None = None
-    ) -> None:
-        async with self._lock:
-            self._check()
-            conversation = self.conversations.get(conversation_id)
-            if conversation is not None and conversation.user_id == user_id:
-                self._deny(conversation_id, reason, requested_before)
-
-    async def start_tool_calls(
-        self,
-        user_id: str,
-        conversation_id: uuid.UUID,
-        calls: Sequence[tuple[uuid.UUID, str]],
-        *,
-        holder: uuid.UUID,
-    ) -> tuple[tuple[uuid.UUID, str], ...]:
-        async with self._lock:
-            self._check()
-            self._owned(user_id, conversation_id)
-            lease = self.leases.get(conversation_id)
-            if lease is None or lease.owner != holder:
-                return ()
-            started = []
-            for key in calls:
-                approval = self.approvals.get(key)
-                if approval is None or approval.conversation_id != conversation_id:
-                    continue
-                if approval.approved and approval.started_at is None:
-                    self.approvals[key] = replace(approval, started_at=self.clock())
-                    started.append(key)
-            return tuple(started)
-
-    async def list_approvals(
-        self, user_id: str, conversation_id: uuid.UUID, *, message_ids: Sequence[uuid.UUID] | None = None
-    ) -> tuple[ToolApproval, ...]:
-        self._check()
-        self._owned(user_id, conversation_id)
-        wanted = None if message_ids is None else set(message_ids)
-        return tuple(a for a in self._approvals_of(conversation_id) if wanted is None or a.message_id in wanted)
 
 
 class InMemoryTurnEventStore:
-    """A TurnEventStore in dicts, over an InMemoryConversationStore whose conversations own the turns.
+    """A TurnEventStore in dicts, over the InMemoryChatDatabase whose conversations own the turns.
 
     A deleted conversation's turns read as TurnNotFound, as they are cascaded away in a database.
     """
 
-    def __init__(self, conversations: InMemoryConversationStore) -> None:
-        self.conversations = conversations
+    def __init__(self, database: InMemoryChatDatabase) -> None:
+        self.database = database
         self.turns: dict[uuid.UUID, TurnState] = {}
         self.events: dict[uuid.UUID, list[TurnEvent]] = {}
         self.ended_at: dict[uuid.UUID, datetime] = {}
 
     def _turn(self, user_id: str, turn_id: uuid.UUID) -> TurnState:
-        self.conversations._check()
+        self.database.check()
         turn = self.turns.get(turn_id)
-        if turn is None or turn.user_id != user_id or turn.conversation_id not in self.conversations.conversations:
+        if turn is None or turn.user_id != user_id or turn.conversation_id not in self.database.conversations:
             raise TurnNotFound()
         return turn
 
     async def begin(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> TurnState:
-        self.conversations._check()
-        self.conversations._owned(user_id, conversation_id)
+        self.database.check()
+        self.database.owned(user_id, conversation_id)
         if turn_id in self.turns:
             raise ValueError("turn already begun")
         turn = TurnState(turn_id, conversation_id, user_id, TurnStatus.RUNNING, False, utcnow())
@@ -555,8 +584,8 @@ class InMemoryTurnEventStore:
         self.ended_at[turn_id] = utcnow()
 
     async def request_stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
-        self.conversations._check()
-        self.conversations._owned(user_id, conversation_id)
+        self.database.check()
+        self.database.owned(user_id, conversation_id)
         stopped = [
             t.id for t in self.turns.values() if t.conversation_id == conversation_id and t.status is TurnStatus.RUNNING
         ]
@@ -566,10 +595,10 @@ class InMemoryTurnEventStore:
 
 
 class InMemoryRetentionStore:
-    """A RetentionStore over the in-memory conversation and turn event stores; its lock is this process's."""
+    """A RetentionStore over the in-memory database and turn event store; its lock is this process's."""
 
-    def __init__(self, conversations: InMemoryConversationStore, events: InMemoryTurnEventStore) -> None:
-        self.conversations = conversations
+    def __init__(self, database: InMemoryChatDatabase, events: InMemoryTurnEventStore) -> None:
+        self.database = database
         self.events = events
         self.held = False
 
@@ -591,7 +620,7 @@ class InMemoryRetentionStore:
         ]
 
     async def delete_turn_events(self, *, ended_before: datetime, limit: int) -> int:
-        self.conversations._check()
+        self.database.check()
         deleted = 0
         for turn_id in self._ended_before(ended_before):
             logged = self.events.events.get(turn_id, [])
@@ -601,7 +630,7 @@ class InMemoryRetentionStore:
         return deleted
 
     async def delete_turns(self, *, ended_before: datetime, limit: int) -> int:
-        self.conversations._check()
+        self.database.check()
         empty = [turn_id for turn_id in self._ended_before(ended_before) if not self.events.events.get(turn_id)]
         for turn_id in empty[: max(limit, 0)]:
             del self.events.turns[turn_id]
@@ -610,8 +639,8 @@ class InMemoryRetentionStore:
         return len(empty[: max(limit, 0)])
 
     async def delete_idempotency_keys(self, *, expired_by: datetime, limit: int) -> int:
-        self.conversations._check()
-        keys = self.conversations.idempotency_keys
+        self.database.check()
+        keys = self.database.idempotency_keys
         expired = [name for name, record in keys.items() if record.expires_at <= expired_by][: max(limit, 0)]
         for name in expired:
             del keys[name]

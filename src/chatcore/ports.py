@@ -66,8 +66,9 @@ class ToolApprovalStore(Protocol):
         that id). A call already decided the same way is left as it was. Returns every approval of the turn the
         calls belong to, as they are now.
 
-        Raises ConversationNotFound like ``get``; ToolCallNotFound for an id the conversation has no approval
-        for; DecisionConflict for a call decided otherwise, or decisions naming calls of different turns.
+        Raises ConversationNotFound (an unknown or another user's conversation); ToolCallNotFound for an id the
+        conversation has no approval for; DecisionConflict for a call decided otherwise, or decisions naming
+        calls of different turns.
         """
         ...
 
@@ -95,22 +96,24 @@ class ToolApprovalStore(Protocol):
     ) -> tuple[ToolApproval, ...]:
         """The conversation's approvals (of the calls of ``message_ids`` when given), oldest first.
 
-        Raises ConversationNotFound like ``get``."""
+        Raises ConversationNotFound like ``ConversationReader.get``."""
         ...
 
 
 class ConversationStore(ToolApprovalStore, Protocol):
-    """Conversations and their messages. Every method is scoped by ``user_id``.
+    """The writes of conversations and their messages: a turn's, its approvals', and the history API's. Every
+    method is scoped by ``user_id``.
 
-    A turn is two short transactions, ``begin_turn`` and ``finish_turn``, so no
-    database connection is held while the model thinks. One turn at a time holds a
-    conversation, across processes: ``begin_turn`` takes the conversation's *lease* for the
-    turn (owner ``turn_id``, an expiry), ``renew_turn`` extends it while the turn runs, and
-    ``finish_turn`` or ``release_turn`` gives it back. A lease whose holder died (kill -9)
-    simply expires. Expiries are judged by the store's clock.
+    A turn is two short transactions, ``begin_turn`` and ``finish_turn``, so no database connection is held
+    while the model thinks. One turn at a time holds a conversation, across processes: ``begin_turn`` (or
+    ``resume_turn``) takes the conversation's *lease* for the turn (owner ``turn_id``, an expiry) and
+    ``finish_turn`` gives it back; a TurnClaimStore over the same database renews it while the turn runs, or
+    releases it when the turn fails. A lease whose holder died (kill -9) simply expires. Expiries are judged by
+    the store's clock.
 
-    Idempotency-Keys live here too, because a keyed turn's reply must be committed in the
-    same transaction as its messages: either a retry finds both or it finds neither.
+    ``finish_turn`` also completes the turn's Idempotency-Key (claimed through the TurnClaimStore), because a
+    keyed turn's reply must be committed in the same transaction as its messages: either a retry finds both
+    or it finds neither.
     """
 
     async def begin_turn(
@@ -152,7 +155,8 @@ class ConversationStore(ToolApprovalStore, Protocol):
 
         ``approvals`` (pending calls of these messages) are stored with them and make ``turn_id`` the
         conversation's *open turn*: no new turn begins until it is closed, by ``close`` here or by ``finish_turn``.
-        Raises LeaseLost, storing nothing, when another holder has a live lease; ConversationNotFound like ``get``.
+        Raises LeaseLost, storing nothing, when another holder has a live lease; ConversationNotFound like
+        ``ConversationReader.get``.
         """
         ...
 
@@ -173,7 +177,7 @@ class ConversationStore(ToolApprovalStore, Protocol):
         The conversation's open turn is closed unless ``keep_open`` (the turn ends waiting for approvals).
         With ``idempotency`` the key that ``holder`` claimed is completed with the reply, in the same
         transaction. Raises LeaseLost, storing nothing, when another turn holds a live lease on the
-        conversation, or the key is no longer this turn's. Raises ConversationNotFound like ``get``.
+        conversation, or the key is no longer this turn's. Raises ConversationNotFound like ``ConversationReader.get``.
         """
         ...
 
@@ -191,7 +195,52 @@ class ConversationStore(ToolApprovalStore, Protocol):
         turn, its messages and approvals, and the last ``history_limit`` messages before it, oldest first.
 
         Raises ConversationBusy, taking nothing, while another holder's lease is live; ConversationNotFound
-        like ``get``.
+        like ``ConversationReader.get``.
+        """
+        ...
+
+    async def turn_messages(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> tuple[Message, ...]:
+        """Turn ``turn_id``'s messages, oldest first. Raises ConversationNotFound like ``ConversationReader.get``."""
+        ...
+
+    async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
+        """Flag a stored user message whose turn failed, so history shows it was never answered."""
+        ...
+
+    async def rename(self, user_id: str, conversation_id: uuid.UUID, title: str) -> Conversation:
+        """Set the title (``updated_at`` is left alone: it orders by activity). Raises ConversationNotFound."""
+        ...
+
+    async def delete(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        """Remove the conversation with its messages and turn events. Raises ConversationNotFound."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store can serve requests; raise StoreUnavailable otherwise."""
+        ...
+
+
+class TurnClaimStore(Protocol):
+    """What a running turn holds besides its messages: the conversation's lease (taken by ``begin_turn``) and the
+    request's Idempotency-Key, both rows with an expiry that a heartbeat renews. Scoped by ``user_id``; expiries are
+    judged by the store's clock. Over the same database as the ConversationStore whose leases and keys it renews.
+    """
+
+    async def claim_idempotency_key(
+        self,
+        user_id: str,
+        key: str,
+        request_hash: str,
+        *,
+        turn_id: uuid.UUID,
+        hold_seconds: float,
+    ) -> ChatReply | None:
+        """Claim the user's ``key`` for ``turn_id`` for ``hold_seconds`` (None), or return the reply stored
+        under it by an earlier request with the same ``request_hash``.
+
+        Raises IdempotencyKeyReused when the key holds another request, IdempotencyInProgress while
+        another turn's claim on it has not expired. A key whose claim or reply has expired is as good
+        as new, and the store may delete expired keys at any time.
         """
         ...
 
@@ -224,38 +273,12 @@ class ConversationStore(ToolApprovalStore, Protocol):
         """
         ...
 
-    async def claim_idempotency_key(
-        self,
-        user_id: str,
-        key: str,
-        request_hash: str,
-        *,
-        turn_id: uuid.UUID,
-        hold_seconds: float,
-    ) -> ChatReply | None:
-        """Claim the user's ``key`` for ``turn_id`` for ``hold_seconds`` (None), or return the reply stored
-        under it by an earlier request with the same ``request_hash``.
 
-        Raises IdempotencyKeyReused when the key holds another request, IdempotencyInProgress while
-        another turn's claim on it has not expired. A key whose claim or reply has expired is as good
-        as new, and the store may delete expired keys at any time.
-        """
-        ...
-
-    async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
-        """Flag a stored user message whose turn failed, so history shows it was never answered."""
-        ...
+class ConversationReader(Protocol):
+    """The read side of the history API: the user's conversations and their messages. Scoped by ``user_id``."""
 
     async def get(self, user_id: str, conversation_id: uuid.UUID) -> Conversation:
         """The user's conversation. Raises ConversationNotFound, also when another user owns it."""
-        ...
-
-    async def history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> tuple[Message, ...]:
-        """The last ``limit`` messages, oldest first. Raises ConversationNotFound like ``get``."""
-        ...
-
-    async def turn_messages(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> tuple[Message, ...]:
-        """Turn ``turn_id``'s messages, oldest first. Raises ConversationNotFound like ``get``."""
         ...
 
     async def list_conversations(
@@ -273,18 +296,6 @@ class ConversationStore(ToolApprovalStore, Protocol):
         self, user_id: str, conversation_id: uuid.UUID, *, limit: int, after_seq: int = 0
     ) -> tuple[Message, ...]:
         """At most ``limit`` messages with ``seq > after_seq``, oldest first. Raises ConversationNotFound."""
-        ...
-
-    async def rename(self, user_id: str, conversation_id: uuid.UUID, title: str) -> Conversation:
-        """Set the title (``updated_at`` is left alone: it orders by activity). Raises ConversationNotFound."""
-        ...
-
-    async def delete(self, user_id: str, conversation_id: uuid.UUID) -> None:
-        """Remove the conversation with its messages and turn events. Raises ConversationNotFound."""
-        ...
-
-    async def ping(self) -> None:
-        """Return when the store can serve requests; raise StoreUnavailable otherwise."""
         ...
 
 

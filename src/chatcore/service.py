@@ -55,7 +55,7 @@ from chatcore.model import (
     TurnStart,
     utcnow,
 )
-from chatcore.ports import ConversationStore, LLMAgent, TokenVerifier, ToolRegistry
+from chatcore.ports import ConversationStore, LLMAgent, TokenVerifier, ToolRegistry, TurnClaimStore
 from chatcore.turn_events import TurnSink, TurnStopped
 from chatcore.turn_lease import TurnLease
 
@@ -225,6 +225,7 @@ class ChatService:
         self,
         *,
         store: ConversationStore,
+        claims: TurnClaimStore,
         agent: LLMAgent,
         verifier: TokenVerifier,
         tools: ToolRegistry,
@@ -232,6 +233,7 @@ class ChatService:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
+        self.claims = claims
         self.agent = agent
         self.verifier = verifier
         self.tools = tools
@@ -306,6 +308,7 @@ class ChatService:
         conversation's lease, both renewed while it runs and given back if it fails."""
         lease = TurnLease(
             self.store,
+            self.claims,
             principal.user_id,
             turn_id,
             lease_seconds=self.policy.lease_seconds,
@@ -462,6 +465,7 @@ class ChatService:
             return reply
         lease = TurnLease(
             self.store,
+            self.claims,
             user_id,
             run_id,
             lease_seconds=self.policy.lease_seconds,

@@ -22,7 +22,7 @@ from types import TracebackType
 from chatcore.errors import ConversationBusy, IdempotencyInProgress, TurnFailed
 from chatcore.idempotency import IdempotentReply
 from chatcore.model import ChatMessage, ChatReply, TurnResumption, TurnStart
-from chatcore.ports import ConversationStore
+from chatcore.ports import ConversationStore, TurnClaimStore
 
 logger = logging.getLogger("chatcore.service")
 
@@ -50,6 +50,7 @@ class TurnLease:
     def __init__(
         self,
         store: ConversationStore,
+        claims: TurnClaimStore,
         user_id: str,
         turn_id: uuid.UUID,
         *,
@@ -58,6 +59,7 @@ class TurnLease:
         idempotency_ttl_seconds: float,
     ) -> None:
         self.store = store
+        self.claims = claims
         self.user_id = user_id
         self.turn_id = turn_id
         self.lease_seconds = lease_seconds
@@ -89,7 +91,7 @@ class TurnLease:
         if self.finished or (self.conversation_id is None and self.idempotency_key is None):
             return
         try:
-            await self.store.release_turn(
+            await self.claims.release_turn(
                 self.user_id, self.turn_id, conversation_id=self.conversation_id, idempotency_key=self.idempotency_key
             )
         except Exception:
@@ -106,7 +108,7 @@ class TurnLease:
         waits = pauses()
         while True:
             try:
-                replay = await self.store.claim_idempotency_key(
+                replay = await self.claims.claim_idempotency_key(
                     self.user_id, key, request_hash, turn_id=self.turn_id, hold_seconds=self.lease_seconds
                 )
             except IdempotencyInProgress:
@@ -177,7 +179,7 @@ class TurnLease:
                 await self._wait_for_stop(interval)
                 continue
             try:
-                held = await self.store.renew_turn(
+                held = await self.claims.renew_turn(
                     self.user_id,
                     self.turn_id,
                     conversation_id=self.conversation_id,

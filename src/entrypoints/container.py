@@ -19,20 +19,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chatcore.adapters.observability.instrumented import InstrumentedAgent, InstrumentedToolRegistry
 from chatcore.adapters.observability.metrics import ChatMetrics, pool_gauge_resource
 from chatcore.adapters.observability.tracing import engine_tracing_resource, tracer_of, tracing_resource
+from chatcore.adapters.sqlalchemy.conversation_reader import SqlAlchemyConversationReader
 from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
 from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
+from chatcore.adapters.sqlalchemy.turn_claim_store import SqlAlchemyTurnClaimStore
 from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
 from chatcore.adapters.todo.ports import TaskStore
 from chatcore.adapters.todo.prompt import TODO_SYSTEM_PROMPT
 from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
 from chatcore.adapters.todo.tools import todo_tools
+from chatcore.conversations import ConversationHistory
 from chatcore.entrypoints.extras import require_extras
 from chatcore.entrypoints.settings import Settings
 from chatcore.entrypoints.verifiers import token_verifier
 from chatcore.ports import LLMAgent, ToolRegistry
 from chatcore.retention import Janitor, RetentionPolicy
 from chatcore.service import ChatPolicy, ChatService
+from chatcore.streamed_turns import StreamPolicy
 from chatcore.tools import CompositeToolRegistry
 
 if TYPE_CHECKING:
@@ -157,6 +161,11 @@ def chat_policy(settings: Settings) -> ChatPolicy:
     )
 
 
+def streamed_turns_policy(settings: Settings) -> StreamPolicy:
+    """CHATCORE_SHUTDOWN_GRACE bounds both uvicorn's graceful shutdown and the streamed turns' own wait in it."""
+    return StreamPolicy(shutdown_seconds=settings.shutdown_grace_seconds)
+
+
 def retention_policy(settings: Settings) -> RetentionPolicy:
     return RetentionPolicy(
         event_retention_seconds=settings.event_retention_seconds, interval_seconds=settings.janitor_interval_seconds
@@ -177,6 +186,7 @@ class Container(containers.DeclarativeContainer):
     agent = providers.Resource(agent_resource, settings)
     verifier = providers.Singleton(token_verifier, settings)
     policy = providers.Singleton(chat_policy, settings)
+    stream_policy = providers.Singleton(streamed_turns_policy, settings)
     rate_limit_store = providers.Resource(rate_limit_store_resource, settings)
 
     # Observability: a metrics registry per app; OTLP tracing only when configured. The service gets the agent
@@ -190,11 +200,22 @@ class Container(containers.DeclarativeContainer):
     store = providers.Singleton(
         SqlAlchemyConversationStore, engine, driver_statements=providers.Callable(_untraced, tracing)
     )
+    claims = providers.Singleton(SqlAlchemyTurnClaimStore, engine)
+    reader = providers.Singleton(SqlAlchemyConversationReader, engine)
+    history = providers.Singleton(
+        ConversationHistory, reader, store, approval_ttl_seconds=policy.provided.approval_ttl_seconds
+    )
     observed_agent = providers.Singleton(InstrumentedAgent, agent, metrics, tracer)
     observed_tools = providers.Singleton(InstrumentedToolRegistry, tools, metrics, tracer)
 
     chat_service = providers.Singleton(
-        ChatService, store=store, agent=observed_agent, verifier=verifier, tools=observed_tools, policy=policy
+        ChatService,
+        store=store,
+        claims=claims,
+        agent=observed_agent,
+        verifier=verifier,
+        tools=observed_tools,
+        policy=policy,
     )
 
     # Bounded storage: ``chatcore gc`` and the janitor each server runs (CHATCORE_JANITOR) delete what expired.

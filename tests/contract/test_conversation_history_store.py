@@ -1,4 +1,4 @@
-"""The ConversationStore's history methods (list, page, rename, delete) on in-memory, SQLite and PostgreSQL."""
+"""The history API's ports (ConversationReader: list, page; ConversationStore: rename, delete) on every backend."""
 
 from __future__ import annotations
 
@@ -6,21 +6,10 @@ import uuid
 
 import pytest
 
-from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.errors import ConversationNotFound
-from chatcore.fakes import InMemoryConversationStore
 from chatcore.model import PREVIEW_LENGTH, ChatMessage, ToolCall, ToolResult, TurnStart
-from chatcore.ports import ConversationStore
-
-STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest) -> ConversationStore:
-    if request.param == "memory":
-        return InMemoryConversationStore()
-    engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-    return SqlAlchemyConversationStore(engine)
+from chatcore.ports import ConversationReader, ConversationStore
+from tests.stores import stored_conversation, stored_history
 
 
 def new_user() -> str:
@@ -39,25 +28,29 @@ async def answer(store: ConversationStore, user: str, conversation_id: uuid.UUID
     await store.finish_turn(user, conversation_id, list(messages), turn_id=uuid.uuid4())
 
 
-async def test_conversations_are_listed_most_recently_active_first_with_keyset_pages(store: ConversationStore) -> None:
+async def test_conversations_are_listed_most_recently_active_first_with_keyset_pages(
+    store: ConversationStore, reader: ConversationReader
+) -> None:
     alice = new_user()
     ids = [(await begin(store, alice, f"conversation {i}")).conversation.id for i in range(5)]
     await answer(store, alice, ids[1], ChatMessage.assistant("the oldest but one is active again"))
 
-    first = await store.list_conversations(alice, limit=2)
+    first = await reader.list_conversations(alice, limit=2)
     last_seen = first[-1]
-    second = await store.list_conversations(alice, limit=2, before=(last_seen.updated_at, last_seen.id))
-    third = await store.list_conversations(alice, limit=2, before=(second[-1].updated_at, second[-1].id))
+    second = await reader.list_conversations(alice, limit=2, before=(last_seen.updated_at, last_seen.id))
+    third = await reader.list_conversations(alice, limit=2, before=(second[-1].updated_at, second[-1].id))
     listed = [*first, *second, *third]
 
     assert listed[0].id == ids[1]
     assert sorted(c.id for c in listed) == sorted(ids)
     assert [(c.updated_at, c.id) for c in listed] == sorted(((c.updated_at, c.id) for c in listed), reverse=True)
     assert len(third) == 1
-    assert await store.list_conversations(alice, limit=2, before=(third[-1].updated_at, third[-1].id)) == ()
+    assert await reader.list_conversations(alice, limit=2, before=(third[-1].updated_at, third[-1].id)) == ()
 
 
-async def test_a_listed_conversation_has_its_title_times_and_last_text_as_preview(store: ConversationStore) -> None:
+async def test_a_listed_conversation_has_its_title_times_and_last_text_as_preview(
+    store: ConversationStore, reader: ConversationReader
+) -> None:
     alice = new_user()
     start = await begin(store, alice, "Add milk")
     call = ToolCall("call_1", "add_task", {"title": "Milk"})
@@ -71,15 +64,17 @@ async def test_a_listed_conversation_has_its_title_times_and_last_text_as_previe
         ChatMessage.assistant(long_reply),
     )
 
-    [listed] = await store.list_conversations(alice, limit=10)
-    conversation = await store.get(alice, start.conversation.id)
+    [listed] = await reader.list_conversations(alice, limit=10)
+    conversation = await stored_conversation(reader, alice, start.conversation.id)
 
     assert (listed.id, listed.title, listed.created_at) == (conversation.id, "Add milk", conversation.created_at)
     assert listed.updated_at == conversation.updated_at
     assert listed.preview == long_reply[:PREVIEW_LENGTH]
 
 
-async def test_a_preview_skips_tool_results_and_empty_assistant_calls(store: ConversationStore) -> None:
+async def test_a_preview_skips_tool_results_and_empty_assistant_calls(
+    store: ConversationStore, reader: ConversationReader
+) -> None:
     alice = new_user()
     start = await begin(store, alice, "List my tasks")
     call = ToolCall("call_1", "list_tasks", {})
@@ -91,56 +86,64 @@ async def test_a_preview_skips_tool_results_and_empty_assistant_calls(store: Con
         ChatMessage.tool_result(call, ToolResult(result=[])),
     )
 
-    [listed] = await store.list_conversations(alice, limit=1)
+    [listed] = await reader.list_conversations(alice, limit=1)
 
     assert listed.preview == "List my tasks"
 
 
-async def test_conversations_of_other_users_are_never_listed(store: ConversationStore) -> None:
+async def test_conversations_of_other_users_are_never_listed(
+    store: ConversationStore, reader: ConversationReader
+) -> None:
     alice, bob = new_user(), new_user()
     await begin(store, alice, "alice's")
 
-    assert await store.list_conversations(bob, limit=10) == ()
-    assert [c.title for c in await store.list_conversations(alice, limit=10)] == ["alice's"]
+    assert await reader.list_conversations(bob, limit=10) == ()
+    assert [c.title for c in await reader.list_conversations(alice, limit=10)] == ["alice's"]
 
 
-async def test_messages_are_paged_oldest_first_after_a_seq(store: ConversationStore) -> None:
+async def test_messages_are_paged_oldest_first_after_a_seq(
+    store: ConversationStore, reader: ConversationReader
+) -> None:
     alice = new_user()
     start = await begin(store, alice, "one")
     await answer(store, alice, start.conversation.id, *(ChatMessage.assistant(f"reply {i}") for i in range(4)))
 
-    first = await store.list_messages(alice, start.conversation.id, limit=2)
-    rest = await store.list_messages(alice, start.conversation.id, limit=10, after_seq=first[-1].seq)
+    first = await reader.list_messages(alice, start.conversation.id, limit=2)
+    rest = await reader.list_messages(alice, start.conversation.id, limit=10, after_seq=first[-1].seq)
 
     assert [m.seq for m in first] == [1, 2]
     assert [m.content for m in (*first, *rest)] == ["one", "reply 0", "reply 1", "reply 2", "reply 3"]
-    assert await store.list_messages(alice, start.conversation.id, limit=10, after_seq=5) == ()
-    assert (*first, *rest) == await store.history(alice, start.conversation.id, 10)
+    assert await reader.list_messages(alice, start.conversation.id, limit=10, after_seq=5) == ()
+    assert (*first, *rest) == await stored_history(reader, alice, start.conversation.id, 10)
 
 
-async def test_messages_of_another_users_conversation_are_not_found(store: ConversationStore) -> None:
+async def test_messages_of_another_users_conversation_are_not_found(
+    store: ConversationStore, reader: ConversationReader
+) -> None:
     alice, bob = new_user(), new_user()
     start = await begin(store, alice)
 
     with pytest.raises(ConversationNotFound):
-        await store.list_messages(bob, start.conversation.id, limit=10)
+        await reader.list_messages(bob, start.conversation.id, limit=10)
     with pytest.raises(ConversationNotFound):
-        await store.list_messages(alice, uuid.uuid4(), limit=10)
+        await reader.list_messages(alice, uuid.uuid4(), limit=10)
 
 
-async def test_rename_changes_the_title_only(store: ConversationStore) -> None:
+async def test_rename_changes_the_title_only(store: ConversationStore, reader: ConversationReader) -> None:
     alice = new_user()
     start = await begin(store, alice, "old title")
-    before = await store.get(alice, start.conversation.id)
+    before = await stored_conversation(reader, alice, start.conversation.id)
 
     renamed = await store.rename(alice, start.conversation.id, "New title")
 
     assert renamed.title == "New title"
     assert (renamed.id, renamed.created_at, renamed.updated_at) == (before.id, before.created_at, before.updated_at)
-    assert await store.get(alice, start.conversation.id) == renamed
+    assert await stored_conversation(reader, alice, start.conversation.id) == renamed
 
 
-async def test_rename_and_delete_refuse_another_users_conversation(store: ConversationStore) -> None:
+async def test_rename_and_delete_refuse_another_users_conversation(
+    store: ConversationStore, reader: ConversationReader
+) -> None:
     alice, bob = new_user(), new_user()
     start = await begin(store, alice, "mine")
 
@@ -148,10 +151,12 @@ async def test_rename_and_delete_refuse_another_users_conversation(store: Conver
         await store.rename(bob, start.conversation.id, "stolen")
     with pytest.raises(ConversationNotFound):
         await store.delete(bob, start.conversation.id)
-    assert (await store.get(alice, start.conversation.id)).title == "mine"
+    assert (await stored_conversation(reader, alice, start.conversation.id)).title == "mine"
 
 
-async def test_delete_removes_the_conversation_and_its_messages(store: ConversationStore) -> None:
+async def test_delete_removes_the_conversation_and_its_messages(
+    store: ConversationStore, reader: ConversationReader
+) -> None:
     alice = new_user()
     start = await begin(store, alice, "to delete")
     kept = await begin(store, alice, "to keep")
@@ -160,9 +165,9 @@ async def test_delete_removes_the_conversation_and_its_messages(store: Conversat
     await store.delete(alice, start.conversation.id)
 
     with pytest.raises(ConversationNotFound):
-        await store.get(alice, start.conversation.id)
+        await stored_conversation(reader, alice, start.conversation.id)
     with pytest.raises(ConversationNotFound):
-        await store.list_messages(alice, start.conversation.id, limit=10)
+        await reader.list_messages(alice, start.conversation.id, limit=10)
     with pytest.raises(ConversationNotFound):
         await store.delete(alice, start.conversation.id)
-    assert [c.id for c in await store.list_conversations(alice, limit=10)] == [kept.conversation.id]
+    assert [c.id for c in await reader.list_conversations(alice, limit=10)] == [kept.conversation.id]

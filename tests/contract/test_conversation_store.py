@@ -1,4 +1,4 @@
-"""The ConversationStore contract, run on every adapter: the in-memory fake, SQLite and PostgreSQL.
+"""The ConversationStore contract (with the reads it is checked by), on every backend of ``tests/contract/conftest.py``.
 
 The SQL stores share one database per session, so every test works with fresh user ids.
 """
@@ -14,9 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.errors import ConversationNotFound, StoreUnavailable
-from chatcore.fakes import InMemoryConversationStore
 from chatcore.model import (
     ChatMessage,
     Message,
@@ -26,22 +24,10 @@ from chatcore.model import (
     ToolResult,
     TurnStart,
 )
-from chatcore.ports import ConversationStore
+from chatcore.ports import ConversationReader, ConversationStore
+from tests.stores import stored_conversation, stored_history
 
-STORES = [
-    "memory",
-    "sqlite",
-    pytest.param("postgres", marks=pytest.mark.integration),
-    pytest.param("postgres-core", marks=pytest.mark.integration),  # the turn's statements through SQLAlchemy Core
-]
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest) -> ConversationStore:
-    if request.param == "memory":
-        return InMemoryConversationStore()
-    engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-    return SqlAlchemyConversationStore(engine, driver_statements=request.param != "postgres-core")
+pytestmark = pytest.mark.postgres_core
 
 
 def new_user() -> str:
@@ -78,7 +64,9 @@ async def reply(store: ConversationStore, user: str, conversation_id: uuid.UUID,
     )
 
 
-async def test_begin_turn_without_id_creates_a_conversation(store: ConversationStore, alice: str) -> None:
+async def test_begin_turn_without_id_creates_a_conversation(
+    store: ConversationStore, reader: ConversationReader, alice: str
+) -> None:
     turn_id = uuid.uuid4()
     message = ChatMessage.user("Add milk to my list")
 
@@ -92,17 +80,21 @@ async def test_begin_turn_without_id_creates_a_conversation(store: ConversationS
     assert (stored.id, stored.role, stored.content) == (message.id, Role.USER, "Add milk to my list")
     assert (stored.conversation_id, stored.seq, stored.turn_id) == (start.conversation.id, 1, turn_id)
     assert stored.status is MessageStatus.COMPLETE
-    assert await store.get(alice, start.conversation.id) == start.conversation
-    assert await store.history(alice, start.conversation.id, 10) == (stored,)
+    assert await stored_conversation(reader, alice, start.conversation.id) == start.conversation
+    assert await stored_history(reader, alice, start.conversation.id, 10) == (stored,)
 
 
-async def test_a_conversation_may_have_no_title(store: ConversationStore, alice: str) -> None:
+async def test_a_conversation_may_have_no_title(
+    store: ConversationStore, reader: ConversationReader, alice: str
+) -> None:
     start = await begin(store, alice, title=None)
 
-    assert (await store.get(alice, start.conversation.id)).title is None
+    assert (await stored_conversation(reader, alice, start.conversation.id)).title is None
 
 
-async def test_begin_turn_with_id_continues_the_conversation(store: ConversationStore, alice: str) -> None:
+async def test_begin_turn_with_id_continues_the_conversation(
+    store: ConversationStore, reader: ConversationReader, alice: str
+) -> None:
     first = await begin(store, alice, text="first")
     answer = await reply(store, alice, first.conversation.id, "an answer")
 
@@ -112,11 +104,15 @@ async def test_begin_turn_with_id_continues_the_conversation(store: Conversation
     assert second.conversation.id == first.conversation.id
     assert second.history == (first.user_message, *answer)
     assert second.user_message.seq == 3
-    assert second.conversation == await store.get(alice, first.conversation.id)
-    assert await store.history(alice, first.conversation.id, 10) == (first.user_message, *answer, second.user_message)
+    assert second.conversation == await stored_conversation(reader, alice, first.conversation.id)
+    assert await stored_history(reader, alice, first.conversation.id, 10) == (
+        first.user_message,
+        *answer,
+        second.user_message,
+    )
 
 
-async def test_seqs_run_from_one_without_gaps(store: ConversationStore, alice: str) -> None:
+async def test_seqs_run_from_one_without_gaps(store: ConversationStore, reader: ConversationReader, alice: str) -> None:
     start = await begin(store, alice, text="u1")
     conversation_id = start.conversation.id
     expected = ["u1"]
@@ -127,13 +123,15 @@ async def test_seqs_run_from_one_without_gaps(store: ConversationStore, alice: s
         await begin(store, alice, conversation_id, f"u{turn}")
         expected.append(f"u{turn}")
 
-    history = await store.history(alice, conversation_id, 1_000)
+    history = await stored_history(reader, alice, conversation_id, 1_000)
 
     assert [m.seq for m in history] == list(range(1, len(expected) + 1))
     assert [m.content for m in history] == expected
 
 
-async def test_the_window_is_the_last_n_messages_oldest_first(store: ConversationStore, alice: str) -> None:
+async def test_the_window_is_the_last_n_messages_oldest_first(
+    store: ConversationStore, reader: ConversationReader, alice: str
+) -> None:
     start = await begin(store, alice, text="m1")
     conversation_id = start.conversation.id
     await reply(store, alice, conversation_id, "m2", "m3", "m4", "m5", "m6")
@@ -143,18 +141,20 @@ async def test_the_window_is_the_last_n_messages_oldest_first(store: Conversatio
     assert [m.content for m in windowed.history] == ["m4", "m5", "m6"]
     assert [m.seq for m in windowed.history] == [4, 5, 6]
     assert windowed.user_message.seq == 7
-    assert [m.content for m in await store.history(alice, conversation_id, 2)] == ["m6", "m7"]
-    assert [m.content for m in await store.history(alice, conversation_id, 100)] == [f"m{i}" for i in range(1, 8)]
-    assert await store.history(alice, conversation_id, 0) == ()
+    assert [m.content for m in await stored_history(reader, alice, conversation_id, 2)] == ["m6", "m7"]
+    assert [m.content for m in await stored_history(reader, alice, conversation_id, 100)] == [
+        f"m{i}" for i in range(1, 8)
+    ]
+    assert await stored_history(reader, alice, conversation_id, 0) == ()
     assert (await begin(store, alice, conversation_id, "m8", limit=0)).history == ()
 
 
 async def test_another_users_conversation_is_not_found_in_every_method(
-    store: ConversationStore, alice: str, bob: str
+    store: ConversationStore, reader: ConversationReader, alice: str, bob: str
 ) -> None:
     start = await begin(store, alice, text="private")
     conversation_id = start.conversation.id
-    before = await store.history(alice, conversation_id, 100)
+    before = await stored_history(reader, alice, conversation_id, 100)
 
     for user, target in [(bob, conversation_id), (alice, uuid.uuid4())]:
         with pytest.raises(ConversationNotFound):
@@ -166,16 +166,18 @@ async def test_another_users_conversation_is_not_found_in_every_method(
         with pytest.raises(ConversationNotFound):
             await store.mark_unanswered(user, target, start.user_message.id)
         with pytest.raises(ConversationNotFound):
-            await store.get(user, target)
+            await stored_conversation(reader, user, target)
         with pytest.raises(ConversationNotFound):
-            await store.history(user, target, 10)
+            await stored_history(reader, user, target, 10)
 
-    assert await store.history(alice, conversation_id, 100) == before
+    assert await stored_history(reader, alice, conversation_id, 100) == before
     assert (await reply(store, alice, conversation_id, "next"))[0].seq == 2
 
 
 @pytest.mark.parametrize("duplicate_of", ["an earlier message of the batch", "a stored message"])
-async def test_finish_turn_is_all_or_nothing(store: ConversationStore, alice: str, duplicate_of: str) -> None:
+async def test_finish_turn_is_all_or_nothing(
+    store: ConversationStore, reader: ConversationReader, alice: str, duplicate_of: str
+) -> None:
     start = await begin(store, alice)
     conversation_id = start.conversation.id
     first = ChatMessage.assistant("first of the batch")
@@ -186,12 +188,14 @@ async def test_finish_turn_is_all_or_nothing(store: ConversationStore, alice: st
         await store.finish_turn(alice, conversation_id, batch, turn_id=uuid.uuid4())
 
     assert not isinstance(raised.value, StoreUnavailable), "a bad batch is a bug, not an outage"
-    assert await store.history(alice, conversation_id, 100) == (start.user_message,)
+    assert await stored_history(reader, alice, conversation_id, 100) == (start.user_message,)
     stored = await store.finish_turn(alice, conversation_id, batch[:2], turn_id=uuid.uuid4())
     assert [m.seq for m in stored] == [2, 3], "the failed batch must not burn sequence numbers"
 
 
-async def test_finish_turn_numbers_messages_in_order_and_records_the_turn(store: ConversationStore, alice: str) -> None:
+async def test_finish_turn_numbers_messages_in_order_and_records_the_turn(
+    store: ConversationStore, reader: ConversationReader, alice: str
+) -> None:
     start = await begin(store, alice)
     turn_id = uuid.uuid4()
     batch = [ChatMessage.assistant("one"), ChatMessage.assistant("two"), ChatMessage.assistant("three")]
@@ -202,10 +206,12 @@ async def test_finish_turn_numbers_messages_in_order_and_records_the_turn(store:
     assert {m.turn_id for m in stored} == {turn_id}
     assert {m.conversation_id for m in stored} == {start.conversation.id}
     assert await store.finish_turn(alice, start.conversation.id, [], turn_id=turn_id) == ()
-    assert await store.history(alice, start.conversation.id, 10) == (start.user_message, *stored)
+    assert await stored_history(reader, alice, start.conversation.id, 10) == (start.user_message, *stored)
 
 
-async def test_mark_unanswered_flags_only_that_message(store: ConversationStore, alice: str) -> None:
+async def test_mark_unanswered_flags_only_that_message(
+    store: ConversationStore, reader: ConversationReader, alice: str
+) -> None:
     first = await begin(store, alice, text="answered")
     await reply(store, alice, first.conversation.id, "the answer")
     failed = await begin(store, alice, first.conversation.id, "never answered")
@@ -215,13 +221,15 @@ async def test_mark_unanswered_flags_only_that_message(store: ConversationStore,
     await store.mark_unanswered(alice, first.conversation.id, uuid.uuid4())
     await store.mark_unanswered(alice, first.conversation.id, elsewhere.user_message.id)
 
-    history = await store.history(alice, first.conversation.id, 10)
+    history = await stored_history(reader, alice, first.conversation.id, 10)
     assert [m.status for m in history] == [MessageStatus.COMPLETE, MessageStatus.COMPLETE, MessageStatus.UNANSWERED]
     assert history[-1] == replace(failed.user_message, status=MessageStatus.UNANSWERED)
-    assert (await store.history(alice, elsewhere.conversation.id, 10))[0].status is MessageStatus.COMPLETE
+    assert (await stored_history(reader, alice, elsewhere.conversation.id, 10))[0].status is MessageStatus.COMPLETE
 
 
-async def test_tool_calls_and_results_round_trip(store: ConversationStore, alice: str) -> None:
+async def test_tool_calls_and_results_round_trip(
+    store: ConversationStore, reader: ConversationReader, alice: str
+) -> None:
     start = await begin(store, alice, text="Ajoute « lait » 🥛 à ma liste")
     add = ToolCall(
         "call_add_1",
@@ -241,7 +249,7 @@ async def test_tool_calls_and_results_round_trip(store: ConversationStore, alice
     ]
 
     stored = await store.finish_turn(alice, start.conversation.id, batch, turn_id=uuid.uuid4())
-    history = await store.history(alice, start.conversation.id, 10)
+    history = await stored_history(reader, alice, start.conversation.id, 10)
 
     assert history == (start.user_message, *stored)
     assert history[0].content == "Ajoute « lait » 🥛 à ma liste"
@@ -256,15 +264,17 @@ async def test_tool_calls_and_results_round_trip(store: ConversationStore, alice
     assert next_turn.history == history
 
 
-async def test_timestamps_are_timezone_aware_and_keep_the_instant(store: ConversationStore, alice: str) -> None:
+async def test_timestamps_are_timezone_aware_and_keep_the_instant(
+    store: ConversationStore, reader: ConversationReader, alice: str
+) -> None:
     start = await begin(store, alice)
     written_in_india = datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30)))
     message = replace(ChatMessage.assistant("from elsewhere"), created_at=written_in_india)
 
     await store.finish_turn(alice, start.conversation.id, [message], turn_id=uuid.uuid4())
 
-    conversation = await store.get(alice, start.conversation.id)
-    history = await store.history(alice, start.conversation.id, 10)
+    conversation = await stored_conversation(reader, alice, start.conversation.id)
+    history = await stored_history(reader, alice, start.conversation.id, 10)
     for moment in (conversation.created_at, conversation.updated_at, *(m.created_at for m in history)):
         assert moment.utcoffset() is not None
     assert history[1].created_at == written_in_india
@@ -275,7 +285,9 @@ async def test_timestamps_are_timezone_aware_and_keep_the_instant(store: Convers
     assert conversation.updated_at >= start.conversation.updated_at >= conversation.created_at
 
 
-async def test_concurrent_finish_turns_get_unique_consecutive_seqs(store: ConversationStore, alice: str) -> None:
+async def test_concurrent_finish_turns_get_unique_consecutive_seqs(
+    store: ConversationStore, reader: ConversationReader, alice: str
+) -> None:
     start = await begin(store, alice)
     conversation_id = start.conversation.id
 
@@ -284,7 +296,7 @@ async def test_concurrent_finish_turns_get_unique_consecutive_seqs(store: Conver
     for result in results:
         assert result[1].seq == result[0].seq + 1
     assert sorted(m.seq for result in results for m in result) == list(range(2, 22))
-    history = await store.history(alice, conversation_id, 100)
+    history = await stored_history(reader, alice, conversation_id, 100)
     assert [m.seq for m in history] == list(range(1, 22))
     assert sorted(history[1:], key=lambda m: m.seq) == sorted((m for r in results for m in r), key=lambda m: m.seq)
 
@@ -314,7 +326,7 @@ TURN = st.tuples(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(turns=st.lists(TURN, min_size=1, max_size=10))
 async def test_random_turns_by_two_users_match_a_simple_model(
-    store: ConversationStore, turns: list[tuple[int, int, int, int, str]]
+    store: ConversationStore, reader: ConversationReader, turns: list[tuple[int, int, int, int, str]]
 ) -> None:
     users = (new_user(), new_user())
     owner: dict[uuid.UUID, str] = {}
@@ -341,9 +353,9 @@ async def test_random_turns_by_two_users_match_a_simple_model(
         past.extend((Role.ASSISTANT, a) for a in answers)
 
     for conversation_id, messages in model.items():
-        history = await store.history(owner[conversation_id], conversation_id, 1_000)
+        history = await stored_history(reader, owner[conversation_id], conversation_id, 1_000)
         assert [(m.role, m.content) for m in history] == messages
         assert [m.seq for m in history] == list(range(1, len(messages) + 1))
         intruder = users[1 - users.index(owner[conversation_id])]
         with pytest.raises(ConversationNotFound):
-            await store.history(intruder, conversation_id, 10)
+            await stored_history(reader, intruder, conversation_id, 10)

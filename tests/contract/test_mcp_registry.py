@@ -20,6 +20,7 @@ from chatcore.fakes import FunctionAgent, InMemoryConversationStore, StaticToken
 from chatcore.model import AgentRequest, AgentResponse, Principal, Role, ToolCall
 from chatcore.service import ChatService
 from chatcore.tools import CompositeToolRegistry
+from tests.stores import claims_of
 
 FIXTURE = Path(__file__).parent / "mcp_fixtures" / "echo_server.py"
 ALICE = Principal(user_id="alice", email="alice@example.com")
@@ -256,8 +257,11 @@ async def test_a_chat_turn_uses_a_mounted_tool_and_its_result_reaches_the_reply(
         assert "echo" in {tool.name for tool in request.tools}
         return AgentResponse(text="", tool_calls=(ToolCall(id="call-1", name="echo", arguments={"text": "pong"}),))
 
+    conversations = InMemoryConversationStore()
+
     service = ChatService(
-        store=InMemoryConversationStore(),
+        store=conversations,
+        claims=claims_of(conversations),
         agent=FunctionAgent(agent),
         verifier=StaticTokenVerifier(),
         tools=CompositeToolRegistry(todo_tools(InMemoryTaskStore()), stdio_registry),

@@ -1,4 +1,4 @@
-"""The RetentionStore contract on every adapter (in-memory, SQLite, PostgreSQL), and the Janitor over each.
+"""The RetentionStore contract on every backend of ``tests/contract/conftest.py``, and the Janitor over each.
 
 The stores of one database are shared by the whole test session, and deletes work across users, so each
 test first deletes everything that has ended (``drained``) and then counts only what it made itself.
@@ -8,49 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
 
-from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
-from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
-from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
 from chatcore.errors import IdempotencyInProgress, TurnNotFound
-from chatcore.fakes import InMemoryConversationStore, InMemoryRetentionStore, InMemoryTurnEventStore
 from chatcore.idempotency import IdempotentReply
 from chatcore.model import ChatMessage, ChatReply, TurnEvent, TurnStatus, utcnow
-from chatcore.ports import ConversationStore, RetentionStore, TurnEventStore
 from chatcore.retention import Janitor, RetentionPolicy
+from tests.stores import ConversationStores, stored_history
 
-STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
 LATER = timedelta(days=1)
-
-
-@dataclass
-class Stores:
-    conversations: ConversationStore
-    events: TurnEventStore
-    retention: RetentionStore
-
-
-@pytest.fixture(params=STORES)
-def stores(request: pytest.FixtureRequest) -> Stores:
-    if request.param == "memory":
-        conversations = InMemoryConversationStore()
-        events = InMemoryTurnEventStore(conversations)
-        return Stores(conversations, events, InMemoryRetentionStore(conversations, events))
-    engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-    return Stores(
-        SqlAlchemyConversationStore(engine), SqlAlchemyTurnEventStore(engine), SqlAlchemyRetentionStore(engine)
-    )
 
 
 def new_user() -> str:
     return f"user-{uuid.uuid4().hex}"
 
 
-async def drained(stores: Stores, before: datetime) -> None:
+async def drained(stores: ConversationStores, before: datetime) -> None:
     """Delete every event and turn that ended before ``before``, whoever's, so the test's counts are its own."""
     while await stores.retention.delete_turn_events(ended_before=before, limit=10_000):
         pass
@@ -58,10 +33,8 @@ async def drained(stores: Stores, before: datetime) -> None:
         pass
 
 
-async def turn_with_events(stores: Stores, user: str, count: int, *, end: TurnStatus | None) -> uuid.UUID:
-    start = await stores.conversations.begin_turn(
-        user, None, ChatMessage.user("hi"), turn_id=uuid.uuid4(), history_limit=10
-    )
+async def turn_with_events(stores: ConversationStores, user: str, count: int, *, end: TurnStatus | None) -> uuid.UUID:
+    start = await stores.store.begin_turn(user, None, ChatMessage.user("hi"), turn_id=uuid.uuid4(), history_limit=10)
     turn_id = uuid.uuid4()
     await stores.events.begin(user, start.conversation.id, turn_id)
     await stores.events.append(
@@ -72,7 +45,9 @@ async def turn_with_events(stores: Stores, user: str, count: int, *, end: TurnSt
     return turn_id
 
 
-async def test_events_of_turns_that_ended_before_the_cutoff_go_in_batches_then_the_turns(stores: Stores) -> None:
+async def test_events_of_turns_that_ended_before_the_cutoff_go_in_batches_then_the_turns(
+    stores: ConversationStores,
+) -> None:
     alice = new_user()
     await drained(stores, utcnow() + LATER)
     old = [await turn_with_events(stores, alice, 3, end=status) for status in (TurnStatus.COMPLETE, TurnStatus.FAILED)]
@@ -99,7 +74,7 @@ async def test_events_of_turns_that_ended_before_the_cutoff_go_in_batches_then_t
     assert (await stores.events.state(alice, recent)).status is TurnStatus.INTERRUPTED
 
 
-async def test_a_turn_with_events_left_is_not_deleted_and_messages_always_stay(stores: Stores) -> None:
+async def test_a_turn_with_events_left_is_not_deleted_and_messages_always_stay(stores: ConversationStores) -> None:
     alice = new_user()
     await drained(stores, utcnow() + LATER)
     turn_id = await turn_with_events(stores, alice, 3, end=TurnStatus.COMPLETE)
@@ -111,22 +86,21 @@ async def test_a_turn_with_events_left_is_not_deleted_and_messages_always_stay(s
 
     with pytest.raises(TurnNotFound):
         await stores.events.state(alice, turn_id)
-    assert [m.content for m in await stores.conversations.history(alice, conversation_id, 10)] == ["hi"]
+    assert [m.content for m in await stored_history(stores.reader, alice, conversation_id, 10)] == ["hi"]
 
 
-async def test_expired_idempotency_keys_go_and_live_ones_stay(stores: Stores) -> None:
+async def test_expired_idempotency_keys_go_and_live_ones_stay(stores: ConversationStores) -> None:
     alice = new_user()
-    conversations = stores.conversations
     while await stores.retention.delete_idempotency_keys(expired_by=utcnow(), limit=10_000):
         pass
-    await conversations.claim_idempotency_key(alice, "live", "h2", turn_id=uuid.uuid4(), hold_seconds=600)
+    await stores.claims.claim_idempotency_key(alice, "live", "h2", turn_id=uuid.uuid4(), hold_seconds=600)
     replied = uuid.uuid4()
-    await conversations.claim_idempotency_key(alice, "replied", "h3", turn_id=replied, hold_seconds=600)
+    await stores.claims.claim_idempotency_key(alice, "replied", "h3", turn_id=replied, hold_seconds=600)
     # Last: a claim may delete a few expired keys itself (the SQL stores do).
-    await conversations.claim_idempotency_key(alice, "dead", "h1", turn_id=uuid.uuid4(), hold_seconds=0.001)
-    start = await conversations.begin_turn(alice, None, ChatMessage.user("hi"), turn_id=replied, history_limit=5)
+    await stores.claims.claim_idempotency_key(alice, "dead", "h1", turn_id=uuid.uuid4(), hold_seconds=0.001)
+    start = await stores.store.begin_turn(alice, None, ChatMessage.user("hi"), turn_id=replied, history_limit=5)
     reply = ChatReply(start.conversation.id, uuid.uuid4(), "ok", ())
-    await conversations.finish_turn(
+    await stores.store.finish_turn(
         alice,
         start.conversation.id,
         [ChatMessage.assistant("ok")],
@@ -138,27 +112,27 @@ async def test_expired_idempotency_keys_go_and_live_ones_stay(stores: Stores) ->
     assert await stores.retention.delete_idempotency_keys(expired_by=utcnow(), limit=1) == 1
     assert await stores.retention.delete_idempotency_keys(expired_by=utcnow(), limit=10) == 1
     assert await stores.retention.delete_idempotency_keys(expired_by=utcnow(), limit=10) == 0
-    again = await conversations.claim_idempotency_key(alice, "replied", "h3", turn_id=uuid.uuid4(), hold_seconds=60)
+    again = await stores.claims.claim_idempotency_key(alice, "replied", "h3", turn_id=uuid.uuid4(), hold_seconds=60)
     assert again is None, "the expired reply is gone: the key is new again"
     with pytest.raises(IdempotencyInProgress):  # the live claim is still there
-        await conversations.claim_idempotency_key(alice, "live", "h2", turn_id=uuid.uuid4(), hold_seconds=60)
+        await stores.claims.claim_idempotency_key(alice, "live", "h2", turn_id=uuid.uuid4(), hold_seconds=60)
 
 
-async def test_one_holder_of_the_maintenance_lock_at_a_time(stores: Stores) -> None:
+async def test_one_holder_of_the_maintenance_lock_at_a_time(stores: ConversationStores) -> None:
     async with stores.retention.exclusive() as first, stores.retention.exclusive() as second:
         assert (first, second) == (True, False)
     async with stores.retention.exclusive() as again:
         assert again is True, "given back on exit"
 
 
-async def test_the_janitor_sweeps_everything_expired_and_reports_the_counts(stores: Stores) -> None:
+async def test_the_janitor_sweeps_everything_expired_and_reports_the_counts(stores: ConversationStores) -> None:
     alice = new_user()
     await drained(stores, utcnow() + LATER)
     while await stores.retention.delete_idempotency_keys(expired_by=utcnow() + LATER, limit=10_000):
         pass
     ended = [await turn_with_events(stores, alice, 5, end=TurnStatus.COMPLETE) for _ in range(3)]
     running = await turn_with_events(stores, alice, 5, end=None)
-    await stores.conversations.claim_idempotency_key(alice, "k", "h", turn_id=uuid.uuid4(), hold_seconds=0.001)
+    await stores.claims.claim_idempotency_key(alice, "k", "h", turn_id=uuid.uuid4(), hold_seconds=0.001)
     await asyncio.sleep(0.01)
     janitor = Janitor(stores.retention, RetentionPolicy(event_retention_seconds=0.005, batch_size=4))
 

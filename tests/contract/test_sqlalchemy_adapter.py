@@ -14,13 +14,16 @@ from sqlalchemy import delete, exc, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from chatcore.adapters.sqlalchemy.conversation_reader import SqlAlchemyConversationReader
 from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.adapters.sqlalchemy.engine import DEFAULT_DATABASE_URL, create_engine, database_url_from
 from chatcore.adapters.sqlalchemy.errors import is_unavailable
 from chatcore.adapters.sqlalchemy.tables import conversations, messages
+from chatcore.adapters.sqlalchemy.turn_claim_store import SqlAlchemyTurnClaimStore
 from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
 from chatcore.errors import StoreUnavailable
 from chatcore.model import ChatMessage, Role, utcnow
+from tests.stores import stored_conversation, stored_history
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
@@ -108,13 +111,14 @@ async def test_times_are_stored_and_returned_in_utc(engine: AsyncEngine) -> None
     message = ChatMessage(role=Role.USER, content="hi", created_at=in_new_york)
 
     start = await store.begin_turn(user, None, message, turn_id=uuid.uuid4(), history_limit=5)
-    [stored] = await store.history(user, start.conversation.id, 5)
+    reader = SqlAlchemyConversationReader(engine)
+    [stored] = await stored_history(reader, user, start.conversation.id, 5)
 
     assert stored.created_at.tzinfo is UTC
     assert start.user_message.created_at.tzinfo is UTC
     assert stored.created_at == datetime(2025, 1, 2, 8, 4, 5, 678901, tzinfo=UTC)
     assert stored == start.user_message
-    conversation = await store.get(user, start.conversation.id)
+    conversation = await stored_conversation(reader, user, start.conversation.id)
     assert conversation.created_at.tzinfo is UTC
     assert conversation.updated_at.tzinfo is UTC
 
@@ -127,7 +131,8 @@ async def test_a_long_title_is_cut_to_the_column(engine: AsyncEngine) -> None:
         user, None, ChatMessage.user("hi"), turn_id=uuid.uuid4(), history_limit=5, title="é" * 300
     )
 
-    assert (await store.get(user, start.conversation.id)).title == "é" * 200
+    reader = SqlAlchemyConversationReader(engine)
+    assert (await stored_conversation(reader, user, start.conversation.id)).title == "é" * 200
     assert start.conversation.title == "é" * 200
 
 
@@ -205,7 +210,11 @@ async def test_an_unreachable_postgres_is_store_unavailable(unreachable_engine: 
         await conversations_store.begin_turn(user, None, ChatMessage.user("hi"), turn_id=uuid.uuid4(), history_limit=5)
     assert_sanitised(raised.value)
     with pytest.raises(StoreUnavailable):
-        await conversations_store.history(user, uuid.uuid4(), 5)
+        await SqlAlchemyConversationReader(unreachable_engine).list_messages(user, uuid.uuid4(), limit=5)
+    with pytest.raises(StoreUnavailable):
+        await SqlAlchemyTurnClaimStore(unreachable_engine).renew_turn(
+            user, uuid.uuid4(), conversation_id=uuid.uuid4(), idempotency_key="k", lease_seconds=5
+        )
     with pytest.raises(StoreUnavailable):
         await tasks_store.add(user, "milk")
     with pytest.raises(StoreUnavailable):

@@ -1,4 +1,4 @@
-"""The TaskStore contract, run on every adapter: the in-memory fake, SQLite and PostgreSQL."""
+"""The TaskStore contract, run on every backend of ``tests/contract/conftest.py``: in memory, SQLite, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,20 +6,14 @@ import uuid
 
 import pytest
 
-from chatcore.adapters.todo.memory_store import InMemoryTaskStore
 from chatcore.adapters.todo.model import TaskNotFound
 from chatcore.adapters.todo.ports import TaskStore
-from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
-
-STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
 
 
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest) -> TaskStore:
-    if request.param == "memory":
-        return InMemoryTaskStore()
-    engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-    return SqlAlchemyTaskStore(engine)
+@pytest.fixture
+def store(task_store: TaskStore) -> TaskStore:
+    """This suite's store: the TaskStore of each backend in ``tests/contract/conftest.py``."""
+    return task_store
 
 
 @pytest.fixture

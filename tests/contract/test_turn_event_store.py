@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
-from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
 from chatcore.errors import ConversationNotFound, TurnNotFound
-from chatcore.fakes import InMemoryConversationStore, InMemoryTurnEventStore
 from chatcore.model import ChatMessage, TurnEvent, TurnStatus
-from chatcore.ports import ConversationStore, TurnEventStore
-
-STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
-
-
-@dataclass
-class Stores:
-    conversations: ConversationStore
-    events: TurnEventStore
-
-
-@pytest.fixture(params=STORES)
-def stores(request: pytest.FixtureRequest) -> Stores:
-    if request.param == "memory":
-        conversations = InMemoryConversationStore()
-        return Stores(conversations, InMemoryTurnEventStore(conversations))
-    engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-    return Stores(SqlAlchemyConversationStore(engine), SqlAlchemyTurnEventStore(engine))
+from tests.stores import ConversationStores
 
 
 def new_user() -> str:
     return f"user-{uuid.uuid4().hex}"
 
 
-async def conversation_of(stores: Stores, user: str) -> uuid.UUID:
-    start = await stores.conversations.begin_turn(
-        user, None, ChatMessage.user("hi"), turn_id=uuid.uuid4(), history_limit=10
-    )
+async def conversation_of(stores: ConversationStores, user: str) -> uuid.UUID:
+    start = await stores.store.begin_turn(user, None, ChatMessage.user("hi"), turn_id=uuid.uuid4(), history_limit=10)
     return start.conversation.id
 
 
@@ -51,7 +28,7 @@ def events(turn_id: uuid.UUID, first: int, count: int) -> list[TurnEvent]:
     ]
 
 
-async def test_a_begun_turn_runs_and_its_events_read_back_in_order(stores: Stores) -> None:
+async def test_a_begun_turn_runs_and_its_events_read_back_in_order(stores: ConversationStores) -> None:
     alice = new_user()
     conversation_id = await conversation_of(stores, alice)
     turn_id = uuid.uuid4()
@@ -70,7 +47,7 @@ async def test_a_begun_turn_runs_and_its_events_read_back_in_order(stores: Store
     assert await stores.events.read(alice, turn_id, after=4) == ()
 
 
-async def test_end_records_the_status(stores: Stores) -> None:
+async def test_end_records_the_status(stores: ConversationStores) -> None:
     alice = new_user()
     turn_id = uuid.uuid4()
     await stores.events.begin(alice, await conversation_of(stores, alice), turn_id)
@@ -80,7 +57,7 @@ async def test_end_records_the_status(stores: Stores) -> None:
     assert (await stores.events.state(alice, turn_id)).status is TurnStatus.INTERRUPTED
 
 
-async def test_a_stop_request_flags_only_the_running_turns_of_the_conversation(stores: Stores) -> None:
+async def test_a_stop_request_flags_only_the_running_turns_of_the_conversation(stores: ConversationStores) -> None:
     alice = new_user()
     conversation_id = await conversation_of(stores, alice)
     other_conversation = await conversation_of(stores, alice)
@@ -99,13 +76,13 @@ async def test_a_stop_request_flags_only_the_running_turns_of_the_conversation(s
     assert await stores.events.request_stop(alice, other_conversation) == (elsewhere,)
 
 
-async def test_nothing_running_means_nothing_stopped(stores: Stores) -> None:
+async def test_nothing_running_means_nothing_stopped(stores: ConversationStores) -> None:
     alice = new_user()
 
     assert await stores.events.request_stop(alice, await conversation_of(stores, alice)) == ()
 
 
-async def test_another_users_turns_and_conversations_are_not_found(stores: Stores) -> None:
+async def test_another_users_turns_and_conversations_are_not_found(stores: ConversationStores) -> None:
     alice, bob = new_user(), new_user()
     conversation_id = await conversation_of(stores, alice)
     turn_id = uuid.uuid4()
@@ -128,7 +105,7 @@ async def test_another_users_turns_and_conversations_are_not_found(stores: Store
     assert (await stores.events.state(alice, turn_id)).stop_requested is False
 
 
-async def test_a_batch_with_a_taken_seq_stores_nothing(stores: Stores) -> None:
+async def test_a_batch_with_a_taken_seq_stores_nothing(stores: ConversationStores) -> None:
     alice = new_user()
     turn_id = uuid.uuid4()
     await stores.events.begin(alice, await conversation_of(stores, alice), turn_id)
@@ -140,14 +117,14 @@ async def test_a_batch_with_a_taken_seq_stores_nothing(stores: Stores) -> None:
     assert [e.seq for e in await stores.events.read(alice, turn_id)] == [1, 2]
 
 
-async def test_deleting_the_conversation_deletes_its_turns_and_events(stores: Stores) -> None:
+async def test_deleting_the_conversation_deletes_its_turns_and_events(stores: ConversationStores) -> None:
     alice = new_user()
     conversation_id = await conversation_of(stores, alice)
     turn_id = uuid.uuid4()
     await stores.events.begin(alice, conversation_id, turn_id)
     await stores.events.append(alice, events(turn_id, 1, 2))
 
-    await stores.conversations.delete(alice, conversation_id)
+    await stores.store.delete(alice, conversation_id)
 
     with pytest.raises(TurnNotFound):
         await stores.events.read(alice, turn_id)

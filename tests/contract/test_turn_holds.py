@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta
 
 import pytest
 
-from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.errors import (
     ConversationBusy,
     ConversationNotFound,
@@ -23,46 +21,17 @@ from chatcore.errors import (
     IdempotencyKeyReused,
     LeaseLost,
 )
-from chatcore.fakes import InMemoryConversationStore
 from chatcore.idempotency import IdempotentReply, as_replayed
-from chatcore.model import ChatMessage, ChatReply, ToolCallRecord, TurnStart, utcnow
-from chatcore.ports import ConversationStore
+from chatcore.model import ChatMessage, ChatReply, ToolCallRecord, TurnStart
+from chatcore.ports import ConversationReader, ConversationStore, TurnClaimStore
+from tests.contract.conftest import Clock
+from tests.stores import stored_history
 
-STORES = [
-    "memory",
-    "sqlite",
-    pytest.param("postgres", marks=pytest.mark.integration),
-    pytest.param("postgres-core", marks=pytest.mark.integration),  # the turn's statements through SQLAlchemy Core
-]
+pytestmark = pytest.mark.postgres_core
+
 LEASE = 60.0
 HASH_A = "a" * 64
 HASH_B = "b" * 64
-
-
-class Clock:
-    """Real time that a test can move forward."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest, clock: Clock) -> ConversationStore:
-    if request.param == "memory":
-        return InMemoryConversationStore(clock=clock)
-    engine = request.getfixturevalue("sqlite_engine" if request.param == "sqlite" else "pg_engine")
-    return SqlAlchemyConversationStore(engine, clock=clock, driver_statements=request.param != "postgres-core")
 
 
 @pytest.fixture
@@ -113,7 +82,7 @@ def a_reply(conversation_id: uuid.UUID, text: str = "Done ✓") -> ChatReply:
 
 
 async def test_a_leased_conversation_is_busy_for_every_other_turn_and_nothing_is_stored(
-    store: ConversationStore, alice: str
+    store: ConversationStore, reader: ConversationReader, alice: str
 ) -> None:
     first = await begin(store, alice)
     conversation_id = first.conversation.id
@@ -123,7 +92,7 @@ async def test_a_leased_conversation_is_busy_for_every_other_turn_and_nothing_is
     with pytest.raises(ConversationBusy):
         await begin(store, alice, conversation_id, lease=None, text="unleased")
 
-    assert await store.history(alice, conversation_id, 10) == (first.user_message,)
+    assert await stored_history(reader, alice, conversation_id, 10) == (first.user_message,)
 
 
 async def test_finishing_the_turn_frees_the_conversation(store: ConversationStore, alice: str) -> None:
@@ -149,7 +118,9 @@ async def test_a_lease_expires_by_itself(store: ConversationStore, alice: str, c
     assert second.history == (first.user_message,)
 
 
-async def test_a_turn_that_lost_its_lease_stores_nothing(store: ConversationStore, alice: str, clock: Clock) -> None:
+async def test_a_turn_that_lost_its_lease_stores_nothing(
+    store: ConversationStore, reader: ConversationReader, claims: TurnClaimStore, alice: str, clock: Clock
+) -> None:
     stalled = uuid.uuid4()
     first = await begin(store, alice, turn_id=stalled, lease=10)
     clock.advance(11)
@@ -159,13 +130,13 @@ async def test_a_turn_that_lost_its_lease_stores_nothing(store: ConversationStor
     with pytest.raises(LeaseLost):
         await store.finish_turn(alice, first.conversation.id, [ChatMessage.assistant("late")], turn_id=stalled)
     assert (
-        await store.renew_turn(
+        await claims.renew_turn(
             alice, stalled, conversation_id=first.conversation.id, idempotency_key=None, lease_seconds=10
         )
         is False
     )
 
-    assert await store.history(alice, first.conversation.id, 10) == (first.user_message, second.user_message)
+    assert await stored_history(reader, alice, first.conversation.id, 10) == (first.user_message, second.user_message)
     await store.finish_turn(alice, first.conversation.id, [ChatMessage.assistant("on time")], turn_id=taker)
 
 
@@ -181,19 +152,21 @@ async def test_a_stalled_turn_may_still_finish_when_nobody_took_its_expired_leas
     assert [m.seq for m in stored] == [2]
 
 
-async def test_a_heartbeat_keeps_the_lease(store: ConversationStore, alice: str, clock: Clock) -> None:
+async def test_a_heartbeat_keeps_the_lease(
+    store: ConversationStore, claims: TurnClaimStore, alice: str, clock: Clock
+) -> None:
     turn_id = uuid.uuid4()
     first = await begin(store, alice, turn_id=turn_id, lease=10)
     conversation_id = first.conversation.id
 
     for _ in range(3):
         clock.advance(8)
-        assert await store.renew_turn(
+        assert await claims.renew_turn(
             alice, turn_id, conversation_id=conversation_id, idempotency_key=None, lease_seconds=10
         )
     with pytest.raises(ConversationBusy):
         await begin(store, alice, conversation_id)
-    assert not await store.renew_turn(
+    assert not await claims.renew_turn(
         alice, uuid.uuid4(), conversation_id=conversation_id, idempotency_key=None, lease_seconds=10
     ), "only the holder renews"
     clock.advance(11)
@@ -201,22 +174,22 @@ async def test_a_heartbeat_keeps_the_lease(store: ConversationStore, alice: str,
 
 
 async def test_release_frees_the_conversation_and_only_the_holder_can_release(
-    store: ConversationStore, alice: str
+    store: ConversationStore, claims: TurnClaimStore, alice: str
 ) -> None:
     turn_id = uuid.uuid4()
     first = await begin(store, alice, turn_id=turn_id)
     conversation_id = first.conversation.id
 
-    await store.release_turn(alice, uuid.uuid4(), conversation_id=conversation_id, idempotency_key=None)
+    await claims.release_turn(alice, uuid.uuid4(), conversation_id=conversation_id, idempotency_key=None)
     with pytest.raises(ConversationBusy):
         await begin(store, alice, conversation_id)
-    await store.release_turn(alice, turn_id, conversation_id=conversation_id, idempotency_key=None)
+    await claims.release_turn(alice, turn_id, conversation_id=conversation_id, idempotency_key=None)
 
     assert (await begin(store, alice, conversation_id, text="next")).user_message.seq == 2
 
 
 async def test_another_users_leased_conversation_is_not_found_not_busy(
-    store: ConversationStore, alice: str, bob: str
+    store: ConversationStore, claims: TurnClaimStore, alice: str, bob: str
 ) -> None:
     turn_id = uuid.uuid4()
     first = await begin(store, alice, turn_id=turn_id)
@@ -226,16 +199,16 @@ async def test_another_users_leased_conversation_is_not_found_not_busy(
         await begin(store, bob, conversation_id)
     with pytest.raises(ConversationNotFound):
         await store.finish_turn(bob, conversation_id, [ChatMessage.assistant("x")], turn_id=turn_id)
-    assert not await store.renew_turn(
+    assert not await claims.renew_turn(
         bob, turn_id, conversation_id=conversation_id, idempotency_key=None, lease_seconds=10
     )
-    await store.release_turn(bob, turn_id, conversation_id=conversation_id, idempotency_key=None)
+    await claims.release_turn(bob, turn_id, conversation_id=conversation_id, idempotency_key=None)
     with pytest.raises(ConversationBusy):
         await begin(store, alice, conversation_id)
 
 
 async def test_concurrent_leased_turns_on_one_conversation_start_one_at_a_time(
-    store: ConversationStore, alice: str
+    store: ConversationStore, reader: ConversationReader, alice: str
 ) -> None:
     turn_id = uuid.uuid4()
     first = await begin(store, alice, turn_id=turn_id)
@@ -248,7 +221,7 @@ async def test_concurrent_leased_turns_on_one_conversation_start_one_at_a_time(
     started = [o for o in outcomes if isinstance(o, TurnStart)]
     assert len(started) == 1
     assert all(isinstance(o, ConversationBusy) for o in outcomes if not isinstance(o, TurnStart))
-    assert [m.content for m in await store.history(alice, first.conversation.id, 10)] == [
+    assert [m.content for m in await stored_history(reader, alice, first.conversation.id, 10)] == [
         "hello",
         started[0].user_message.content,
     ]
@@ -257,23 +230,27 @@ async def test_concurrent_leased_turns_on_one_conversation_start_one_at_a_time(
 # --- idempotency keys -------------------------------------------------------------------------------------------
 
 
-async def test_a_key_is_claimed_once_and_judged_against_the_request(store: ConversationStore, alice: str) -> None:
-    assert await store.claim_idempotency_key(alice, "k1", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
+async def test_a_key_is_claimed_once_and_judged_against_the_request(
+    store: ConversationStore, claims: TurnClaimStore, alice: str
+) -> None:
+    assert await claims.claim_idempotency_key(alice, "k1", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
 
     with pytest.raises(IdempotencyInProgress):
-        await store.claim_idempotency_key(alice, "k1", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
+        await claims.claim_idempotency_key(alice, "k1", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
     with pytest.raises(IdempotencyKeyReused):
-        await store.claim_idempotency_key(alice, "k1", HASH_B, turn_id=uuid.uuid4(), hold_seconds=LEASE)
+        await claims.claim_idempotency_key(alice, "k1", HASH_B, turn_id=uuid.uuid4(), hold_seconds=LEASE)
 
 
-async def test_keys_are_scoped_per_user(store: ConversationStore, alice: str, bob: str) -> None:
-    assert await store.claim_idempotency_key(alice, "same", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
-    assert await store.claim_idempotency_key(bob, "same", HASH_B, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
+async def test_keys_are_scoped_per_user(store: ConversationStore, claims: TurnClaimStore, alice: str, bob: str) -> None:
+    assert await claims.claim_idempotency_key(alice, "same", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
+    assert await claims.claim_idempotency_key(bob, "same", HASH_B, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
 
 
-async def test_the_reply_is_stored_with_the_turns_messages(store: ConversationStore, alice: str) -> None:
+async def test_the_reply_is_stored_with_the_turns_messages(
+    store: ConversationStore, claims: TurnClaimStore, alice: str
+) -> None:
     turn_id = uuid.uuid4()
-    assert await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE) is None
+    assert await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE) is None
     start = await begin(store, alice, turn_id=turn_id)
     reply = a_reply(start.conversation.id)
 
@@ -285,15 +262,17 @@ async def test_the_reply_is_stored_with_the_turns_messages(store: ConversationSt
         idempotency=IdempotentReply("k", reply, ttl_seconds=3600),
     )
 
-    replayed = await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
+    replayed = await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
     assert replayed == reply
     with pytest.raises(IdempotencyKeyReused):
-        await store.claim_idempotency_key(alice, "k", HASH_B, turn_id=uuid.uuid4(), hold_seconds=LEASE)
+        await claims.claim_idempotency_key(alice, "k", HASH_B, turn_id=uuid.uuid4(), hold_seconds=LEASE)
 
 
-async def test_a_failed_batch_stores_neither_messages_nor_reply(store: ConversationStore, alice: str) -> None:
+async def test_a_failed_batch_stores_neither_messages_nor_reply(
+    store: ConversationStore, reader: ConversationReader, claims: TurnClaimStore, alice: str
+) -> None:
     turn_id = uuid.uuid4()
-    await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE)
+    await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE)
     start = await begin(store, alice, turn_id=turn_id)
     clash = replace(ChatMessage.assistant("clashing"), id=start.user_message.id)
 
@@ -306,33 +285,33 @@ async def test_a_failed_batch_stores_neither_messages_nor_reply(store: Conversat
             idempotency=IdempotentReply("k", a_reply(start.conversation.id), ttl_seconds=3600),
         )
 
-    assert await store.history(alice, start.conversation.id, 10) == (start.user_message,)
+    assert await stored_history(reader, alice, start.conversation.id, 10) == (start.user_message,)
     with pytest.raises(IdempotencyInProgress):
-        await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
+        await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
 
 
-async def test_a_released_key_lets_a_retry_run(store: ConversationStore, alice: str) -> None:
+async def test_a_released_key_lets_a_retry_run(store: ConversationStore, claims: TurnClaimStore, alice: str) -> None:
     turn_id = uuid.uuid4()
-    await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE)
+    await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE)
 
-    await store.release_turn(alice, uuid.uuid4(), conversation_id=None, idempotency_key="k")
+    await claims.release_turn(alice, uuid.uuid4(), conversation_id=None, idempotency_key="k")
     with pytest.raises(IdempotencyInProgress):
-        await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
-    await store.release_turn(alice, turn_id, conversation_id=None, idempotency_key="k")
+        await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
+    await claims.release_turn(alice, turn_id, conversation_id=None, idempotency_key="k")
 
-    assert await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
+    assert await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
 
 
 async def test_a_stale_claim_is_taken_over_and_its_turn_cannot_complete(
-    store: ConversationStore, alice: str, clock: Clock
+    store: ConversationStore, reader: ConversationReader, claims: TurnClaimStore, alice: str, clock: Clock
 ) -> None:
     stalled = uuid.uuid4()
-    await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=stalled, hold_seconds=10)
+    await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=stalled, hold_seconds=10)
     start = await begin(store, alice, turn_id=stalled, lease=10)
     clock.advance(11)
 
     retry = uuid.uuid4()
-    assert await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=retry, hold_seconds=10) is None
+    assert await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=retry, hold_seconds=10) is None
 
     with pytest.raises(LeaseLost):
         await store.finish_turn(
@@ -342,27 +321,31 @@ async def test_a_stale_claim_is_taken_over_and_its_turn_cannot_complete(
             turn_id=stalled,
             idempotency=IdempotentReply("k", a_reply(start.conversation.id), ttl_seconds=3600),
         )
-    assert await store.history(alice, start.conversation.id, 10) == (start.user_message,)
-    assert not await store.renew_turn(alice, stalled, conversation_id=None, idempotency_key="k", lease_seconds=10), (
+    assert await stored_history(reader, alice, start.conversation.id, 10) == (start.user_message,)
+    assert not await claims.renew_turn(alice, stalled, conversation_id=None, idempotency_key="k", lease_seconds=10), (
         "the key is the retry's now"
     )
 
 
-async def test_a_heartbeat_keeps_the_claim(store: ConversationStore, alice: str, clock: Clock) -> None:
+async def test_a_heartbeat_keeps_the_claim(
+    store: ConversationStore, claims: TurnClaimStore, alice: str, clock: Clock
+) -> None:
     turn_id = uuid.uuid4()
-    await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=10)
+    await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=10)
 
     for _ in range(3):
         clock.advance(8)
-        assert await store.renew_turn(alice, turn_id, conversation_id=None, idempotency_key="k", lease_seconds=10)
+        assert await claims.renew_turn(alice, turn_id, conversation_id=None, idempotency_key="k", lease_seconds=10)
 
     with pytest.raises(IdempotencyInProgress):
-        await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=10)
+        await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=10)
 
 
-async def test_a_stored_reply_expires_after_its_ttl(store: ConversationStore, alice: str, clock: Clock) -> None:
+async def test_a_stored_reply_expires_after_its_ttl(
+    store: ConversationStore, claims: TurnClaimStore, alice: str, clock: Clock
+) -> None:
     turn_id = uuid.uuid4()
-    await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE)
+    await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE)
     start = await begin(store, alice, turn_id=turn_id)
     reply = a_reply(start.conversation.id)
     await store.finish_turn(
@@ -374,16 +357,18 @@ async def test_a_stored_reply_expires_after_its_ttl(store: ConversationStore, al
     )
 
     clock.advance(99)
-    assert await store.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=1) == reply
+    assert await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=1) == reply
     clock.advance(2)
 
-    assert await store.claim_idempotency_key(alice, "k", HASH_B, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
+    assert await claims.claim_idempotency_key(alice, "k", HASH_B, turn_id=uuid.uuid4(), hold_seconds=LEASE) is None
 
 
-async def test_concurrent_claims_of_one_key_have_one_winner(store: ConversationStore, alice: str) -> None:
+async def test_concurrent_claims_of_one_key_have_one_winner(
+    store: ConversationStore, claims: TurnClaimStore, alice: str
+) -> None:
     outcomes = await asyncio.gather(
         *(
-            store.claim_idempotency_key(alice, "race", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
+            claims.claim_idempotency_key(alice, "race", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
             for _ in range(8)
         ),
         return_exceptions=True,

@@ -49,9 +49,10 @@ LIBRARY_TURN = textwrap.dedent(
 
     from chatcore import ChatService, Principal
     from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
+    from chatcore.adapters.sqlalchemy.turn_claim_store import SqlAlchemyTurnClaimStore
     from chatcore.adapters.sqlalchemy.engine import create_engine
     from chatcore.adapters.sqlalchemy.migrate import run_migrations
-    from chatcore.fakes import InMemoryConversationStore, ScriptedAgent, StaticTokenVerifier
+    from chatcore.fakes import InMemoryConversationStore, InMemoryTurnClaimStore, ScriptedAgent, StaticTokenVerifier
     from chatcore.model import AgentResponse, ToolCall
     from chatcore.tools import FunctionToolRegistry, tool
 
@@ -60,7 +61,7 @@ LIBRARY_TURN = textwrap.dedent(
         '''Add two numbers.'''
         return {"sum": a + b, "for": principal.user_id}
 
-    async def turn(store):
+    async def turn(store, claims):
         tools = FunctionToolRegistry([add])
         [spec] = await tools.list_tools()
         agent = ScriptedAgent(
@@ -68,7 +69,7 @@ LIBRARY_TURN = textwrap.dedent(
         )
         verifier = StaticTokenVerifier()
         token = verifier.issue("alice")
-        service = ChatService(store=store, agent=agent, verifier=verifier, tools=tools)
+        service = ChatService(store=store, claims=claims, agent=agent, verifier=verifier, tools=tools)
         reply = await service.chat(token, "alice", "What is 2 + 3?")
         # A second turn in the same conversation: the model sees the first one as the store kept it.
         await service.chat(token, "alice", "Thanks", reply.conversation_id)
@@ -82,16 +83,17 @@ LIBRARY_TURN = textwrap.dedent(
     async def on_sqlite(url):
         engine = create_engine(url)
         try:
-            return await turn(SqlAlchemyConversationStore(engine))
+            return await turn(SqlAlchemyConversationStore(engine), SqlAlchemyTurnClaimStore(engine))
         finally:
             await engine.dispose()
 
     url = "sqlite+aiosqlite:///" + sys.argv[1]
+    memory = InMemoryConversationStore()
     run_migrations(url)
     print(json.dumps({
         "loaded_by_import": loaded_by_import,
         "loaded_by_turns": sorted({name.split(".")[0] for name in sys.modules} & set(heavy)),
-        "memory": asyncio.run(turn(InMemoryConversationStore())),
+        "memory": asyncio.run(turn(memory, InMemoryTurnClaimStore(memory.database))),
         "sqlite": asyncio.run(on_sqlite(url)),
     }))
     """

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.adapters.sqlalchemy.engine import create_engine
 from chatcore.adapters.sqlalchemy.tables import idempotency_keys, messages, turn_events, turns
+from chatcore.adapters.sqlalchemy.turn_claim_store import SqlAlchemyTurnClaimStore
 from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
 from chatcore.fakes import ScriptedAgent
 from chatcore.model import AgentResponse, ChatMessage, TurnEvent, TurnStatus
@@ -80,9 +81,9 @@ async def test_chatcore_gc_deletes_what_expired_and_prints_it(own_database: str,
     user = "gc-user"
     ended = [await streamed_turn(engine, user, 3, end=status) for status in (TurnStatus.COMPLETE, TurnStatus.FAILED)]
     running = await streamed_turn(engine, user, 4, end=None)
-    store = SqlAlchemyConversationStore(engine)
-    await store.claim_idempotency_key(user, "live", "h", turn_id=uuid.uuid4(), hold_seconds=600)
-    await store.claim_idempotency_key(user, "dead", "h", turn_id=uuid.uuid4(), hold_seconds=0.001)
+    claims = SqlAlchemyTurnClaimStore(engine)
+    await claims.claim_idempotency_key(user, "live", "h", turn_id=uuid.uuid4(), hold_seconds=600)
+    await claims.claim_idempotency_key(user, "dead", "h", turn_id=uuid.uuid4(), hold_seconds=0.001)
     recent = await streamed_turn(engine, user, 2, end=TurnStatus.COMPLETE)
     async with engine.begin() as connection:  # two hours pass for all but the recent turn
         await connection.execute(

@@ -42,6 +42,7 @@ from chatcore.fakes import (
 from chatcore.history import INTERRUPTED_ERROR
 from chatcore.model import ChatReply, JsonValue, ReplyStatus, ToolDecision
 from chatcore.streamed_turns import TurnStreamer
+from tests.stores import claims_of, reader_of, stored_history
 
 ALICE = Principal("alice", email="alice@example.com")
 BOB = Principal("bob")
@@ -121,13 +122,14 @@ def world(**policy: object) -> World:
     settings: dict[str, object] = {"approval_tools": frozenset({"delete"}), **policy}
     service = ChatService(
         store=store,
+        claims=claims_of(store),
         agent=agent,
         verifier=StaticTokenVerifier(),
         tools=tools,
         policy=ChatPolicy(**settings),  # type: ignore[arg-type]
         clock=clock,
     )
-    streamer = TurnStreamer(service, InMemoryTurnEventStore(store))
+    streamer = TurnStreamer(service, InMemoryTurnEventStore(store.database))
     return World(service, store, tools, agent, clock, streamer)
 
 
@@ -159,14 +161,14 @@ async def test_a_call_that_needs_approval_is_stored_pending_and_not_run_while_th
     assert [(r.name, r.result) for r in reply.tool_calls] == [("lookup", [{"id": 3, "title": "Team meeting"}])]
     assert w.ran("delete") == []
     assert len(w.ran("lookup")) == 1
-    stored = await w.store.history("alice", reply.conversation_id, 10)
+    stored = await stored_history(reader_of(w.store), "alice", reply.conversation_id, 10)
     assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL]
     assert stored[1].id == reply.message_id
     assert reply.response == "Let me check."
     [approval] = await w.store.list_approvals("alice", reply.conversation_id)
     assert approval.pending
     assert (approval.tool_call_id, approval.message_id) == (pending.id, stored[1].id)
-    summary = (await w.store.list_conversations("alice", limit=5))[0]
+    summary = (await reader_of(w.store).list_conversations("alice", limit=5))[0]
     assert summary.awaiting_approval
 
 
@@ -192,7 +194,7 @@ async def test_an_approved_call_runs_with_the_stored_arguments_and_the_model_con
     assert done.pending_approvals == ()
     assert done.response.startswith("results: ")
     assert '{"deleted": 3, "by": "alice"}' in done.response
-    stored = await w.store.history("alice", asked.conversation_id, 10)
+    stored = await stored_history(reader_of(w.store), "alice", asked.conversation_id, 10)
     assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.TOOL, Role.ASSISTANT]
     assert stored[-1].id == done.message_id
     assert {m.turn_id for m in stored} == {stored[0].turn_id}, "the continuation is the same turn"
@@ -201,7 +203,7 @@ async def test_an_approved_call_runs_with_the_stored_arguments_and_the_model_con
         ("delete", True),
     ]
     assert pairs_are_whole(w.agent.requests[-1])
-    assert not (await w.store.list_conversations("alice", limit=5))[0].awaiting_approval
+    assert not (await reader_of(w.store).list_conversations("alice", limit=5))[0].awaiting_approval
 
 
 async def test_a_denied_call_never_runs_and_the_model_reads_the_denial_and_reason() -> None:
@@ -326,7 +328,7 @@ async def test_a_new_message_denies_the_pending_calls_as_superseded_and_its_turn
     assert pairs_are_whole(request)
     [denial] = [m for m in request.messages if m.tool_call_id == call_id]
     assert SUPERSEDED in denial.content
-    stored = await w.store.history("alice", asked.conversation_id, 10)
+    stored = await stored_history(reader_of(w.store), "alice", asked.conversation_id, 10)
     assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.TOOL, Role.USER, Role.ASSISTANT]
     assert stored[3].turn_id == stored[0].turn_id, "the denial closes the first turn, before the new message"
     with pytest.raises(DecisionConflict):
@@ -341,7 +343,7 @@ async def test_calls_pending_past_the_ttl_are_denied_as_expired_when_the_convers
     w = world(approval_ttl_seconds=60)
     asked = await w.say("delete 3")
     call_id = asked.pending_approvals[0].id
-    history = ConversationHistory(w.store, approval_ttl_seconds=60, clock=w.clock)
+    history = ConversationHistory(reader_of(w.store), w.store, approval_ttl_seconds=60, clock=w.clock)
     assert (await history.conversation("alice", asked.conversation_id)).awaiting_approval
 
     w.clock.now += timedelta(seconds=61)
@@ -359,7 +361,7 @@ async def test_calls_pending_past_the_ttl_are_denied_as_expired_when_the_convers
 
 async def test_reading_the_history_expires_old_calls_and_shows_pending_calls_and_decisions() -> None:
     w = world(approval_ttl_seconds=60)
-    history = ConversationHistory(w.store, approval_ttl_seconds=60, clock=w.clock)
+    history = ConversationHistory(reader_of(w.store), w.store, approval_ttl_seconds=60, clock=w.clock)
     asked = await w.say("delete 3")
     page = await history.messages("alice", asked.conversation_id)
     [_, assistant] = page.items
@@ -393,8 +395,8 @@ async def test_each_step_and_each_result_is_stored_as_it_happens() -> None:
     seen: list[list[Role]] = []
 
     async def slow_delete(principal: Principal, arguments: Mapping[str, JsonValue]) -> JsonValue:
-        conversation_id = next(iter(w.store.messages))
-        seen.append([m.role for m in w.store.messages[conversation_id]])
+        conversation_id = next(iter(w.store.database.messages))
+        seen.append([m.role for m in w.store.database.messages[conversation_id]])
         await release.wait()
         return {"deleted": arguments["id"]}
 
@@ -402,7 +404,7 @@ async def test_each_step_and_each_result_is_stored_as_it_happens() -> None:
     turn = asyncio.create_task(w.say("delete 3"))
     for _ in range(100):  # until the lookup, running beside the blocked delete, has stored its result
         await asyncio.sleep(0)
-        stored = next(iter(w.store.messages.values()), [])
+        stored = next(iter(w.store.database.messages.values()), [])
         if len(stored) == 3:
             break
     assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL]
@@ -541,7 +543,7 @@ def test_whatever_the_interleaving_every_call_has_one_result_and_none_runs_twice
         if conversation:
             approved = {a.tool_call_id for a in await w.store.list_approvals("alice", conversation[0]) if a.approved}
             assert set(nonces) <= approved, "a call ran without its approval"
-            stored = await w.store.history("alice", conversation[0], 500)
+            stored = await stored_history(reader_of(w.store), "alice", conversation[0], 500)
             results = [m.tool_call_id for m in stored if m.role is Role.TOOL]
             assert len(results) == len(set(results)), "a call has two stored results"
 

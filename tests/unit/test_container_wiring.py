@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chatcore import Principal
 from chatcore.adapters.todo import TODO_SYSTEM_PROMPT
-from chatcore.entrypoints.container import chat_policy
+from chatcore.entrypoints.container import build_container, chat_policy, streamed_turns_policy
 from chatcore.entrypoints.settings import Settings
 from chatcore.model import utcnow
 from chatcore.service import DEFAULT_SYSTEM_PROMPT, ChatPolicy, render_system_prompt
@@ -28,3 +28,9 @@ def test_the_domains_default_prompt_is_a_generic_assistant_with_every_placeholde
     assert "ada@example.com" in rendered
     assert now.date().isoformat() in rendered
     assert "{" not in rendered
+
+
+def test_chatcore_shutdown_grace_is_the_streamed_turns_shutdown_wait() -> None:
+    settings = Settings.from_env({"CHATCORE_SHUTDOWN_GRACE": "4.5"})
+    assert streamed_turns_policy(settings).shutdown_seconds == 4.5
+    assert build_container(settings).stream_policy().shutdown_seconds == 4.5

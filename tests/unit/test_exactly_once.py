@@ -27,6 +27,7 @@ from chatcore import (
 from chatcore.errors import IdempotencyInProgress, IdempotencyKeyReused
 from chatcore.fakes import FunctionAgent, InMemoryConversationStore, InMemoryToolRegistry, StaticTokenVerifier
 from chatcore.model import AgentRequest, JsonValue
+from tests.stores import claims_of, reader_of, stored_history
 
 ALICE = Principal("alice", "alice@example.com")
 ADD = ToolSpec("add_task", "Add a task", {"type": "object", "properties": {"title": {"type": "string"}}})
@@ -72,6 +73,7 @@ def build(model: Model, **policy: float) -> tuple[ChatService, InMemoryConversat
     tools.register(ADD, tasks.add)
     service = ChatService(
         store=store,
+        claims=claims_of(store),
         agent=FunctionAgent(model),
         verifier=StaticTokenVerifier(),
         tools=tools,
@@ -90,7 +92,7 @@ async def test_a_retry_with_the_same_key_replays_the_reply_without_running_anyth
     assert again == first
     assert first.tool_calls[0].result == {"task_id": 1, "title": "buy milk"}
     assert (model.calls, tasks.added) == (2, ["buy milk"])
-    history = await store.history("alice", first.conversation_id, 10)
+    history = await stored_history(reader_of(store), "alice", first.conversation_id, 10)
     assert [m.role for m in history] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
     assert history[-1].id == first.message_id
 
@@ -155,8 +157,8 @@ async def test_a_failed_turn_releases_its_key_and_lease_so_a_retry_runs() -> Non
         await service.send(ALICE, "buy milk", idempotency_key="k")
     conversation_id = raised.value.conversation_id
     assert conversation_id is not None
-    assert store.leases == {}
-    assert store.idempotency_keys == {}
+    assert store.database.leases == {}
+    assert store.database.idempotency_keys == {}
 
     retry = await service.send(ALICE, "buy milk", idempotency_key="k")
     assert retry.tool_calls[0].result == {"task_id": 1, "title": "buy milk"}
@@ -195,7 +197,11 @@ async def test_a_turn_that_cannot_start_within_the_wait_is_busy() -> None:
 
     model.gate.set()
     await asyncio.wait_for(running, WAIT)
-    contents = [m.content for m in await store.history("alice", first.conversation_id, 20) if m.role is Role.USER]
+    contents = [
+        m.content
+        for m in await stored_history(reader_of(store), "alice", first.conversation_id, 20)
+        if m.role is Role.USER
+    ]
     assert contents == ["one", "two"], "the turn that gave up stored nothing"
 
 
@@ -205,11 +211,11 @@ async def test_a_heartbeat_keeps_a_slow_turns_lease() -> None:
     service, store, _ = build(model, lease_seconds=0.15, turn_wait_seconds=0.05)
     running = asyncio.create_task(service.send(ALICE, "slow"))
     await asyncio.wait_for(model.entered.wait(), WAIT)
-    [conversation_id] = store.leases
-    taken = store.leases[conversation_id].expires_at
+    [conversation_id] = store.database.leases
+    taken = store.database.leases[conversation_id].expires_at
 
     for _ in range(int(WAIT / 0.01)):
-        if store.leases[conversation_id].expires_at > taken:
+        if store.database.leases[conversation_id].expires_at > taken:
             break
         await asyncio.sleep(0.01)
     else:
@@ -221,7 +227,7 @@ async def test_a_heartbeat_keeps_a_slow_turns_lease() -> None:
     model.gate.set()
     reply: ChatReply = await asyncio.wait_for(running, WAIT)
     assert reply.conversation_id == conversation_id
-    assert store.leases == {}
+    assert store.database.leases == {}
 
 
 async def test_a_cancelled_turn_gives_back_its_lease_and_key() -> None:
@@ -230,12 +236,12 @@ async def test_a_cancelled_turn_gives_back_its_lease_and_key() -> None:
     service, store, _ = build(model)
     running = asyncio.create_task(service.send(ALICE, "cancel me", idempotency_key="k"))
     await asyncio.wait_for(model.entered.wait(), WAIT)
-    assert store.leases
-    assert store.idempotency_keys
+    assert store.database.leases
+    assert store.database.idempotency_keys
 
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
 
-    assert store.leases == {}
-    assert store.idempotency_keys == {}
+    assert store.database.leases == {}
+    assert store.database.idempotency_keys == {}

@@ -18,6 +18,7 @@ from chatcore.adapters.todo.model import TaskNotFound
 from chatcore.errors import AgentTimeout
 from chatcore.fakes import InMemoryConversationStore, InMemoryToolRegistry, ScriptedAgent, StaticTokenVerifier
 from chatcore.model import AgentRequest, AgentResponse, JsonValue, Principal, TextDelta, ToolCall, ToolSpec
+from tests.stores import claims_of
 
 REQUEST = AgentRequest(system_prompt="be brief", messages=(), tools=())
 ALICE = Principal("alice")
@@ -135,8 +136,10 @@ async def test_a_whole_turn_through_the_decorators_leaves_model_and_tool_figures
     metrics = ChatMetrics()
     verifier = StaticTokenVerifier()
     call = ToolCall("call_1", "add_task", {"title": "Buy milk"})
+    conversations = InMemoryConversationStore()
     service = ChatService(
-        store=InMemoryConversationStore(),
+        store=conversations,
+        claims=claims_of(conversations),
         agent=InstrumentedAgent(ScriptedAgent([AgentResponse("", (call,)), AgentResponse("Added.")]), metrics),
         verifier=verifier,
         tools=InstrumentedToolRegistry(tools(), metrics),

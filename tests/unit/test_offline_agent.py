@@ -27,6 +27,7 @@ from chatcore.adapters.todo.memory_store import InMemoryTaskStore
 from chatcore.adapters.todo.tools import todo_tools
 from chatcore.fakes import InMemoryConversationStore, StaticTokenVerifier
 from chatcore.model import JsonValue
+from tests.stores import claims_of, reader_of, stored_history
 
 
 @dataclass
@@ -54,6 +55,7 @@ def build(tasks: InMemoryTaskStore | None = None) -> tuple[ChatService, InMemory
     verifier = StaticTokenVerifier()
     service = ChatService(
         store=store,
+        claims=claims_of(store),
         agent=OfflineTodoAgent(),
         verifier=verifier,
         tools=todo_tools(tasks if tasks is not None else InMemoryTaskStore()),
@@ -306,7 +308,7 @@ async def test_a_whole_session_of_everyday_phrasing() -> None:
 
     # The whole conversation was stored, every tool call paired with its result under a unique id.
     assert s.conversation_id is not None
-    stored = await s.store.history("alice", s.conversation_id, 1000)
+    stored = await stored_history(reader_of(s.store), "alice", s.conversation_id, 1000)
     call_ids = [call.id for m in stored for call in m.tool_calls]
     result_ids = [m.tool_call_id for m in stored if m.role is Role.TOOL]
     assert len(call_ids) == len(set(call_ids)) == 35

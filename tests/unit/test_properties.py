@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from chatcore import AgentRequest, AgentResponse, ChatService, ConversationNotFound, Principal, Role, ToolCall, ToolSpec
 from chatcore.fakes import FunctionAgent, InMemoryConversationStore, InMemoryToolRegistry, StaticTokenVerifier
 from chatcore.model import JsonValue
+from tests.stores import claims_of, reader_of, stored_history
 
 NOTE = ToolSpec("note", "Write a note", {"type": "object"})
 
@@ -50,7 +51,9 @@ def test_history_is_ordered_scoped_to_its_owner_and_pairs_tool_calls(plan: list[
         tokens = {user: verifier.issue(user) for user in ("alice", "bob", "carol")}
         tools = InMemoryToolRegistry()
         tools.register(NOTE, note)
-        service = ChatService(store=store, agent=FunctionAgent(agent_for), verifier=verifier, tools=tools)
+        service = ChatService(
+            store=store, claims=claims_of(store), agent=FunctionAgent(agent_for), verifier=verifier, tools=tools
+        )
         conversations: dict[str, uuid.UUID] = {}
         for user, continue_existing, text in plan:
             existing = conversations.get(user) if continue_existing else None
@@ -58,13 +61,13 @@ def test_history_is_ordered_scoped_to_its_owner_and_pairs_tool_calls(plan: list[
             conversations.setdefault(user, reply.conversation_id)
             assert all(r.result == {"owner": user, "n": r.arguments["n"]} for r in reply.tool_calls)
 
-        for conversation_id, conversation in store.conversations.items():
-            stored = store.messages[conversation_id]
+        for conversation_id, conversation in store.database.conversations.items():
+            stored = store.database.messages[conversation_id]
             assert [m.seq for m in stored] == list(range(1, len(stored) + 1))
             assert all(m.conversation_id == conversation_id for m in stored)
             for other in {"alice", "bob", "carol"} - {conversation.user_id}:
                 with pytest.raises(ConversationNotFound):
-                    await store.history(other, conversation_id, 50)
+                    await stored_history(reader_of(store), other, conversation_id, 50)
             open_calls: set[str] = set()
             for message in stored:
                 if message.role is Role.TOOL:

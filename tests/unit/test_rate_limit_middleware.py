@@ -16,6 +16,7 @@ from chatcore.entrypoints.settings import RateLimit
 from chatcore.fakes import InMemoryConversationStore, InMemoryToolRegistry, ScriptedAgent, StaticTokenVerifier
 from chatcore.model import AgentResponse
 from chatcore.service import ChatService
+from tests.stores import claims_of
 
 
 @get("/api/{user_id:str}/counted")
@@ -49,8 +50,10 @@ def build(verifier: StaticTokenVerifier, store: MemoryStore, limit: RateLimit) -
         stores={RATE_LIMIT_STORE: store},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     )
+    conversations = InMemoryConversationStore()
     app.state.service = ChatService(
-        store=InMemoryConversationStore(),
+        store=conversations,
+        claims=claims_of(conversations),
         agent=ScriptedAgent([AgentResponse("unused")]),
         verifier=verifier,
         tools=InMemoryToolRegistry(),

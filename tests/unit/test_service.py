@@ -26,6 +26,7 @@ from chatcore import (
 )
 from chatcore.fakes import InMemoryConversationStore, InMemoryToolRegistry, ScriptedAgent, StaticTokenVerifier
 from chatcore.model import JsonValue
+from tests.stores import claims_of, reader_of, stored_history
 
 ECHO = ToolSpec("echo", "Echo the arguments", {"type": "object", "properties": {"x": {"type": "integer"}}})
 
@@ -40,13 +41,17 @@ def build(agent: ScriptedAgent, policy: ChatPolicy | None = None) -> tuple[ChatS
     token = verifier.issue("alice", email="alice@example.com")
     tools = InMemoryToolRegistry()
     tools.register(ECHO, echo)
-    return ChatService(store=store, agent=agent, verifier=verifier, tools=tools, policy=policy), store, token
+    return (
+        ChatService(store=store, claims=claims_of(store), agent=agent, verifier=verifier, tools=tools, policy=policy),
+        store,
+        token,
+    )
 
 
 async def test_turn_stores_user_and_assistant_messages_in_order() -> None:
     service, store, token = build(ScriptedAgent([AgentResponse("Hello!")]))
     reply = await service.chat(token, "alice", "Hi there")
-    stored = await store.history("alice", reply.conversation_id, 10)
+    stored = await stored_history(reader_of(store), "alice", reply.conversation_id, 10)
     assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT]
     assert [m.seq for m in stored] == [1, 2]
     assert stored[-1].id == reply.message_id
@@ -61,7 +66,7 @@ async def test_tool_loop_runs_calls_bound_to_the_user_and_reports_results() -> N
     reply = await service.chat(token, "alice", "echo 7")
     assert reply.response == "Done"
     assert [(r.name, r.result) for r in reply.tool_calls] == [("echo", {"user": "alice", "x": 7})]
-    stored = await store.history("alice", reply.conversation_id, 10)
+    stored = await stored_history(reader_of(store), "alice", reply.conversation_id, 10)
     assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
     assert stored[2].tool_call_id == "call_1"
     # The second model step saw the call and its result.
@@ -109,7 +114,7 @@ async def test_model_failure_keeps_the_user_message_marked_unanswered() -> None:
     with pytest.raises(AgentTimeout) as caught:
         await service.chat(token, "alice", "two", first.conversation_id)
     assert caught.value.conversation_id == first.conversation_id
-    stored = await store.history("alice", first.conversation_id, 10)
+    stored = await stored_history(reader_of(store), "alice", first.conversation_id, 10)
     assert [(m.content, m.status) for m in stored][-1] == ("two", MessageStatus.UNANSWERED)
 
 
@@ -132,6 +137,6 @@ async def test_nul_characters_from_the_model_never_reach_the_store() -> None:
     agent = ScriptedAgent([AgentResponse("", (call,)), AgentResponse("bad\x00text")])
     service, store, token = build(agent)
     reply = await service.chat(token, "alice", "hi")
-    stored = await store.history("alice", reply.conversation_id, 10)
+    stored = await stored_history(reader_of(store), "alice", reply.conversation_id, 10)
     assert reply.response == "bad\ufffdtext"
     assert not any("\x00" in m.content or "\x00" in str(m.tool_calls) for m in stored)

@@ -39,6 +39,7 @@ from chatcore.model import (
 from chatcore.service import ChatService
 from chatcore.streamed_turns import StreamPolicy, TurnStreamer
 from chatcore.turn_events import stream_of_response, words
+from tests.stores import claims_of, reader_of, stored_history
 
 ALICE = Principal("alice", "alice@example.com")
 ADD_TASK = ToolSpec("add_task", "Add a task.", {"type": "object", "properties": {"title": {"type": "string"}}})
@@ -60,10 +61,12 @@ class World:
 
 def world(agent: object) -> World:
     store = InMemoryConversationStore()
-    events = InMemoryTurnEventStore(store)
+    events = InMemoryTurnEventStore(store.database)
     tools = InMemoryToolRegistry()
     tools.register(ADD_TASK, add_task)
-    service = ChatService(store=store, agent=agent, verifier=StaticTokenVerifier(), tools=tools)  # type: ignore[arg-type]
+    service = ChatService(
+        store=store, claims=claims_of(store), agent=agent, verifier=StaticTokenVerifier(), tools=tools
+    )  # type: ignore[arg-type]
     return World(store, events, service, TurnStreamer(service, events, policy=FAST))
 
 
@@ -114,7 +117,7 @@ async def test_a_streamed_turn_emits_turn_tool_call_tool_result_deltas_and_done_
     assert call.data == {"id": "call_milk", "name": "add_task", "arguments": {"title": "Buy milk"}}
     assert result.data == {"id": "call_milk", "name": "add_task", "result": {"task_id": 1, "title": "Buy milk"}}
     assert "".join(str(d.data["text"]) for d in deltas) == "I've added Buy milk."
-    stored = await w.store.history("alice", uuid.UUID(str(conversation_id)), 10)
+    stored = await stored_history(reader_of(w.store), "alice", uuid.UUID(str(conversation_id)), 10)
     assert done.data == {
         "conversation_id": conversation_id,
         "message_id": str(stored[-1].id),
@@ -137,12 +140,15 @@ async def test_a_streamed_turn_stores_exactly_what_the_json_turn_stores() -> Non
     events = await drain(await w.streamer.start(ALICE, "Add milk"))
 
     def shape(conversation_id: uuid.UUID) -> list[tuple[object, ...]]:
-        messages = w.store.messages[conversation_id]
+        messages = w.store.database.messages[conversation_id]
         return [(m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.is_error, m.status) for m in messages]
 
     streamed_conversation = uuid.UUID(str(events[0].data["conversation_id"]))
     assert shape(streamed_conversation) == shape(reply.conversation_id)
-    assert w.store.conversations[streamed_conversation].title == w.store.conversations[reply.conversation_id].title
+    assert (
+        w.store.database.conversations[streamed_conversation].title
+        == w.store.database.conversations[reply.conversation_id].title
+    )
 
 
 async def test_the_event_log_holds_every_event_the_client_saw() -> None:
@@ -167,7 +173,9 @@ async def test_a_client_that_goes_away_does_not_stop_the_turn() -> None:
     logged = await w.events.read("alice", turn_id)
     assert logged[-1].type == "done"
     conversation_id = uuid.UUID(str(first.data["conversation_id"]))
-    assert [m.content for m in await w.store.history("alice", conversation_id, 10)][-1] == "I've added Buy milk."
+    assert [m.content for m in await stored_history(reader_of(w.store), "alice", conversation_id, 10)][
+        -1
+    ] == "I've added Buy milk."
 
 
 async def test_resuming_gets_the_events_after_the_last_seen_one_and_only_for_the_owner() -> None:
@@ -222,7 +230,7 @@ async def test_stop_keeps_the_partial_reply_as_interrupted_and_the_next_turn_is_
     assert stopped == (uuid.UUID(str(first.data["turn_id"])),)
     done = rest[-1]
     assert (done.type, done.data["response"], done.data["interrupted"]) == ("done", "Let me think about", True)
-    stored = await w.store.history("alice", conversation_id, 10)
+    stored = await stored_history(reader_of(w.store), "alice", conversation_id, 10)
     assert [(m.role, m.content, m.status) for m in stored] == [
         (Role.USER, "Plan my week", MessageStatus.COMPLETE),
         (Role.ASSISTANT, "Let me think about", MessageStatus.INTERRUPTED),
@@ -264,7 +272,7 @@ async def test_a_stop_between_tool_steps_keeps_every_tool_pair_complete() -> Non
 
     assert [e.type for e in rest][-2:] == ["tool_result", "done"]
     assert rest[-1].data["interrupted"] is True
-    stored = await w.store.history("alice", conversation_id, 10)
+    stored = await stored_history(reader_of(w.store), "alice", conversation_id, 10)
     assert [(m.role, m.status) for m in stored] == [
         (Role.USER, MessageStatus.COMPLETE),
         (Role.ASSISTANT, MessageStatus.COMPLETE),
@@ -282,7 +290,7 @@ async def test_a_model_failure_is_the_last_event_with_the_conversation_and_the_m
     error = events[-1].data
     assert (error["error"], error["detail"]) == ("AgentTimeout", "The model provider timed out")
     assert error["conversation_id"] == events[0].data["conversation_id"]
-    stored = await w.store.history("alice", uuid.UUID(str(error["conversation_id"])), 10)
+    stored = await stored_history(reader_of(w.store), "alice", uuid.UUID(str(error["conversation_id"])), 10)
     assert [m.status for m in stored] == [MessageStatus.UNANSWERED]
     turn_id = uuid.UUID(str(events[0].data["turn_id"]))
     assert (await w.events.state("alice", turn_id)).status is TurnStatus.FAILED
@@ -303,7 +311,7 @@ async def test_a_bad_message_is_refused_before_anything_runs() -> None:
     with pytest.raises(InvalidMessage):
         await w.streamer.start(ALICE, "   ")
 
-    assert w.store.conversations == {}
+    assert w.store.database.conversations == {}
 
 
 async def test_the_offline_agent_streams_its_reply_word_by_word() -> None:
@@ -326,7 +334,7 @@ async def test_conversation_pages_follow_their_cursors_to_the_end() -> None:
     w = world(ScriptedAgent([AgentResponse("ok")]))
     for i in range(5):
         await w.service.send(ALICE, f"conversation {i}")
-    history = ConversationHistory(w.store)
+    history = ConversationHistory(reader_of(w.store), w.store)
 
     seen: list[str | None] = []
     cursor: str | None = None
@@ -343,7 +351,7 @@ async def test_conversation_pages_follow_their_cursors_to_the_end() -> None:
 async def test_a_message_page_folds_tool_results_into_their_calls_and_never_splits_a_pair() -> None:
     w = world(milk_script())
     reply = await w.service.send(ALICE, "Add milk")
-    history = ConversationHistory(w.store)
+    history = ConversationHistory(reader_of(w.store), w.store)
 
     first = await history.messages("alice", reply.conversation_id, limit=2)
     rest = await history.messages("alice", reply.conversation_id, limit=2, cursor=first.next_cursor)
@@ -357,7 +365,8 @@ async def test_a_message_page_folds_tool_results_into_their_calls_and_never_spli
 
 @pytest.mark.parametrize("cursor", ["not-base64!", "bTF8eA", "YzF8bm90LWEtZGF0ZXx4"])
 async def test_a_cursor_this_api_did_not_make_is_invalid(cursor: str) -> None:
-    history = ConversationHistory(InMemoryConversationStore())
+    empty = InMemoryConversationStore()
+    history = ConversationHistory(reader_of(empty), empty)
 
     with pytest.raises(InvalidRequest):
         await history.messages("alice", uuid.uuid4(), cursor=cursor)
@@ -371,13 +380,15 @@ async def test_a_bad_title_is_invalid(title: str) -> None:
     reply = await w.service.send(ALICE, "hi")
 
     with pytest.raises(InvalidRequest):
-        await ConversationHistory(w.store).rename("alice", reply.conversation_id, title)
+        await ConversationHistory(reader_of(w.store), w.store).rename("alice", reply.conversation_id, title)
 
 
 async def test_a_title_is_stored_on_one_line() -> None:
     w = world(ScriptedAgent([AgentResponse("ok")]))
     reply = await w.service.send(ALICE, "hi")
 
-    renamed = await ConversationHistory(w.store).rename("alice", reply.conversation_id, "  Weekly\n plan ")
+    renamed = await ConversationHistory(reader_of(w.store), w.store).rename(
+        "alice", reply.conversation_id, "  Weekly\n plan "
+    )
 
     assert renamed.title == "Weekly plan"

@@ -1,4 +1,7 @@
-"""SqlAlchemyConversationStore: conversations and messages in PostgreSQL or SQLite.
+"""SqlAlchemyConversationStore: the writes of conversations and messages in PostgreSQL or SQLite.
+
+Its siblings over the same tables: ``turn_claim_store.py`` renews and gives back what a running turn holds
+(the lease set here, its Idempotency-Key), ``conversation_reader.py`` reads for the history API.
 
 Sequence numbers come from ``conversations.last_seq``: a turn bumps it with one
 UPDATE, which checks ownership, reserves the seqs and row-locks the conversation
@@ -24,23 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Select,
-    Update,
-    Uuid,
-    delete,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-    text,
-    true,
-    tuple_,
-    update,
-)
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import Select, Update, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 from sqlalchemy.util import greenlet_spawn
@@ -50,40 +37,31 @@ from chatcore.adapters.sqlalchemy import idempotency as keys
 from chatcore.adapters.sqlalchemy import turn_statements as turn_sql
 from chatcore.adapters.sqlalchemy.driver_statements import DriverStatement, compile_all
 from chatcore.adapters.sqlalchemy.errors import is_unavailable, store_unavailable_on_outage
+from chatcore.adapters.sqlalchemy.rows import (
+    CONVERSATION_COLUMNS,
+    LAST_SEQ,
+    MESSAGE_COLUMNS,
+    conversation_from_row,
+    message_from_row,
+    message_row,
+    stored_message,
+)
 from chatcore.adapters.sqlalchemy.tables import TITLE_MAX_LENGTH, as_utc
 from chatcore.adapters.sqlalchemy.tables import conversations as conversations_table
 from chatcore.adapters.sqlalchemy.tables import messages as messages_table
-from chatcore.adapters.sqlalchemy.tables import tool_approvals as approvals_table
 from chatcore.errors import ChatError, ConversationBusy, ConversationNotFound, LeaseLost, TurnStillOpen
 from chatcore.idempotency import IdempotentReply
 from chatcore.model import (
-    PREVIEW_LENGTH,
     ChatMessage,
-    ChatReply,
     Conversation,
-    ConversationSummary,
-    JsonValue,
     Message,
     MessageStatus,
-    Role,
     ToolApproval,
-    ToolCall,
     ToolDecision,
     TurnResumption,
     TurnStart,
     utcnow,
 )
-
-_CONVERSATION_COLUMNS = (
-    conversations_table.c.id,
-    conversations_table.c.user_id,
-    conversations_table.c.title,
-    conversations_table.c.created_at,
-    conversations_table.c.updated_at,
-    conversations_table.c.last_seq,
-)
-_MESSAGE_COLUMNS = tuple(messages_table.c)
-_MESSAGE_PREFIX = "m_"
 
 
 class SqlAlchemyConversationStore:
@@ -177,7 +155,7 @@ class SqlAlchemyConversationStore:
     ) -> TurnStart:
         now, turn_id = lease.now, lease.turn_id
         conversation = _new_conversation(user_id, now, title)
-        user_message = _stored(message, conversation.id, 1, turn_id)
+        user_message = stored_message(message, conversation.id, 1, turn_id)
         parameters = turn_sql.bump_parameters(user_id, conversation.id, turn_id, now=now, by=1, lease_until=lease.until)
         parameters["p_title"] = conversation.title
         await self._autocommitted(turn_sql.CREATE, parameters | turn_sql.message_parameters(user_message))
@@ -193,7 +171,7 @@ class SqlAlchemyConversationStore:
     ) -> TurnStart:
         now, turn_id = lease.now, lease.turn_id
         conversation = _new_conversation(user_id, now, title)
-        user_message = _stored(message, conversation.id, 1, turn_id)
+        user_message = stored_message(message, conversation.id, 1, turn_id)
         create = insert(conversations_table).values(
             id=conversation.id,
             user_id=user_id,
@@ -205,7 +183,7 @@ class SqlAlchemyConversationStore:
             lease_expires_at=lease.until,
         )
         await connection.execute(create)
-        await connection.execute(insert(messages_table).values(_row(user_message)))
+        await connection.execute(insert(messages_table).values(message_row(user_message)))
         return TurnStart(conversation, (), user_message, created=True)
 
     async def _continue(
@@ -219,20 +197,15 @@ class SqlAlchemyConversationStore:
     ) -> TurnStart:
         """Reserve the next seq (checking ownership and the lease), read the window below it, store the message."""
         turn_id = lease.turn_id
-        found = (
-            await connection.execute(
-                _bump(user_id, conversation_id, by=1, lease=lease, require_closed=True).returning(
-                    *_CONVERSATION_COLUMNS
-                )
-            )
-        ).one_or_none()
+        bump = lease.bump(require_closed=True).returning(*CONVERSATION_COLUMNS)
+        found = (await connection.execute(bump, lease.parameters(user_id, conversation_id, by=1))).one_or_none()
         if found is None:
             raise await _missing_or(connection, user_id, conversation_id, ConversationBusy(), lease)
         seq: int = found.last_seq
         history = await _window(connection, conversation_id, before=seq, limit=history_limit)
-        user_message = _stored(message, conversation_id, seq, turn_id)
-        await connection.execute(insert(messages_table).values(_row(user_message)))
-        return TurnStart(_conversation_from(found._mapping), history, user_message, created=False)
+        user_message = stored_message(message, conversation_id, seq, turn_id)
+        await connection.execute(insert(messages_table).values(message_row(user_message)))
+        return TurnStart(conversation_from_row(found), history, user_message, created=False)
 
     async def _continue_in_one_statement(
         self,
@@ -256,22 +229,22 @@ class SqlAlchemyConversationStore:
             user_id, conversation_id, turn_id, now=lease.now, by=1, lease_until=lease.until
         )
         parameters["p_limit"] = max(history_limit, 0)
-        parameters |= turn_sql.message_parameters(_stored(message, conversation_id, 0, turn_id))
+        parameters |= turn_sql.message_parameters(stored_message(message, conversation_id, 0, turn_id))
         statement = turn_sql.CONTINUE if lease.until is None else turn_sql.CONTINUE_TAKING_LEASE
         rows = await self._autocommitted(statement, parameters)
         if not rows:
             raise await self._missing_or_busy(user_id, conversation_id, ConversationBusy(), lease)
         first = rows[0]
-        seq: int = first[turn_sql.LAST_SEQ]
+        seq: int = first[LAST_SEQ]
         history = turn_sql.window_messages(first[turn_sql.WINDOW])
         complete = list(range(max(seq - max(history_limit, 0), 1), seq))
         if [m.seq for m in history] != complete:
             async with self._autocommit.connect() as connection:
                 history = await _window(connection, conversation_id, before=seq, limit=history_limit)
         return TurnStart(
-            turn_sql.conversation_of(first),
+            conversation_from_row(first),
             history,
-            _stored(message, conversation_id, seq, turn_id),
+            stored_message(message, conversation_id, seq, turn_id),
             created=False,
         )
 
@@ -344,17 +317,15 @@ class SqlAlchemyConversationStore:
         lease: _Lease,
         turn_id: uuid.UUID,
     ) -> tuple[Message, ...]:
-        last_seq = (
-            await connection.execute(
-                _bump(user_id, conversation_id, by=len(messages), lease=lease).returning(conversations_table.c.last_seq)
-            )
-        ).scalar_one_or_none()
+        bump = lease.bump().returning(conversations_table.c.last_seq)
+        parameters = lease.parameters(user_id, conversation_id, by=len(messages))
+        last_seq = (await connection.execute(bump, parameters)).scalar_one_or_none()
         if last_seq is None:
             raise await _missing_or(connection, user_id, conversation_id, LeaseLost())
         first = last_seq - len(messages) + 1
-        stored = tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(messages))
+        stored = tuple(stored_message(m, conversation_id, first + i, turn_id) for i, m in enumerate(messages))
         if stored:
-            await connection.execute(insert(messages_table).values([_row(m) for m in stored]))
+            await connection.execute(insert(messages_table).values([message_row(m) for m in stored]))
         return stored
 
     async def _append_in_one_statement(
@@ -386,11 +357,9 @@ class SqlAlchemyConversationStore:
         """One transaction: take the lease (a bump by nothing), then read the turn, its approvals and the window."""
         now = self._clock()
         lease = _Lease(holder, now, now + timedelta(seconds=lease_seconds))
-        bump = _bump(user_id, conversation_id, by=0, lease=lease).returning(
-            *_CONVERSATION_COLUMNS, conversations_table.c.open_turn_id
-        )
+        bump = lease.bump().returning(*CONVERSATION_COLUMNS, conversations_table.c.open_turn_id)
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
-            found = (await connection.execute(bump)).one_or_none()
+            found = (await connection.execute(bump, lease.parameters(user_id, conversation_id, by=0))).one_or_none()
             if found is None:
                 raise await _missing_or(connection, user_id, conversation_id, ConversationBusy(), lease)
             turn = await _turn_messages(connection, conversation_id, turn_id)
@@ -398,7 +367,7 @@ class SqlAlchemyConversationStore:
             history = await _window(connection, conversation_id, before=before, limit=history_limit)
             approvals = await approval_sql.of_turn(connection, conversation_id, turn_id)
         return TurnResumption(
-            conversation=_conversation_from(found._mapping),
+            conversation=conversation_from_row(found),
             turn_id=turn_id,
             open=found.open_turn_id == turn_id,
             history=history,
@@ -417,7 +386,7 @@ class SqlAlchemyConversationStore:
         """
         parameters = turn_sql.bump_parameters(user_id, conversation_id, lease.turn_id, now=lease.now, by=len(batch))
         parameters["p_turn_id"] = turn_id
-        parameters |= turn_sql.batch_parameters([_stored(m, conversation_id, 0, turn_id) for m in batch])
+        parameters |= turn_sql.batch_parameters([stored_message(m, conversation_id, 0, turn_id) for m in batch])
         return parameters
 
     async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
@@ -433,105 +402,6 @@ class SqlAlchemyConversationStore:
             )
             if result.rowcount == 0 and (await connection.scalar(_owned(user_id, conversation_id))) is None:
                 raise ConversationNotFound()
-
-    async def renew_turn(
-        self,
-        user_id: str,
-        turn_id: uuid.UUID,
-        *,
-        conversation_id: uuid.UUID | None,
-        idempotency_key: str | None,
-        lease_seconds: float,
-    ) -> bool:
-        until = self._clock() + timedelta(seconds=lease_seconds)
-        held = True
-        async with store_unavailable_on_outage(), self._engine.begin() as connection:
-            if conversation_id is not None:
-                renewed = await connection.execute(
-                    _held_by(user_id, conversation_id, turn_id).values(lease_expires_at=until)
-                )
-                held = renewed.rowcount == 1
-            if idempotency_key is not None:
-                held = await keys.renew(connection, user_id, idempotency_key, turn_id=turn_id, until=until) and held
-        return held
-
-    async def release_turn(
-        self,
-        user_id: str,
-        turn_id: uuid.UUID,
-        *,
-        conversation_id: uuid.UUID | None,
-        idempotency_key: str | None,
-    ) -> None:
-        async with store_unavailable_on_outage(), self._engine.begin() as connection:
-            if conversation_id is not None:
-                await connection.execute(
-                    _held_by(user_id, conversation_id, turn_id).values(lease_owner=None, lease_expires_at=None)
-                )
-            if idempotency_key is not None:
-                await keys.release(connection, user_id, idempotency_key, turn_id=turn_id)
-
-    async def claim_idempotency_key(
-        self,
-        user_id: str,
-        key: str,
-        request_hash: str,
-        *,
-        turn_id: uuid.UUID,
-        hold_seconds: float,
-    ) -> ChatReply | None:
-        now = self._clock()
-        async with store_unavailable_on_outage(), self._engine.begin() as connection:
-            return await keys.claim(
-                connection,
-                user_id,
-                key,
-                request_hash,
-                turn_id=turn_id,
-                now=now,
-                hold_until=now + timedelta(seconds=hold_seconds),
-            )
-
-    async def get(self, user_id: str, conversation_id: uuid.UUID) -> Conversation:
-        async with store_unavailable_on_outage(), self._engine.connect() as connection:
-            found = (
-                await connection.execute(
-                    select(*_CONVERSATION_COLUMNS).where(
-                        conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id
-                    )
-                )
-            ).one_or_none()
-        if found is None:
-            raise ConversationNotFound()
-        return _conversation_from(found._mapping)
-
-    async def history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> tuple[Message, ...]:
-        """One statement: the conversation row (the ownership check) left-joined to its window.
-
-        The window filters by the bound id rather than correlating, so no LATERAL is needed
-        and the statement runs on SQLite too.
-        """
-        window = (
-            select(*_MESSAGE_COLUMNS)
-            .where(messages_table.c.conversation_id == conversation_id)
-            .order_by(messages_table.c.seq.desc())
-            .limit(max(limit, 0))
-            .subquery("window")
-        )
-        statement = (
-            select(
-                conversations_table.c.id.label("conversation"),
-                *(window.c[c.name].label(_MESSAGE_PREFIX + c.name) for c in _MESSAGE_COLUMNS),
-            )
-            .select_from(conversations_table.outerjoin(window, true()))
-            .where(conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id)
-        )
-        async with store_unavailable_on_outage(), self._engine.connect() as connection:
-            rows = (await connection.execute(statement)).all()
-        if not rows:
-            raise ConversationNotFound()
-        found = [_message_from(r._mapping, prefix=_MESSAGE_PREFIX) for r in rows if r._mapping["m_id"] is not None]
-        return tuple(sorted(found, key=lambda m: m.seq))
 
     async def turn_messages(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> tuple[Message, ...]:
         async with store_unavailable_on_outage(), self._engine.connect() as connection:
@@ -577,11 +447,12 @@ class SqlAlchemyConversationStore:
     ) -> tuple[tuple[uuid.UUID, str], ...]:
         if not calls:
             return ()
-        held = _held_by(user_id, conversation_id, holder).values(updated_at=conversations_table.c.updated_at)
+        held = turn_sql.HELD_BY.values(updated_at=conversations_table.c.updated_at)
         now = self._clock()
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             # Locks the conversation row while its lease is ours: no one takes the lease over mid-way.
-            if (await connection.execute(held)).rowcount != 1:
+            locked = await connection.execute(held, turn_sql.held_by_parameters(user_id, conversation_id, holder))
+            if locked.rowcount != 1:
                 return ()
             return await approval_sql.start(connection, conversation_id, calls, now=now)
 
@@ -594,93 +465,18 @@ class SqlAlchemyConversationStore:
             raise ConversationNotFound()
         return found
 
-    async def list_conversations(
-        self, user_id: str, *, limit: int, before: tuple[datetime, uuid.UUID] | None = None
-    ) -> tuple[ConversationSummary, ...]:
-        """One statement: a backward scan of (user_id, updated_at DESC), each row with its preview subquery."""
-        if limit <= 0:
-            return ()
-        preview = (
-            select(func.substr(messages_table.c.content, 1, PREVIEW_LENGTH))
-            .where(
-                messages_table.c.conversation_id == conversations_table.c.id,
-                messages_table.c.role.in_((Role.USER.value, Role.ASSISTANT.value)),
-                messages_table.c.content != "",
-            )
-            .order_by(messages_table.c.seq.desc())
-            .limit(1)
-            .correlate(conversations_table)
-            .scalar_subquery()
-        )
-        awaiting = (
-            select(approvals_table.c.message_id)
-            .where(approvals_table.c.conversation_id == conversations_table.c.id, approvals_table.c.approved.is_(None))
-            .correlate(conversations_table)
-            .exists()
-        )
-        statement = (
-            select(*_CONVERSATION_COLUMNS, preview.label("preview"), awaiting.label("awaiting_approval"))
-            .where(conversations_table.c.user_id == user_id)
-            .order_by(conversations_table.c.updated_at.desc(), conversations_table.c.id.desc())
-            .limit(limit)
-        )
-        if before is not None:
-            keyset = tuple_(
-                literal(as_utc(before[0]), conversations_table.c.updated_at.type), literal(before[1], Uuid())
-            )
-            statement = statement.where(tuple_(conversations_table.c.updated_at, conversations_table.c.id) < keyset)
-        async with store_unavailable_on_outage(), self._engine.connect() as connection:
-            rows = (await connection.execute(statement)).all()
-        return tuple(
-            ConversationSummary(
-                id=row.id,
-                title=row.title,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-                preview=row.preview,
-                awaiting_approval=bool(row.awaiting_approval),
-            )
-            for row in rows
-        )
-
-    async def list_messages(
-        self, user_id: str, conversation_id: uuid.UUID, *, limit: int, after_seq: int = 0
-    ) -> tuple[Message, ...]:
-        """One statement, like ``history``: the ownership row left-joined to a forward scan of the unique index."""
-        page = (
-            select(*_MESSAGE_COLUMNS)
-            .where(messages_table.c.conversation_id == conversation_id, messages_table.c.seq > after_seq)
-            .order_by(messages_table.c.seq)
-            .limit(max(limit, 0))
-            .subquery("page")
-        )
-        statement = (
-            select(
-                conversations_table.c.id.label("conversation"),
-                *(page.c[c.name].label(_MESSAGE_PREFIX + c.name) for c in _MESSAGE_COLUMNS),
-            )
-            .select_from(conversations_table.outerjoin(page, true()))
-            .where(conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id)
-        )
-        async with store_unavailable_on_outage(), self._engine.connect() as connection:
-            rows = (await connection.execute(statement)).all()
-        if not rows:
-            raise ConversationNotFound()
-        found = [_message_from(r._mapping, prefix=_MESSAGE_PREFIX) for r in rows if r._mapping["m_id"] is not None]
-        return tuple(sorted(found, key=lambda m: m.seq))
-
     async def rename(self, user_id: str, conversation_id: uuid.UUID, title: str) -> Conversation:
         statement = (
             update(conversations_table)
             .where(conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id)
             .values(title=title[:TITLE_MAX_LENGTH])
-            .returning(*_CONVERSATION_COLUMNS)
+            .returning(*CONVERSATION_COLUMNS)
         )
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             found = (await connection.execute(statement)).one_or_none()
         if found is None:
             raise ConversationNotFound()
-        return _conversation_from(found._mapping)
+        return conversation_from_row(found)
 
     async def delete(self, user_id: str, conversation_id: uuid.UUID) -> None:
         """One DELETE; messages, turns and turn events go with it through ON DELETE CASCADE."""
@@ -714,7 +510,7 @@ def _appended(
 ) -> tuple[Message, ...]:
     """The batch as stored: ``APPEND`` returned the seqs it numbered them with."""
     first = min(row[0] for row in rows)
-    return tuple(_stored(m, conversation_id, first + i, turn_id) for i, m in enumerate(batch))
+    return tuple(stored_message(m, conversation_id, first + i, turn_id) for i, m in enumerate(batch))
 
 
 async def _turn_messages(
@@ -727,11 +523,9 @@ async def _turn_messages(
         else messages_table.c.conversation_id.in_(_owned(owner, conversation_id))
     )
     statement = (
-        select(*_MESSAGE_COLUMNS)
-        .where(conversation, messages_table.c.turn_id == turn_id)
-        .order_by(messages_table.c.seq)
+        select(*MESSAGE_COLUMNS).where(conversation, messages_table.c.turn_id == turn_id).order_by(messages_table.c.seq)
     )
-    return tuple(_message_from(row._mapping) for row in (await connection.execute(statement)).all())
+    return tuple(message_from_row(row._mapping) for row in (await connection.execute(statement)).all())
 
 
 async def _window(
@@ -741,13 +535,13 @@ async def _window(
     if limit <= 0:
         return ()
     statement = (
-        select(*_MESSAGE_COLUMNS)
+        select(*MESSAGE_COLUMNS)
         .where(messages_table.c.conversation_id == conversation_id, messages_table.c.seq < before)
         .order_by(messages_table.c.seq.desc())
         .limit(limit)
     )
     rows = (await connection.execute(statement)).all()
-    return tuple(_message_from(row._mapping) for row in reversed(rows))
+    return tuple(message_from_row(row._mapping) for row in reversed(rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -765,42 +559,23 @@ class _Lease:
     opens: uuid.UUID | None = None
     close: bool = False
 
+    def bump(self, *, require_closed: bool = False) -> Update:
+        """``turn_statements.bump``: the one UPDATE that reserves seqs and takes or gives back the lease."""
+        return turn_sql.bump(
+            take_lease=self.until is not None,
+            release=self.release,
+            opens=self.opens is not None,
+            close=self.close,
+            require_closed=require_closed,
+        )
 
-def _bump(user_id: str, conversation_id: uuid.UUID, *, by: int, lease: _Lease, require_closed: bool = False) -> Update:
-    """Reserve ``by`` seqs of the user's conversation; matches no row when another user owns it or holds it, nor,
-    with ``require_closed``, while it has an open turn."""
-    columns = conversations_table.c
-    values: dict[str, Any] = {"last_seq": columns.last_seq + by, "updated_at": lease.now}
-    if lease.until is not None:
-        values.update(lease_owner=str(lease.turn_id), lease_expires_at=lease.until)
-    elif lease.release:
-        values.update(lease_owner=None, lease_expires_at=None)
-    if lease.opens is not None:
-        values["open_turn_id"] = lease.opens
-    elif lease.close:
-        values["open_turn_id"] = None
-    conditions = [columns.id == conversation_id, columns.user_id == user_id, _free_for(lease.turn_id, lease.now)]
-    if require_closed:
-        conditions.append(columns.open_turn_id.is_(None))
-    return update(conversations_table).where(*conditions).values(**values)
-
-
-def _free_for(turn_id: uuid.UUID, now: datetime) -> ColumnElement[bool]:
-    """No turn but ``turn_id`` holds a lease that is still live at ``now``."""
-    columns = conversations_table.c
-    return or_(
-        columns.lease_owner.is_(None),
-        columns.lease_owner == str(turn_id),
-        columns.lease_expires_at.is_(None),
-        columns.lease_expires_at <= now,
-    )
-
-
-def _held_by(user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> Update:
-    columns = conversations_table.c
-    return update(conversations_table).where(
-        columns.id == conversation_id, columns.user_id == user_id, columns.lease_owner == str(turn_id)
-    )
+    def parameters(self, user_id: str, conversation_id: uuid.UUID, *, by: int) -> dict[str, Any]:
+        parameters = turn_sql.bump_parameters(
+            user_id, conversation_id, self.turn_id, now=self.now, by=by, lease_until=self.until
+        )
+        if self.opens is not None:
+            parameters["p_opens"] = self.opens
+        return parameters
 
 
 async def _missing_or(
@@ -839,74 +614,4 @@ async def _missing_or(
 def _owned(user_id: str, conversation_id: uuid.UUID) -> Select[tuple[uuid.UUID]]:
     return select(conversations_table.c.id).where(
         conversations_table.c.id == conversation_id, conversations_table.c.user_id == user_id
-    )
-
-
-def _stored(message: ChatMessage, conversation_id: uuid.UUID, seq: int, turn_id: uuid.UUID) -> Message:
-    return Message(
-        id=message.id,
-        role=message.role,
-        content=message.content,
-        tool_calls=tuple(message.tool_calls),
-        tool_call_id=message.tool_call_id,
-        is_error=message.is_error,
-        created_at=as_utc(message.created_at),
-        conversation_id=conversation_id,
-        seq=seq,
-        status=message.status if isinstance(message, Message) else MessageStatus.COMPLETE,
-        turn_id=turn_id,
-    )
-
-
-def _row(message: Message) -> dict[str, Any]:
-    return {
-        "id": message.id,
-        "conversation_id": message.conversation_id,
-        "seq": message.seq,
-        "role": message.role.value,
-        "content": message.content,
-        "tool_calls": _calls_to_json(message.tool_calls),
-        "tool_call_id": message.tool_call_id,
-        "is_error": message.is_error,
-        "status": message.status.value,
-        "turn_id": message.turn_id,
-        "created_at": message.created_at,
-    }
-
-
-def _calls_to_json(calls: Sequence[ToolCall]) -> list[dict[str, JsonValue]] | None:
-    if not calls:
-        return None
-    return [{"id": call.id, "name": call.name, "arguments": dict(call.arguments)} for call in calls]
-
-
-def _calls_from_json(value: Any) -> tuple[ToolCall, ...]:
-    if not value:
-        return ()
-    return tuple(ToolCall(id=c["id"], name=c["name"], arguments=c.get("arguments") or {}) for c in value)
-
-
-def _message_from(row: RowMapping, prefix: str = "") -> Message:
-    return Message(
-        id=row[prefix + "id"],
-        role=Role(row[prefix + "role"]),
-        content=row[prefix + "content"],
-        tool_calls=_calls_from_json(row[prefix + "tool_calls"]),
-        tool_call_id=row[prefix + "tool_call_id"],
-        is_error=bool(row[prefix + "is_error"]),
-        created_at=row[prefix + "created_at"],
-        conversation_id=row[prefix + "conversation_id"],
-        seq=row[prefix + "seq"],
-        status=MessageStatus(row[prefix + "status"]),
-        turn_id=row[prefix + "turn_id"],
-    )
-
-
-def _conversation_from(row: RowMapping) -> Conversation:
-    return Conversation(
-        id=row["id"],
-        user_id=row["user_id"],
-        title=row["title"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
     )

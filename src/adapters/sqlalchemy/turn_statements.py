@@ -47,30 +47,13 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.types import TypeEngine
 
+from chatcore.adapters.sqlalchemy.rows import CONVERSATION_COLUMNS, MESSAGE_COLUMNS, calls_to_json, message_row
 from chatcore.adapters.sqlalchemy.tables import UTCDateTime, conversations, messages
-from chatcore.model import Conversation, Message, ToolCall
+from chatcore.model import Message
 
 _C = conversations.c
 _M = messages.c
 
-CONVERSATION_COLUMNS: Final = (_C.id, _C.user_id, _C.title, _C.created_at, _C.updated_at, _C.last_seq)
-"""What ``CONTINUE`` returns first, in this order; ``conversation_of`` and ``LAST_SEQ`` read rows by position."""
-LAST_SEQ: Final = CONVERSATION_COLUMNS.index(_C.last_seq)
-
-MESSAGE_COLUMNS: Final = (
-    _M.id,
-    _M.conversation_id,
-    _M.seq,
-    _M.role,
-    _M.content,
-    _M.tool_calls,
-    _M.tool_call_id,
-    _M.is_error,
-    _M.status,
-    _M.turn_id,
-    _M.created_at,
-)
-"""The message columns the statements write and read, in this order."""
 WINDOW: Final = len(CONVERSATION_COLUMNS)
 """Where a ``CONTINUE`` row holds its window: JSON text, an array of ``WINDOW_FIELDS`` objects; None when empty."""
 WINDOW_FIELDS: Final[dict[str, ColumnElement[Any]]] = {c.name: c for c in MESSAGE_COLUMNS} | {
@@ -81,12 +64,21 @@ WINDOW_FIELDS: Final[dict[str, ColumnElement[Any]]] = {c.name: c for c in MESSAG
 with the session's UTC offset: ``engine.create_engine`` sets the session time zone to UTC."""
 
 
-def _bump(*, take_lease: bool, release: bool, require_closed: bool = False) -> Update:
+def bump(
+    *,
+    take_lease: bool = False,
+    release: bool = False,
+    opens: bool = False,
+    close: bool = False,
+    require_closed: bool = False,
+) -> Update:
     """Reserve ``p_by`` seqs of the user's conversation; matches no row when another user owns it or holds it.
 
-    The same UPDATE takes the lease (``take_lease``), gives it back (``release``, closing the conversation's
-    open turn too) or leaves it, and matches nothing while another turn's lease is live (see
-    ``conversation_store``), nor, with ``require_closed``, while the conversation has an open turn.
+    The one UPDATE that takes the conversation's lease for ``p_turn`` (``take_lease``, until ``p_until``), gives
+    it back (``release``) or leaves it; it may make ``p_opens`` the conversation's open turn (``opens``) or close
+    the open turn (``close``). It matches nothing while another turn's lease is live, nor, with
+    ``require_closed``, while the conversation has an open turn. The prebuilt statements below embed it; the
+    transactional path (SQLite, or a turn's write with more to do) runs it alone with ``bump_parameters``.
     """
     values: dict[str, Any] = {
         "last_seq": _C.last_seq + bindparam("p_by", type_=Integer()),
@@ -98,7 +90,11 @@ def _bump(*, take_lease: bool, release: bool, require_closed: bool = False) -> U
             lease_expires_at=bindparam("p_until", type_=_C.lease_expires_at.type),
         )
     elif release:
-        values.update(lease_owner=None, lease_expires_at=None, open_turn_id=None)
+        values.update(lease_owner=None, lease_expires_at=None)
+    if opens:
+        values["open_turn_id"] = bindparam("p_opens", type_=_C.open_turn_id.type)
+    elif close:
+        values["open_turn_id"] = None
     free = or_(
         _C.lease_owner.is_(None),
         _C.lease_owner == bindparam("p_turn", type_=_C.lease_owner.type),
@@ -113,6 +109,23 @@ def _bump(*, take_lease: bool, release: bool, require_closed: bool = False) -> U
     if require_closed:
         conditions.append(_C.open_turn_id.is_(None))
     return update(conversations).where(*conditions).values(**values)
+
+
+def _held_by() -> Update:
+    """The user's conversation while ``p_turn`` holds its lease (even expired): the heartbeat renews it, a failed
+    turn gives it back, an approved call is started under it, each by adding its SET values."""
+    return update(conversations).where(
+        _C.id == bindparam("p_conversation", type_=_C.id.type),
+        _C.user_id == bindparam("p_user", type_=_C.user_id.type),
+        _C.lease_owner == bindparam("p_turn", type_=_C.lease_owner.type),
+    )
+
+
+HELD_BY: Final = _held_by()
+
+
+def held_by_parameters(user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> dict[str, Any]:
+    return {"p_user": user_id, "p_conversation": conversation_id, "p_turn": str(turn_id)}
 
 
 def _message_values() -> list[ColumnElement[Any]]:
@@ -130,9 +143,7 @@ def _continue(*, take_lease: bool) -> Select[Any]:
     INSERT's CTE runs exactly once even though nothing reads it; every part of the statement reads the
     snapshot taken when it started (see ``SqlAlchemyConversationStore._continue_in_one_statement``).
     """
-    bumped = (
-        _bump(take_lease=take_lease, release=False, require_closed=True).returning(*CONVERSATION_COLUMNS).cte("bumped")
-    )
+    bumped = bump(take_lease=take_lease, require_closed=True).returning(*CONVERSATION_COLUMNS).cte("bumped")
     values = [bumped.c.last_seq.label("seq") if value.name == "seq" else value for value in _message_values()]
     store = (
         insert(messages)
@@ -217,7 +228,7 @@ def _append(*, release: bool) -> ReturningInsert[Any]:
     The rows travel as one array per column through ``unnest``, so the SQL text is the same for
     every batch size and asyncpg reuses one prepared statement.
     """
-    bumped = _bump(take_lease=False, release=release).returning(_C.last_seq).cte("bumped")
+    bumped = bump(release=release, close=release).returning(_C.last_seq).cte("bumped")
     arrays = (bindparam(f"batch_{name}", type_=ARRAY(type_)) for name, type_ in BATCH_COLUMNS.items())
     unnested = (
         func.unnest(*arrays)
@@ -270,19 +281,7 @@ def bump_parameters(
 
 def message_parameters(message: Message) -> dict[str, Any]:
     """``m_<column>`` values of one stored message."""
-    return {
-        "m_id": message.id,
-        "m_conversation_id": message.conversation_id,
-        "m_seq": message.seq,
-        "m_role": message.role.value,
-        "m_content": message.content,
-        "m_tool_calls": calls_to_json(message.tool_calls),
-        "m_tool_call_id": message.tool_call_id,
-        "m_is_error": message.is_error,
-        "m_status": message.status.value,
-        "m_turn_id": message.turn_id,
-        "m_created_at": message.created_at,
-    }
+    return {f"m_{name}": value for name, value in message_row(message).items()}
 
 
 def batch_parameters(batch: Sequence[Message]) -> dict[str, Any]:
@@ -299,17 +298,6 @@ def batch_parameters(batch: Sequence[Message]) -> dict[str, Any]:
         "batch_status": [m.status.value for m in batch],
         "batch_created_at": [m.created_at for m in batch],
     }
-
-
-def calls_to_json(calls: Sequence[ToolCall]) -> list[dict[str, Any]] | None:
-    if not calls:
-        return None
-    return [{"id": call.id, "name": call.name, "arguments": dict(call.arguments)} for call in calls]
-
-
-def conversation_of(row: Sequence[Any]) -> Conversation:
-    """The conversation of a ``CONTINUE`` row (its first columns)."""
-    return Conversation(id=row[0], user_id=row[1], title=row[2], created_at=row[3], updated_at=row[4])
 
 
 _WINDOW_JSON: Final = msgspec.json.Decoder(list[Message])

@@ -111,10 +111,8 @@ async def attach_conversations(state: State, container: Any, service: ChatServic
     """Put what these controllers need on the app state (called by the app's lifespan, after the resources start)."""
     events: TurnEventStore = await _resolved(container.turn_events())
     tasks: TaskStore = await _resolved(container.tasks())
-    state.streamer = TurnStreamer(service, events, error_body=event_error_body)
-    state.history = ConversationHistory(
-        service.store, approval_ttl_seconds=service.policy.approval_ttl_seconds, clock=service.clock
-    )
+    state.streamer = TurnStreamer(service, events, policy=container.stream_policy(), error_body=event_error_body)
+    state.history = await _resolved(container.history())
     state.tasks = tasks
     state.demo_token = os.environ.get(DEMO_TOKEN_ENV) if dev_mode else None
 
