@@ -57,10 +57,10 @@ def in_memory(*, clock: Callable[[], datetime] = utcnow) -> ConversationStores:
 
 
 def on_engine(
-    engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow, driver_statements: bool = True
+    engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow, asyncpg_statements: bool = True
 ) -> ConversationStores:
     return ConversationStores(
-        SqlAlchemyConversationStore(engine, clock=clock, driver_statements=driver_statements),
+        SqlAlchemyConversationStore(engine, clock=clock, asyncpg_statements=asyncpg_statements),
         SqlAlchemyTurnClaimStore(engine, clock=clock),
         SqlAlchemyConversationReader(engine),
         SqlAlchemyTurnEventStore(engine),

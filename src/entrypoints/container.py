@@ -198,7 +198,7 @@ class Container(containers.DeclarativeContainer):
     tracer = providers.Callable(tracer_of, tracing)
     # With tracing on, the turn's statements stay in SQLAlchemy's execution layer, where they get their SQL spans.
     store = providers.Singleton(
-        SqlAlchemyConversationStore, engine, driver_statements=providers.Callable(_untraced, tracing)
+        SqlAlchemyConversationStore, engine, asyncpg_statements=providers.Callable(_untraced, tracing)
     )
     claims = providers.Singleton(SqlAlchemyTurnClaimStore, engine)
     reader = providers.Singleton(SqlAlchemyConversationReader, engine)

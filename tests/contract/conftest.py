@@ -58,7 +58,7 @@ def stores(backend: str, clock: Clock, request: pytest.FixtureRequest) -> Conver
     if backend == "memory":
         return in_memory(clock=clock)
     engine = request.getfixturevalue("sqlite_engine" if backend == "sqlite" else "pg_engine")
-    return on_engine(engine, clock=clock, driver_statements=backend != "postgres-core")
+    return on_engine(engine, clock=clock, asyncpg_statements=backend != "postgres-core")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ The target (issue 7): a turn without tools makes at most 3 round trips outside t
 the conversation's length, and holds no connection while the model thinks. Counted: the statements
 SQLAlchemy sends (``before_cursor_execute``) plus every query asyncpg sends outside them, seen by its
 query logger: the turn's own statements, which the store runs on asyncpg directly
-(``driver_statements.py``), and any BEGIN, COMMIT or ping. Printed with ``-s``.
+(``asyncpg_statements.py``), and any BEGIN, COMMIT or ping. Printed with ``-s``.
 """
 
 from __future__ import annotations

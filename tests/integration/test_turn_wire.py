@@ -3,7 +3,7 @@
 ``test_round_trips`` bounds the statements a turn sends; this pins what asyncpg sends besides them.
 Both of a turn's writes are single atomic statements run in autocommit, and a pooled connection in
 steady use is not pinged, so the 12 round trips a turn used to make (10 of them driver queries) are 2,
-both sent by the store on asyncpg directly (``driver_statements.py``).
+both sent by the store on asyncpg directly (``asyncpg_statements.py``).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from sqlalchemy.util import greenlet_spawn
 from chatcore.adapters.sqlalchemy import approvals as approval_sql
 from chatcore.adapters.sqlalchemy import idempotency as keys
 from chatcore.adapters.sqlalchemy import turn_statements as turn_sql
-from chatcore.adapters.sqlalchemy.driver_statements import DriverStatement, compile_all
+from chatcore.adapters.sqlalchemy.asyncpg_statements import AsyncpgStatement, compile_all
 from chatcore.adapters.sqlalchemy.errors import is_unavailable, store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.rows import (
     CONVERSATION_COLUMNS,
@@ -70,13 +70,13 @@ class SqlAlchemyConversationStore:
     ``clock`` stamps rows and judges lease and key expiry; every replica's clock should be NTP-synced
     (a skew of well under the lease is harmless).
 
-    ``driver_statements``: on PostgreSQL with asyncpg, the turn's statements run on asyncpg directly
-    (see ``driver_statements.py``); False keeps them in SQLAlchemy's execution layer, where cursor
+    ``asyncpg_statements``: on PostgreSQL with asyncpg, the turn's statements run on asyncpg directly
+    (see ``asyncpg_statements.py``); False keeps them in SQLAlchemy's execution layer, where cursor
     events (and so OpenTelemetry's SQL spans) see them.
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow, driver_statements: bool = True
+        self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow, asyncpg_statements: bool = True
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -84,9 +84,9 @@ class SqlAlchemyConversationStore:
         # A turn's statements on PostgreSQL are atomic one by one: run alone, they need no BEGIN/COMMIT round trips.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") if self._single_statement else engine
         self._sync_engine = engine.sync_engine  # its pool is read at each use: ``dispose()`` replaces it
-        self._driver: dict[int, DriverStatement] = {}
-        if driver_statements and self._single_statement and engine.dialect.driver == "asyncpg":
-            self._driver = compile_all(
+        self._asyncpg: dict[int, AsyncpgStatement] = {}
+        if asyncpg_statements and self._single_statement and engine.dialect.driver == "asyncpg":
+            self._asyncpg = compile_all(
                 (
                     turn_sql.CONTINUE,
                     turn_sql.CONTINUE_TAKING_LEASE,
@@ -100,18 +100,20 @@ class SqlAlchemyConversationStore:
     async def _autocommitted(self, statement: Executable, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
         """One of the turn's prebuilt statements, run alone (so atomic by itself, no BEGIN/COMMIT): its rows.
 
-        With ``driver_statements`` it goes to asyncpg directly, on a connection checked out of the
+        With ``asyncpg_statements`` it goes to asyncpg directly, on a connection checked out of the
         engine's pool without a SQLAlchemy ``Connection`` around it (the checkout still runs the pool's
         liveness checks); otherwise through an autocommit ``Connection``.
         """
-        driver = self._driver.get(id(statement))
-        if driver is None:
+        prepared = self._asyncpg.get(id(statement))
+        if prepared is None:
             async with self._autocommit.connect() as connection:
                 return (await connection.execute(statement, parameters)).all()
         pooled = await greenlet_spawn(self._sync_engine.pool.connect)
         try:
             asyncpg_connection: Any = pooled.driver_connection  # set while checked out
-            rows: Sequence[Sequence[Any]] = await asyncpg_connection.fetch(driver.sql, *driver.arguments(parameters))
+            rows: Sequence[Sequence[Any]] = await asyncpg_connection.fetch(
+                prepared.sql, *prepared.arguments(parameters)
+            )
         except Exception as error:
             if is_unavailable(error):  # SQLAlchemy did not see it fail: the connection must not go back to the pool
                 with contextlib.suppress(Exception):

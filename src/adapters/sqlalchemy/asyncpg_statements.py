@@ -25,7 +25,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 
 @dataclass(frozen=True, slots=True)
-class DriverStatement:
+class AsyncpgStatement:
     """One statement as asyncpg takes it: SQL text, and how to turn named parameters into positional ones."""
 
     sql: str
@@ -33,7 +33,7 @@ class DriverStatement:
     """Per ``$n``, in order: the parameter's name, its value when none is given, SQLAlchemy's bind processor."""
 
     @classmethod
-    def compile(cls, statement: ClauseElement, dialect: Dialect) -> DriverStatement:
+    def compile(cls, statement: ClauseElement, dialect: Dialect) -> AsyncpgStatement:
         compiled = statement.compile(dialect=dialect)
         if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
             raise ValueError(f"{dialect.name}+{dialect.driver} does not compile to positional parameters")
@@ -56,6 +56,6 @@ class DriverStatement:
         ]
 
 
-def compile_all(statements: Sequence[ClauseElement], dialect: Dialect) -> dict[int, DriverStatement]:
-    """``DriverStatement``s keyed by the statement's ``id`` (statements are module-level constants)."""
-    return {id(statement): DriverStatement.compile(statement, dialect) for statement in statements}
+def compile_all(statements: Sequence[ClauseElement], dialect: Dialect) -> dict[int, AsyncpgStatement]:
+    """``AsyncpgStatement``s keyed by the statement's ``id`` (statements are module-level constants)."""
+    return {id(statement): AsyncpgStatement.compile(statement, dialect) for statement in statements}

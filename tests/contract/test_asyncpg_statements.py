@@ -1,4 +1,4 @@
-"""DriverStatement: the turn's statements compiled once for asyncpg bind exactly what SQLAlchemy would.
+"""AsyncpgStatement: the turn's statements compiled once for asyncpg bind exactly what SQLAlchemy would.
 
 The stores' contract suites run on PostgreSQL both ways ("postgres" on asyncpg directly, "postgres-core"
 through SQLAlchemy's execution layer); this pins the compilation itself, without a database.
@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, column, select, table
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 
 from chatcore.adapters.sqlalchemy import turn_statements as turn_sql
-from chatcore.adapters.sqlalchemy.driver_statements import DriverStatement
+from chatcore.adapters.sqlalchemy.asyncpg_statements import AsyncpgStatement
 from chatcore.model import ChatMessage, Message, MessageStatus, Role
 
 DIALECT = asyncpg_dialect()
@@ -42,7 +42,7 @@ def test_create_binds_the_values_sqlalchemy_would_positionally() -> None:
     parameters["p_title"] = "Groceries"
     parameters |= turn_sql.message_parameters(_user_message(conversation_id))
 
-    statement = DriverStatement.compile(turn_sql.CREATE, DIALECT)
+    statement = AsyncpgStatement.compile(turn_sql.CREATE, DIALECT)
     compiled = turn_sql.CREATE.compile(dialect=DIALECT)
     expected_values = compiled.construct_params(parameters)
     expected = [
@@ -59,7 +59,7 @@ def test_create_binds_the_values_sqlalchemy_would_positionally() -> None:
 
 def test_every_turn_statement_compiles_and_numbers_each_parameter_once() -> None:
     for built in (turn_sql.CONTINUE, turn_sql.CONTINUE_TAKING_LEASE, turn_sql.CREATE, turn_sql.APPEND):
-        statement = DriverStatement.compile(built, DIALECT)
+        statement = AsyncpgStatement.compile(built, DIALECT)
         names = [name for name, _, _ in statement.bindings]
         assert len(names) == len(set(names))
         assert f"${len(names)}::" in statement.sql
@@ -67,7 +67,7 @@ def test_every_turn_statement_compiles_and_numbers_each_parameter_once() -> None
 
 
 def test_a_none_json_value_goes_through_sqlalchemys_processor_like_any_other() -> None:
-    statement = DriverStatement.compile(turn_sql.CREATE, DIALECT)
+    statement = AsyncpgStatement.compile(turn_sql.CREATE, DIALECT)
     position = [name for name, _, _ in statement.bindings].index("m_tool_calls")
     _, _, process = statement.bindings[position]
     assert process is not None
@@ -80,4 +80,4 @@ def test_statements_whose_sql_depends_on_the_values_are_refused() -> None:
     items = table("items", column("id"))
     expanding = select(items.c.id).where(items.c.id.in_(bindparam("ids", expanding=True)))
     with pytest.raises(ValueError, match="execution time"):
-        DriverStatement.compile(expanding, DIALECT)
+        AsyncpgStatement.compile(expanding, DIALECT)
