@@ -27,7 +27,9 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 
 typecheck: install
-	cd /tmp && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p chatcore
+	@# From an empty directory, so mypy checks the installed package and no stray file shadows a module
+	d=$$(mktemp -d) && cd $$d && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
+		--cache-dir $(CURDIR)/.mypy_cache -p chatcore; s=$$?; rmdir $$d; exit $$s
 	$(BIN)/mypy --config-file pyproject.toml bench
 
 # On a fresh machine too, everything runs: with no PostgreSQL and no Docker, tests/conftest.py starts one from the
