@@ -45,8 +45,13 @@ unit: install
 
 # `make bench`: chatcore against the floor (bench/floor.py) on the local PostgreSQL, with a fake model;
 # prints the table and writes docs/performance.md. Needs PostgreSQL at 127.0.0.1:5432 (user postgres).
-# Pass options through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--scale 0.25 --output -"`;
-# `.venv/bin/python -m bench.run --help` lists them. The harness's own tests: `make bench-check`.
+# Every scenario runs by default, the streamed ones (issue 15) included: 17 and 18 minutes in two runs on this
+# machine's two cores while other work took 60-90% of them (chatcore's slow streamed turns are most of it;
+# docs/performance.md says each run's time). Pick some with
+# BENCH_ARGS, e.g. `make bench BENCH_ARGS="--scenarios 'overhead,streaming*' --output -"`, or
+# `--scale 0.1 --open-streams-seconds 5 --no-instructions` for a quick look (about 2 minutes);
+# `.venv/bin/python -m bench.run --list` lists the scenarios, `--help` the options. The harness's own tests:
+# `make bench-check`.
 BENCH_ARGS ?=
 
 bench: install
