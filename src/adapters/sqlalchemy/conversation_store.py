@@ -264,12 +264,7 @@ class SqlAlchemyConversationStore:
         now = self._clock()
         keep = _Lease(holder, now, None, opens=turn_id if approvals else None, close=close and not approvals)
         if messages and self._single_statement and not approvals and not close:  # a step: one statement
-            async with store_unavailable_on_outage():
-                parameters = self._append_parameters(user_id, conversation_id, messages, keep, turn_id)
-                rows = await self._autocommitted(turn_sql.APPEND_HOLDING, parameters)
-                if not rows:
-                    raise await self._missing_or_busy(user_id, conversation_id, LeaseLost())
-                return _appended(messages, conversation_id, turn_id, rows)
+            return await self._append_alone(turn_sql.APPEND_HOLDING, user_id, conversation_id, messages, keep, turn_id)
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             stored = await self._append(connection, user_id, conversation_id, messages, keep, turn_id)
             if approvals:
@@ -291,12 +286,7 @@ class SqlAlchemyConversationStore:
         holder = turn_id if holder is None else holder
         release = _Lease(holder, now, None, True, close=not keep_open)
         if messages and self._single_statement and idempotency is None and not keep_open:  # one statement
-            async with store_unavailable_on_outage():
-                parameters = self._append_parameters(user_id, conversation_id, messages, release, turn_id)
-                rows = await self._autocommitted(turn_sql.APPEND, parameters)
-                if not rows:
-                    raise await self._missing_or_busy(user_id, conversation_id, LeaseLost())
-                return _appended(messages, conversation_id, turn_id, rows)
+            return await self._append_alone(turn_sql.APPEND, user_id, conversation_id, messages, release, turn_id)
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             if messages and self._single_statement and not keep_open:
                 stored = await self._append_in_one_statement(
@@ -309,6 +299,23 @@ class SqlAlchemyConversationStore:
             ):
                 raise LeaseLost()  # leaving the block rolls the messages back with it
             return stored
+
+    async def _append_alone(
+        self,
+        statement: Executable,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        messages: Sequence[ChatMessage],
+        lease: _Lease,
+        turn_id: uuid.UUID,
+    ) -> tuple[Message, ...]:
+        """One of the prebuilt appends (``APPEND``, ``APPEND_HOLDING``) run alone on autocommit: one round trip."""
+        async with store_unavailable_on_outage():
+            parameters = self._append_parameters(user_id, conversation_id, messages, lease, turn_id)
+            rows = await self._autocommitted(statement, parameters)
+            if not rows:
+                raise await self._missing_or_busy(user_id, conversation_id, LeaseLost())
+            return _appended(messages, conversation_id, turn_id, rows)
 
     async def _append(
         self,
