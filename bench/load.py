@@ -4,9 +4,10 @@ Every user has its own ``httpx.AsyncClient`` with one kept-alive connection, so 
 queues requests and the latencies measured are the server's (plus the loopback round trip).
 Every user has a bounded number of turns and the whole run a deadline.
 
-A turn is asked for in one of two ways (``TurnProtocol``): ``json``, one reply body; or ``sse``,
-``Accept: text/event-stream``, read event by event until ``done`` (the whole turn), noting when the
-first ``delta`` (text) arrived. For a JSON reply the first text is the whole turn.
+A turn is asked for in one of the ways a client can (``TurnProtocol``): ``json``, one reply body;
+``sse``, ``Accept: text/event-stream``, read event by event until ``done`` (the whole turn), noting
+when the first ``delta`` (text) arrived; ``approval``, a JSON turn whose tool calls wait for the user,
+approved by a second request. For a JSON reply the first text is the whole reply.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import msgspec
 
 from bench import sse
 
-TurnProtocol: TypeAlias = Literal["json", "sse"]
+TurnProtocol: TypeAlias = Literal["json", "sse", "approval"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,28 @@ class StreamedTurns:
 SSE_REQUEST_HEADERS = {"accept": "text/event-stream", "content-type": "application/json"}
 
 
+class ApprovalTurns(JsonTurns):
+    """A turn whose tool calls wait for the user's approval (``CHATCORE_APPROVAL_TOOLS``): the chat request ends
+    ``awaiting_approval``, a second request to the conversation's ``approvals`` approves every pending call, and
+    its reply is the turn's. Timed from the first request to the second reply; the first text is the first
+    reply (when the user sees what waits for them)."""
+
+    async def ask(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> Answer | str:
+        began = time.perf_counter()
+        asked = await super().ask(url, headers, body)
+        if isinstance(asked, str):
+            return asked
+        pending = asked.reply.get("pending_approvals")
+        if asked.reply.get("status") != "awaiting_approval" or not pending:
+            return f"no approval asked for (status {asked.reply.get('status')})"
+        approvals = f"{url.removesuffix('/chat')}/conversations/{asked.reply['conversation_id']}/approvals"
+        decisions = {"decisions": [{"tool_call_id": call["id"], "approved": True} for call in pending]}
+        decided = await super().ask(approvals, headers, decisions)
+        if isinstance(decided, str):
+            return f"approvals: {decided}"
+        return Answer(decided.reply, time.perf_counter() - began, asked.seconds)
+
+
 KEEPALIVE_EXPIRY_SECONDS = 3.0
 """Below uvicorn's 5 s keep-alive timeout: a client that reuses a connection the server is closing at that
 very moment gets a ReadError, which would count as a failed turn that no server caused."""
@@ -204,6 +227,8 @@ def user_turns(protocol: TurnProtocol = "json", request_timeout: float = 60.0) -
         connector = aiohttp.TCPConnector(limit=1, keepalive_timeout=KEEPALIVE_EXPIRY_SECONDS)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=request_timeout, sock_read=request_timeout)
         return StreamedTurns(aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False))
+    if protocol == "approval":
+        return ApprovalTurns(user_client(request_timeout))
     return JsonTurns(user_client(request_timeout))
 
 

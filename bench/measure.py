@@ -186,19 +186,23 @@ class Bench:
         """How long a client waits for a reply (or, streaming, for the next bytes): a minute beyond the model."""
         return 60.0 + scenario.model.latency_ms / 1000
 
-    async def warm_up(self, server: Server) -> None:
+    async def warm_up(self, server: Server, scenarios: Sequence[Scenario] = ()) -> None:
         """Imports, pools, prepared statements and every connection a scenario will use, before measuring.
 
-        The third round holds ``warm_up_users`` turns open at once behind a slow model, so the client's
+        The second round holds ``warm_up_users`` turns open at once behind a slow model, so the client's
         connections, the server's connections to the model and its database pool all reach their size;
-        the last one streams (the streamed path's imports, statements and connections).
+        then a short round of each kind of turn (model mode and protocol) that ``scenarios`` will ask for.
         """
-        rounds = (
+        rounds = [
             Scenario("warmup0", "warm-up", 16, 3),
-            Scenario("warmup1", "warm-up", 8, 2, ModelSetup(mode="tool")),
-            Scenario("warmup2", "warm-up", self.warm_up_users, 2, ModelSetup(100)),
-            Scenario("warmup3", "warm-up", 16, 2, ModelSetup(100, reply_chars=200, chunks=10), protocol="sse"),
+            Scenario("warmup1", "warm-up", self.warm_up_users, 2, ModelSetup(100)),
+        ]
+        kinds = dict.fromkeys(
+            (s.model.mode, s.protocol) for s in scenarios if (s.model.mode, s.protocol) != ("text", "json")
         )
+        for index, (mode, protocol) in enumerate(kinds, start=2):
+            model = ModelSetup(100, mode, reply_chars=200, chunks=10)
+            rounds.append(Scenario(f"warmup{index}", "warm-up", 8, 2, model, protocol=protocol))
         for scenario in rounds:
             await self.model.configure(self.control, scenario.model)
             uids = [user_id(server.target, scenario, i) for i in range(scenario.users)]

@@ -11,6 +11,8 @@ FLOOR = "floor"
 CHATCORE = "chatcore"
 DISTURBED_PERCENT = 10.0
 """Above this share of the machine used by processes outside the benchmark, a measurement is flagged."""
+STREAMED_PROTOCOLS = frozenset({"sse"})
+r"""The ``TurnProtocol``\ s whose replies stream (their first text is the first ``delta``, not the whole reply)."""
 RUNTIME_LIMIT_SECONDS = 600.0
 """What a whole ``make bench`` run may take (issue 7)."""
 
@@ -71,8 +73,8 @@ class Measurement:
 
     @property
     def streamed(self) -> bool:
-        """Part of the streamed-turn scenarios: asked for as SSE, or its model streams when asked to."""
-        return self.protocol != "json" or self.chunks > 1
+        """Part of the streamed-turn scenarios: asked for as a stream, or its model streams when asked to."""
+        return self.protocol in STREAMED_PROTOCOLS or self.chunks > 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,19 +480,22 @@ def document(report: Report) -> str:
         "runs.",
         "",
         "Scenarios (`python -m bench.run --list`; `--scenarios` picks some by name or pattern): **overhead** "
-        "instant model; **slow-model** the model takes 500 ms; **tool-turn** every turn "
-        "is one `add_task` call, the tool run, then a text answer (two model calls); **history-fresh** / "
-        "**history-800** the same load (instant model unless `--history-latency-ms`) on new conversations and on "
-        "conversations seeded with 800 stored messages (both servers read a 50-message window), each in rounds "
-        "(`--history-rounds`): every round new users on new (or newly seeded) conversations, one round after "
-        "another, the latencies of all rounds pooled, so their p95 rests on more turns at the same concurrency "
-        "and conversation length; **overhead-rate-limit** the overhead scenario with chatcore configured as in "
-        "production: `CHATCORE_RATE_LIMIT` set (high enough never to refuse; the in-process limiter, no Redis) "
-        "and INFO logging; **streaming-json** / **streaming-sse** / **streaming-long-sse** 200 users × 3 turns "
-        "of a model that answers with a 1,600-character echo of the message in 2 s, as JSON turns (one reply) "
-        "and as SSE turns streamed in 100 (or 400) chunks spread over those 2 s (the JSON turn is the same for "
-        "both chunk counts: the model does not stream to it); **open-streams** 1,000 SSE turns open at once on "
-        "one worker, the model streaming for 30 s (`--open-streams-seconds`).",
+        "instant model; **slow-model** the model takes 500 ms; **tool-turn** every turn is one `add_task` call, "
+        "the tool run, then a text answer (two model calls); **history-fresh** / **history-800** the same load "
+        "(instant model unless `--history-latency-ms`) on new conversations and on conversations seeded with 800 "
+        "stored messages (both servers read a 50-message window), each in rounds (`--history-rounds`): every "
+        "round new users on new (or newly seeded) conversations, one round after another, the latencies of all "
+        "rounds pooled, so their p95 rests on more turns at the same concurrency and conversation length; "
+        "**overhead-rate-limit** the overhead scenario with chatcore configured as in production: "
+        "`CHATCORE_RATE_LIMIT` set (high enough never to refuse; the in-process limiter, no Redis) and INFO "
+        "logging; **approval-round-trip** the tool turn with `CHATCORE_APPROVAL_TOOLS=add_task` (chatcore only): "
+        "the chat request ends awaiting approval, a second request approves the call, which runs, and the model "
+        "answers (a turn is both requests; its first text is the first reply); **streaming-json** / "
+        "**streaming-sse** / **streaming-long-sse** 200 users × 3 turns of a model that answers with a "
+        "1,600-character echo of the message in 2 s, as JSON turns (one reply) and as SSE turns streamed in 100 "
+        "(or 400) chunks spread over those 2 s (the JSON turn is the same for both chunk counts: the model does "
+        "not stream to it); **open-streams** 1,000 SSE turns open at once on one worker, the model streaming for "
+        "30 s (`--open-streams-seconds`).",
         "",
         report.render(RUNTIME_LIMIT_SECONDS),
     ]

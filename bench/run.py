@@ -136,7 +136,8 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
         connection = await asyncpg.connect(dsn)
         stack.push_async_callback(connection.close)
         bench = Bench(args, secret, model, control, connection, database, counter, warm_up_users(scenarios))
-        fleet = Fleet(plan, make, bench.warm_up, control)
+        served = {spec: [s for s, specs in zip(scenarios, plan, strict=True) if spec in specs] for spec in specs}
+        fleet = Fleet(plan, make, lambda server: bench.warm_up(server, served[server.spec]), control)
         stack.push_async_callback(fleet.stop_all)
 
         seeded: dict[tuple[str, str], dict[str, str]] = {}

@@ -154,6 +154,19 @@ def scenario_table(args: argparse.Namespace) -> list[Scenario]:
             baseline="overhead",
         ),
         Scenario(
+            "approval-round-trip",
+            "tool-turn with CHATCORE_APPROVAL_TOOLS=add_task: the chat request stops at the add_task call, a second "
+            "request approves it, the call runs and the model answers",
+            users(args.tool_users),
+            args.tool_turns,
+            ModelSetup(mode="tool"),
+            protocol="approval",
+            targets=(CHATCORE,),
+            chatcore_settings=(("CHATCORE_APPROVAL_TOOLS", "add_task"),),
+            baseline="tool-turn",
+            counted=True,
+        ),
+        Scenario(
             "streaming-json",
             "JSON turns; " + streamed.format(chunks=args.streaming_chunks) + " when streamed (here: one reply)",
             users(args.streaming_users),

@@ -18,7 +18,16 @@ from aiohttp.test_utils import TestServer
 from bench import procstat
 from bench.database import seeded_messages
 from bench.floor import model_messages
-from bench.load import JsonTurns, LoadResult, StreamedTurns, VirtualUser, percentile, run_load, user_turns
+from bench.load import (
+    ApprovalTurns,
+    JsonTurns,
+    LoadResult,
+    StreamedTurns,
+    VirtualUser,
+    percentile,
+    run_load,
+    user_turns,
+)
 from bench.measure import reply_check
 from bench.profile import package_of, parse_raw, summarise
 from bench.report import CHATCORE, FLOOR, KEPT_HEADINGS, Measurement, Report, kept_by_hand
@@ -230,12 +239,52 @@ async def test_streamed_turns_time_the_first_delta_and_the_done_event() -> None:
         assert 0 < first < whole  # the first delta comes a sleep before the done event
 
 
+async def test_an_approval_round_trip_approves_every_pending_call_then_reads_the_turns_reply() -> None:
+    seen: list[tuple[str, Any]] = []
+
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        body = json.loads((await receive())["body"])
+        seen.append((scope["path"], body))
+        reply: dict[str, Any] = {"conversation_id": "c1", "message_id": "m", "tool_calls": []}
+        if scope["path"].endswith("/chat") and body["message"] == "no tool":
+            reply |= {"response": "Hi", "status": "complete", "pending_approvals": []}
+        elif scope["path"].endswith("/chat"):
+            pending = [{"id": "call_1", "name": "add_task", "arguments": {"title": "tea"}}, {"id": "call_2"}]
+            reply |= {"response": "", "status": "awaiting_approval", "pending_approvals": pending}
+        else:
+            reply |= {"response": "Added.", "status": "complete", "pending_approvals": []}
+            reply["tool_calls"] = [{"id": "call_1", "name": "add_task", "result": {"task_id": 1}}]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(reply).encode()})
+
+    result = await run_load(
+        "http://bench",
+        [VirtualUser("ann", "t")],
+        2,
+        deadline_seconds=30,
+        check=reply_check(1),
+        message=lambda user, turn: ("buy tea", "no tool")[turn],
+        client_factory=lambda: ApprovalTurns(httpx.AsyncClient(transport=httpx.ASGITransport(app=app))),
+    )
+    assert result.turns == 1
+    assert dict(result.failures) == {"no approval asked for (status complete)": 1}
+    assert seen[:2] == [
+        ("/api/ann/chat", {"message": "buy tea"}),
+        (
+            "/api/ann/conversations/c1/approvals",
+            {"decisions": [{"tool_call_id": "call_1", "approved": True}, {"tool_call_id": "call_2", "approved": True}]},
+        ),
+    ]
+    assert 0 < result.first_text[0] < result.latencies[0]
+
+
 async def test_user_turns_match_their_protocol() -> None:
-    json_turns, streamed = user_turns("json"), user_turns("sse")
-    assert isinstance(json_turns, JsonTurns)
+    json_turns, streamed, approving = user_turns("json"), user_turns("sse"), user_turns("approval")
+    assert type(json_turns) is JsonTurns
     assert isinstance(streamed, StreamedTurns)
-    await json_turns.aclose()
-    await streamed.aclose()
+    assert isinstance(approving, ApprovalTurns)
+    for client in (json_turns, streamed, approving):
+        await client.aclose()
 
 
 async def test_a_run_stops_at_its_deadline() -> None:
@@ -414,16 +463,22 @@ def test_every_path_is_compared_with_a_json_turn_of_the_same_load_and_model_time
 
     table = {s.name: s for s in scenario_table(parse_args([]))}
     paths = [s for s in table.values() if s.baseline is not None]
-    assert {s.name for s in paths} == {"overhead-rate-limit", "streaming-sse", "streaming-long-sse"}
+    assert {s.name for s in paths} == {
+        "overhead-rate-limit",
+        "approval-round-trip",
+        "streaming-sse",
+        "streaming-long-sse",
+    }
     for path in paths:
         plain = table[path.baseline or ""]
         assert plain.protocol == "json"
         assert not plain.chatcore_settings
-        assert (plain.users, plain.turns, plain.model.latency_ms, plain.model.reply_chars) == (
+        assert (plain.users, plain.turns, plain.model.latency_ms, plain.model.reply_chars, plain.model.mode) == (
             path.users,
             path.turns,
             path.model.latency_ms,
             path.model.reply_chars,
+            path.model.mode,
         )
 
 
