@@ -173,3 +173,45 @@ async def test_a_conversation_continues_and_can_be_deleted(browser: BrowserConte
 
     await expect(titles).to_have_count(count - 1)
     await expect(page.locator(".message")).to_have_count(0)
+
+
+async def test_a_delete_waits_for_approve_or_deny_on_the_page(browser: BrowserContext, server: str) -> None:
+    """``serve --dev`` sets CHATCORE_APPROVAL_TOOLS=delete_task: the page shows Approve / Deny on the pending call."""
+    page = await open_page(browser, server)
+    await page.click("#new-chat")
+    for text in ("Add a task called Team meeting", "Add a task called Quarterly report"):
+        await page.fill("#input", text)
+        await page.click("#send")
+        await expect(page.locator("#send")).to_be_enabled()
+    tasks = page.locator("#tasks li")
+    await expect(tasks.filter(has_text="Team meeting")).to_have_count(1)
+
+    await page.fill("#input", "Delete the meeting task")
+    await page.click("#send")
+    pending = page.locator(".tool.pending")
+    await expect(pending).to_contain_text("delete_task")
+    await expect(page.locator("#status")).to_have_text("Waiting for your approval.")
+    await expect(tasks.filter(has_text="Team meeting")).to_have_count(1)  # nothing deleted yet
+    await pending.locator("button.approve").click()
+    await expect(page.locator(".message.assistant .text").last).to_contain_text("I've deleted 'Team meeting'")
+    await expect(tasks.filter(has_text="Team meeting")).to_have_count(0)
+    await expect(page.locator(".approval .decided").last).to_have_text("approved")
+
+    await page.fill("#input", "Delete the report task")
+    await page.click("#send")
+    await page.locator(".tool.pending button.deny").click()
+    await expect(page.locator(".message.assistant .text").last).to_contain_text("kept 'Quarterly report'")
+    await expect(tasks.filter(has_text="Quarterly report")).to_have_count(1)
+    await expect(page.locator(".tool.failed").last).to_contain_text("denied by the user")
+
+    await page.fill("#input", "Delete the report task")  # asked again, decided after a reload
+    await page.click("#send")
+    await expect(page.locator(".tool.pending button.approve")).to_have_count(1)
+    await page.reload()
+    await expect(page.locator("#who")).to_have_text("user: demo-user")
+    await page.locator("#conversations li .title", has_text="Add a task called Team meeting").click()
+    await expect(page.locator(".approval .decided")).to_have_text(["approved", "denied"])
+    await page.locator(".tool.pending button.approve").click()
+    await expect(page.locator(".message.assistant .text").last).to_contain_text("I've deleted 'Quarterly report'")
+    await expect(tasks.filter(has_text="Quarterly report")).to_have_count(0)
+    await expect(page.locator("button.approve")).to_have_count(0)
