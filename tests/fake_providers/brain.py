@@ -14,10 +14,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-GREETING = "I can add, list and complete tasks for you, and echo text back."
+GREETING = "I can add, list, complete and delete tasks for you, and echo text back."
 
 _ADD = re.compile(r"\badd (?:a )?tasks? to (?P<rest>.+)", re.IGNORECASE | re.DOTALL)
 _MORE_TITLES = re.compile(r"\s+and (?:a task )?to\s+", re.IGNORECASE)
+_DELETE = re.compile(r"\b(?:delete|remove)\b.*?\btask\s+#?(?P<id>\d+)", re.IGNORECASE)
 _COMPLETE = re.compile(r"\b(?:complete|finish|mark)\b.*?\btask\s+#?(?P<id>\d+)", re.IGNORECASE)
 _LIST = re.compile(r"\b(?:list|show|what)\b", re.IGNORECASE)
 _ECHO = re.compile(r"\becho\s+(?P<text>.+)", re.IGNORECASE | re.DOTALL)
@@ -68,6 +69,8 @@ def respond_to_results(outcomes: Sequence[ToolOutcome]) -> Decision:
 def _plan(text: str) -> tuple[PlannedCall, ...]:
     if echo := _ECHO.search(text):
         return (PlannedCall("echo", {"text": echo["text"].strip()}),)
+    if delete := _DELETE.search(text):
+        return (PlannedCall("delete_task", {"task_id": int(delete["id"])}),)
     if complete := _COMPLETE.search(text):
         return (PlannedCall("complete_task", {"task_id": int(complete["id"])}),)
     if add := _ADD.search(text):
