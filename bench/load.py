@@ -6,8 +6,11 @@ Every user has a bounded number of turns and the whole run a deadline.
 
 A turn is asked for in one of the ways a client can (``TurnProtocol``): ``json``, one reply body;
 ``sse``, ``Accept: text/event-stream``, read event by event until ``done`` (the whole turn), noting
-when the first ``delta`` (text) arrived; ``approval``, a JSON turn whose tool calls wait for the user,
-approved by a second request. For a JSON reply the first text is the whole reply.
+when the first ``delta`` (text) arrived; ``ai-sdk`` and ``ag-ui``, the frontends' streamed protocols
+(the AI SDK's UI message stream, AG-UI), read the same way to their last event; ``approval``, a JSON
+turn whose tool calls wait for the user, approved by a second request. For a JSON reply the first
+text is the whole reply. Every reply is checked in the chat reply's shape (a stream's pieces put
+together).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import math
 import ssl
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +31,7 @@ import msgspec
 
 from bench import sse
 
-TurnProtocol: TypeAlias = Literal["json", "sse", "approval"]
+TurnProtocol: TypeAlias = Literal["json", "sse", "approval", "ai-sdk", "ag-ui"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,41 +138,200 @@ class JsonTurns:
         await self.client.aclose()
 
 
+TEXT, END = "text", "end"
+"""What a stream reader says of an event: text arrived, or the turn is over (else None, or why it failed)."""
+
+
+class StreamReader(Protocol):
+    """Reads one turn's stream in one protocol, and puts its reply together in the chat reply's shape."""
+
+    def read(self, event: sse.Event) -> str | None:
+        """``TEXT``, ``END``, None for an event that says neither, or why the turn failed."""
+        ...
+
+    def reply(self) -> dict[str, Any]: ...
+
+
+class NativeEvents:
+    """chatcore's own SSE dialect (and the floor's): ``delta`` events, then ``done`` with the JSON reply."""
+
+    def __init__(self) -> None:
+        self._reply: dict[str, Any] = {}
+
+    def read(self, event: sse.Event) -> str | None:
+        if event.event == b"delta":
+            return TEXT
+        if event.event == b"done":
+            self._reply = msgspec.json.decode(event.data)
+            return END
+        if event.event == b"error":
+            return f"error event {msgspec.json.decode(event.data).get('status_code')}"
+        return None
+
+    def reply(self) -> dict[str, Any]:
+        return self._reply
+
+
+class _Assembled:
+    """A reply put together from a UI protocol's pieces: text, tool calls and their results."""
+
+    def __init__(self) -> None:
+        self.conversation_id: str | None = None
+        self.message_id: str | None = None
+        self.text: list[str] = []
+        self.calls: dict[str, dict[str, Any]] = {}
+        self.interrupted = False
+
+    def call(self, call_id: str, name: str, arguments: Any) -> None:
+        self.calls[call_id] = {"id": call_id, "name": name, "arguments": arguments}
+
+    def reply(self) -> dict[str, Any]:
+        return {
+            "conversation_id": self.conversation_id,
+            "message_id": self.message_id,
+            "response": "".join(self.text),
+            "tool_calls": list(self.calls.values()),
+            "interrupted": self.interrupted,
+        }
+
+
+class AiSdkChunks(_Assembled):
+    """The AI SDK's UI message stream (v1): ``data: {"type": …}`` chunks, ``finish`` last, then ``[DONE]``."""
+
+    def read(self, event: sse.Event) -> str | None:
+        if event.data == b"[DONE]":
+            return None
+        chunk = msgspec.json.decode(event.data)
+        kind = chunk.get("type")
+        if kind == "text-delta":
+            self.text.append(chunk["delta"])
+            return TEXT
+        if kind == "start":
+            self.message_id = chunk.get("messageId")
+            self.conversation_id = (chunk.get("messageMetadata") or {}).get("conversationId")
+        elif kind == "tool-input-available":
+            self.call(chunk["toolCallId"], chunk["toolName"], chunk.get("input"))
+        elif kind == "tool-output-available" and chunk["toolCallId"] in self.calls:
+            self.calls[chunk["toolCallId"]]["result"] = chunk.get("output")
+        elif kind == "tool-output-error" and chunk["toolCallId"] in self.calls:
+            self.calls[chunk["toolCallId"]]["error"] = chunk.get("errorText")
+        elif kind == "finish":
+            self.interrupted = chunk.get("finishReason") == "interrupted"
+            return END
+        elif kind == "error":
+            return "error chunk"
+        return None
+
+
+class AgUiEvents(_Assembled):
+    """AG-UI 1.x: ``data: {"type": …}`` events, ``RUN_FINISHED`` (its ``result``) or ``RUN_ERROR`` last."""
+
+    def read(self, event: sse.Event) -> str | None:
+        message = msgspec.json.decode(event.data)
+        kind = message.get("type")
+        if kind == "TEXT_MESSAGE_CONTENT":
+            self.text.append(message["delta"])
+            return TEXT
+        if kind == "TOOL_CALL_START":
+            self.call(message["toolCallId"], message["toolCallName"], "")
+        elif kind == "TOOL_CALL_ARGS" and message["toolCallId"] in self.calls:
+            self.calls[message["toolCallId"]]["arguments"] += message["delta"]
+        elif kind == "TOOL_CALL_END" and message["toolCallId"] in self.calls:
+            call = self.calls[message["toolCallId"]]
+            call["arguments"] = msgspec.json.decode(call["arguments"] or "{}")
+        elif kind == "TOOL_CALL_RESULT" and message["toolCallId"] in self.calls:
+            content = msgspec.json.decode(message["content"])
+            error = content.get("error") if isinstance(content, dict) and set(content) == {"error"} else None
+            self.calls[message["toolCallId"]].update({"error": error} if error is not None else {"result": content})
+        elif kind == "RUN_FINISHED":
+            result = message.get("result") or {}
+            self.conversation_id, self.message_id = result.get("conversationId"), result.get("messageId")
+            self.interrupted = (message.get("outcome") or {}).get("type") == "cancelled"
+            return END
+        elif kind == "RUN_ERROR":
+            return f"RUN_ERROR {message.get('code')}"
+        return None
+
+
 class StreamedTurns:
-    """Turns streamed as Server-Sent Events, read through aiohttp until the ``done`` event.
+    """Turns streamed as Server-Sent Events, read through aiohttp until the turn's last event.
 
     aiohttp rather than httpx here: with 200 streams of 100 events each the load generator reads
     thousands of events a second beside the server it measures, and aiohttp hands over each chunk for
     about a third of httpx's CPU (measured here: 30–40 µs an event against 75–100 µs).
+    This class asks in chatcore's own dialect; its subclasses in the frontends' protocols.
     """
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
 
+    def request(self, url: str, body: dict[str, Any]) -> tuple[str, dict[str, Any], StreamReader]:
+        """Where and what to post for one turn of the chat ``url`` (``…/api/{user}/chat``), and its reader."""
+        return url, body, NativeEvents()
+
     async def ask(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> Answer | str:
+        url, payload, reader = self.request(url, body)
         began = time.perf_counter()
         first: float | None = None
         try:
             async with self.session.post(
-                url, data=msgspec.json.encode(body), headers={**headers, **SSE_REQUEST_HEADERS}
+                url, data=msgspec.json.encode(payload), headers={**headers, **SSE_REQUEST_HEADERS}
             ) as response:
                 if response.status != 200:
                     return f"HTTP {response.status}"
                 async for event in sse.events(response.content.iter_any()):
-                    if event.event == b"delta":
+                    said = reader.read(event)
+                    if said == TEXT:
                         if first is None:
                             first = time.perf_counter() - began
-                    elif event.event == b"done":
+                    elif said == END:
                         elapsed = time.perf_counter() - began
-                        return Answer(msgspec.json.decode(event.data), elapsed, elapsed if first is None else first)
-                    elif event.event == b"error":
-                        return f"error event {msgspec.json.decode(event.data).get('status_code')}"
+                        return Answer(reader.reply(), elapsed, elapsed if first is None else first)
+                    elif said is not None:
+                        return said
         except (aiohttp.ClientError, TimeoutError) as error:
             return type(error).__name__
-        return "stream ended without done"
+        return "stream ended before its last event"
 
     async def aclose(self) -> None:
         await self.session.close()
+
+
+class AiSdkTurns(StreamedTurns):
+    """Turns as the AI SDK's ``DefaultChatTransport`` sends them (``POST …/ai-sdk/chat``), one chat id per user."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        super().__init__(session)
+        self.chat_id = str(uuid.uuid4())
+
+    def request(self, url: str, body: dict[str, Any]) -> tuple[str, dict[str, Any], StreamReader]:
+        message = {"id": str(uuid.uuid4()), "role": "user", "parts": [{"type": "text", "text": body["message"]}]}
+        payload = {
+            "id": body.get("conversation_id") or self.chat_id,
+            "messages": [message],
+            "trigger": "submit-message",
+        }
+        return f"{url.removesuffix('/chat')}/ai-sdk/chat", payload, AiSdkChunks()
+
+
+class AgUiTurns(StreamedTurns):
+    """Turns as an AG-UI client runs them (``POST …/ag-ui`` with a ``RunAgentInput``), one thread per user."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        super().__init__(session)
+        self.thread_id = str(uuid.uuid4())
+
+    def request(self, url: str, body: dict[str, Any]) -> tuple[str, dict[str, Any], StreamReader]:
+        payload: dict[str, Any] = {
+            "threadId": body.get("conversation_id") or self.thread_id,
+            "runId": str(uuid.uuid4()),
+            "messages": [{"id": str(uuid.uuid4()), "role": "user", "content": body["message"]}],
+            "tools": [],
+            "context": [],
+            "state": {},
+            "forwardedProps": {},
+        }
+        return f"{url.removesuffix('/chat')}/ag-ui", payload, AgUiEvents()
 
 
 SSE_REQUEST_HEADERS = {"accept": "text/event-stream", "content-type": "application/json"}
@@ -221,12 +384,20 @@ def user_client(request_timeout: float = 60.0) -> httpx.AsyncClient:
     )
 
 
+STREAMED_TURNS: dict[str, Callable[[aiohttp.ClientSession], StreamedTurns]] = {
+    "sse": StreamedTurns,
+    "ai-sdk": AiSdkTurns,
+    "ag-ui": AgUiTurns,
+}
+
+
 def user_turns(protocol: TurnProtocol = "json", request_timeout: float = 60.0) -> TurnClient:
     """One user's ``TurnClient`` for ``protocol``: a single kept-alive connection either way."""
-    if protocol == "sse":
+    if protocol in STREAMED_TURNS:
         connector = aiohttp.TCPConnector(limit=1, keepalive_timeout=KEEPALIVE_EXPIRY_SECONDS)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=request_timeout, sock_read=request_timeout)
-        return StreamedTurns(aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False))
+        session = aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+        return STREAMED_TURNS[protocol](session)
     if protocol == "approval":
         return ApprovalTurns(user_client(request_timeout))
     return JsonTurns(user_client(request_timeout))

@@ -19,6 +19,8 @@ from bench import procstat
 from bench.database import seeded_messages
 from bench.floor import model_messages
 from bench.load import (
+    AgUiTurns,
+    AiSdkTurns,
     ApprovalTurns,
     JsonTurns,
     LoadResult,
@@ -233,10 +235,101 @@ async def test_streamed_turns_time_the_first_delta_and_the_done_event() -> None:
             message=lambda user, turn: ("ok", "refuse", "cut", "ok")[turn],
             client_factory=lambda: user_turns("sse"),
         )
-    assert dict(result.failures) == {"error event 502": 1, "stream ended without done": 1}
+    assert dict(result.failures) == {"error event 502": 1, "stream ended before its last event": 1}
     assert result.turns == 2
     for first, whole in zip(result.first_text, result.latencies, strict=True):
         assert 0 < first < whole  # the first delta comes a sleep before the done event
+
+
+AI_SDK_TURN = [
+    {"type": "start", "messageId": "m1", "messageMetadata": {"conversationId": "c1", "turnId": "t1"}},
+    {"type": "start-step"},
+    {"type": "tool-input-start", "toolCallId": "call_1", "toolName": "add_task"},
+    {"type": "tool-input-available", "toolCallId": "call_1", "toolName": "add_task", "input": {"title": "tea"}},
+    {"type": "tool-output-available", "toolCallId": "call_1", "output": {"task_id": 7}},
+    {"type": "finish-step"},
+    {"type": "start-step"},
+    {"type": "text-start", "id": "text-5"},
+    {"type": "text-delta", "id": "text-5", "delta": "Added "},
+    {"type": "text-delta", "id": "text-5", "delta": "tea."},
+    {"type": "text-end", "id": "text-5"},
+    {"type": "finish-step"},
+    {"type": "finish", "finishReason": "stop"},
+]
+AG_UI_TURN = [
+    {"type": "RUN_STARTED", "threadId": "th", "runId": "r"},
+    {"type": "TOOL_CALL_START", "toolCallId": "call_1", "toolCallName": "add_task", "parentMessageId": "t:1"},
+    {"type": "TOOL_CALL_ARGS", "toolCallId": "call_1", "delta": '{"title": "tea"}'},
+    {"type": "TOOL_CALL_END", "toolCallId": "call_1"},
+    {"type": "TOOL_CALL_RESULT", "messageId": "call_1:result", "toolCallId": "call_1", "content": '{"task_id": 7}'},
+    {"type": "TEXT_MESSAGE_START", "messageId": "t:2", "role": "assistant"},
+    {"type": "TEXT_MESSAGE_CONTENT", "messageId": "t:2", "delta": "Added "},
+    {"type": "TEXT_MESSAGE_CONTENT", "messageId": "t:2", "delta": "tea."},
+    {"type": "TEXT_MESSAGE_END", "messageId": "t:2"},
+    {
+        "type": "RUN_FINISHED",
+        "threadId": "th",
+        "runId": "r",
+        "result": {"conversationId": "c1", "messageId": "m1", "response": "Added tea."},
+        "outcome": {"type": "success"},
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "path", "chunks", "tail"),
+    [
+        ("ai-sdk", "/api/ann/ai-sdk/chat", AI_SDK_TURN, b"data: [DONE]\n\n"),
+        ("ag-ui", "/api/ann/ag-ui", AG_UI_TURN, b""),
+    ],
+)
+async def test_the_frontends_streams_are_read_into_the_chat_replys_shape(
+    protocol: Any, path: str, chunks: list[dict[str, Any]], tail: bytes
+) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        bodies.append(await request.json())
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await asyncio.sleep(0.01)
+        await response.write(tail)
+        return response
+
+    app = web.Application()
+    app.router.add_post(path, stream)
+    async with TestServer(app) as server:
+        client = user_turns(protocol)
+        try:
+            answer = await client.ask(str(server.make_url("/api/ann/chat")), {}, {"message": "Add tea"})
+            again = await client.ask(
+                str(server.make_url("/api/ann/chat")), {}, {"message": "More", "conversation_id": "c1"}
+            )
+        finally:
+            await client.aclose()
+    assert not isinstance(answer, str)
+    assert not isinstance(again, str)
+    assert answer.reply == {
+        "conversation_id": "c1",
+        "message_id": "m1",
+        "response": "Added tea.",
+        "tool_calls": [{"id": "call_1", "name": "add_task", "arguments": {"title": "tea"}, "result": {"task_id": 7}}],
+        "interrupted": False,
+    }
+    assert reply_check(1)(answer.reply) is None
+    assert 0 < answer.first_text < answer.seconds
+    first, second = bodies
+    if protocol == "ai-sdk":
+        assert first["trigger"] == "submit-message"
+        assert first["messages"][-1]["role"] == "user"
+        assert first["messages"][-1]["parts"] == [{"type": "text", "text": "Add tea"}]
+        assert (second["id"], first["id"] != "c1") == ("c1", True)  # a new chat, then the conversation it became
+    else:
+        assert first["messages"] == [{"id": first["messages"][0]["id"], "role": "user", "content": "Add tea"}]
+        assert {"tools", "context", "state", "forwardedProps", "runId"} <= set(first)
+        assert (second["threadId"], first["threadId"] != "c1") == ("c1", True)
 
 
 async def test_an_approval_round_trip_approves_every_pending_call_then_reads_the_turns_reply() -> None:
@@ -279,11 +372,9 @@ async def test_an_approval_round_trip_approves_every_pending_call_then_reads_the
 
 
 async def test_user_turns_match_their_protocol() -> None:
-    json_turns, streamed, approving = user_turns("json"), user_turns("sse"), user_turns("approval")
-    assert type(json_turns) is JsonTurns
-    assert isinstance(streamed, StreamedTurns)
-    assert isinstance(approving, ApprovalTurns)
-    for client in (json_turns, streamed, approving):
+    clients = [user_turns(protocol) for protocol in ("json", "sse", "approval", "ai-sdk", "ag-ui")]
+    assert [type(client) for client in clients] == [JsonTurns, StreamedTurns, ApprovalTurns, AiSdkTurns, AgUiTurns]
+    for client in clients:
         await client.aclose()
 
 
