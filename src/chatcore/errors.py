@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from chatcore.model import Usage
 
@@ -80,6 +81,31 @@ class AgentRateLimited(AgentError):
 
 class ContextTooLong(AgentError):
     default_detail = "The conversation is too long for the model; start a new conversation"
+
+
+class BudgetExhausted(ChatError):
+    """The user's token budget for the current window is used up: no model call may start until it resets.
+
+    Raised before a turn starts (nothing is stored; HTTP 429 with ``Retry-After``); inside a turn it ends the tool
+    loop honestly instead (``chatcore.usage``).
+    """
+
+    default_detail = "token budget exhausted"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: int = 60,
+        resets_at: datetime | None = None,
+        limit: int | None = None,
+        used: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.resets_at = resets_at
+        self.limit = limit
+        self.used = used
 
 
 class ToolError(ChatError):

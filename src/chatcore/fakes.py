@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from chatcore.approvals import EXPIRED, already_decided
 from chatcore.errors import (
@@ -56,6 +56,7 @@ from chatcore.model import (
     utcnow,
 )
 from chatcore.turn_events import stream_of_response
+from chatcore.usage import RecordedCall, UsageGroup, UsageGrouping, UsageTotals
 
 
 @dataclass(slots=True)
@@ -87,6 +88,8 @@ class InMemoryChatDatabase:
         self.idempotency_keys: dict[tuple[str, str], _KeyRecord] = {}
         self.approvals: dict[tuple[uuid.UUID, str], ToolApproval] = {}
         self.open_turns: dict[uuid.UUID, uuid.UUID] = {}
+        self.usage: list[RecordedCall] = []
+        """Every model call recorded with its turn (``InMemoryUsageStore`` reads them)."""
         self.available = True
         self.clock = clock
         self.lock = asyncio.Lock()
@@ -645,6 +648,43 @@ class InMemoryRetentionStore:
         for name in expired:
             del keys[name]
         return len(expired)
+
+
+class InMemoryUsageStore:
+    """A UsageStore over the calls the in-memory ConversationStore recorded with their turns
+    (``InMemoryUsageStore(store.database)``)."""
+
+    def __init__(self, database: InMemoryChatDatabase) -> None:
+        self.database = database
+
+    def _calls(self, user_id: str, start: datetime, end: datetime | None = None) -> list[RecordedCall]:
+        self.database.check()
+        return [
+            r
+            for r in self.database.usage
+            if r.user_id == user_id and r.call.started_at >= start and (end is None or r.call.started_at < end)
+        ]
+
+    async def tokens_since(self, user_id: str, since: datetime) -> int:
+        return sum(r.call.tokens for r in self._calls(user_id, since))
+
+    async def totals(
+        self, user_id: str, start: datetime, end: datetime, grouping: UsageGrouping
+    ) -> tuple[UsageTotals, tuple[UsageGroup, ...]]:
+        by_key: dict[str | None, list[RecordedCall]] = {}
+        for r in sorted(self._calls(user_id, start, end), key=lambda r: r.call.started_at):
+            by_key.setdefault(_group_key(r, grouping), []).append(r)
+        keys = list(by_key) if grouping is UsageGrouping.CONVERSATION else sorted(by_key, key=lambda k: (k is None, k))
+        groups = tuple(UsageGroup(key, UsageTotals.of(r.call for r in by_key[key])) for key in keys)
+        return UsageTotals.sum(group.totals for group in groups), groups
+
+
+def _group_key(record: RecordedCall, grouping: UsageGrouping) -> str | None:
+    if grouping is UsageGrouping.MODEL:
+        return record.call.model
+    if grouping is UsageGrouping.CONVERSATION:
+        return str(record.conversation_id)
+    return record.call.started_at.astimezone(UTC).date().isoformat()
 
 
 class StaticTokenVerifier:

@@ -33,6 +33,7 @@ from chatcore.model import (
     TurnState,
     TurnStatus,
 )
+from chatcore.usage import BudgetStatus, ModelCall, UsageGroup, UsageGrouping, UsageTotals
 
 
 class TokenVerifier(Protocol):
@@ -396,4 +397,57 @@ class RetentionStore(Protocol):
     async def delete_idempotency_keys(self, *, expired_by: datetime, limit: int) -> int:
         """Delete at most ``limit`` Idempotency-Keys whose expiry is at or before ``expired_by``: replies past
         their TTL, and claims whose turn died. The number deleted."""
+        ...
+
+
+class UsageStore(Protocol):
+    """The recorded model calls (``chatcore.usage.ModelCall``, one row each, written with their turn by
+    ``ConversationStore.finish_turn``), read back per user: every method is scoped by ``user_id``."""
+
+    async def tokens_since(self, user_id: str, since: datetime) -> int:
+        """Input + output tokens of the user's calls that started at or after ``since`` (what a budget counts)."""
+        ...
+
+    async def totals(
+        self, user_id: str, start: datetime, end: datetime, grouping: UsageGrouping
+    ) -> tuple[UsageTotals, tuple[UsageGroup, ...]]:
+        """The user's calls that started in [``start``, ``end``): their totals, and the totals of each day (UTC),
+        conversation or model that has any, in that order (days and models ascending, conversations by first call).
+
+        A total's ``cost_usd`` is None when any of its calls had no price.
+        """
+        ...
+
+
+class UsageMeter(Protocol):
+    """One turn's side of a ``UsagePolicy``: asked before each model call, told what each call cost."""
+
+    async def admit(self, now: datetime) -> None:
+        """Return when the turn may make its next model call; raise BudgetExhausted when it may not (the service
+        then ends the turn honestly: what its tools did is stored and the reply says the budget ran out)."""
+        ...
+
+    def record(self, call: ModelCall) -> None:
+        """What one of the turn's calls cost (also a failed call the provider billed)."""
+        ...
+
+    def close(self) -> None:
+        """The turn is over and its calls are stored (or never will be). Called once, whatever happened."""
+        ...
+
+
+class UsagePolicy(Protocol):
+    """Whether a user may spend tokens: consulted by ``ChatService`` as a turn starts and before each model call.
+
+    ``chatcore.usage.StoredUsagePolicy`` is one budget for all, counted in a ``UsageStore``; a host backend plugs in
+    its own plans and tiers here. ``begin`` is on the path of every turn: keep it cheap when there is nothing to check.
+    """
+
+    async def begin(self, user_id: str, now: datetime) -> UsageMeter:
+        """Called once as a turn starts, before anything of it is stored. Raises BudgetExhausted when the user may
+        not start a turn now (it is refused: HTTP 429 with ``Retry-After``)."""
+        ...
+
+    async def status(self, user_id: str, now: datetime) -> BudgetStatus | None:
+        """The user's budget as of ``now`` (limit, used, when it resets), for the usage API; None without one."""
         ...

@@ -16,7 +16,11 @@ from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatcore.adapters.observability.instrumented import InstrumentedAgent, InstrumentedToolRegistry
+from chatcore.adapters.observability.instrumented import (
+    InstrumentedAgent,
+    InstrumentedToolRegistry,
+    InstrumentedUsagePolicy,
+)
 from chatcore.adapters.observability.metrics import ChatMetrics, pool_gauge_resource
 from chatcore.adapters.observability.tracing import engine_tracing_resource, tracer_of, tracing_resource
 from chatcore.adapters.sqlalchemy.conversation_reader import SqlAlchemyConversationReader
@@ -25,19 +29,23 @@ from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
 from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
 from chatcore.adapters.sqlalchemy.turn_claim_store import SqlAlchemyTurnClaimStore
 from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
+from chatcore.adapters.sqlalchemy.usage_store import SqlAlchemyUsageStore
 from chatcore.adapters.todo.ports import TaskStore
 from chatcore.adapters.todo.prompt import TODO_SYSTEM_PROMPT
 from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
 from chatcore.adapters.todo.tools import todo_tools
 from chatcore.conversations import ConversationHistory
 from chatcore.entrypoints.extras import require_extras
+from chatcore.entrypoints.prices import load_prices
 from chatcore.entrypoints.settings import Settings
 from chatcore.entrypoints.verifiers import token_verifier
+from chatcore.model import utcnow
 from chatcore.ports import LLMAgent, ToolRegistry
 from chatcore.retention import Janitor, RetentionPolicy
 from chatcore.service import ChatPolicy, ChatService
 from chatcore.streamed_turns import StreamPolicy
 from chatcore.tools import CompositeToolRegistry
+from chatcore.usage import Prices, StoredUsagePolicy, UsageHistory
 
 if TYPE_CHECKING:
     from chatcore.adapters.anthropic.agent import AnthropicChatAgent
@@ -166,6 +174,11 @@ def streamed_turns_policy(settings: Settings) -> StreamPolicy:
     return StreamPolicy(shutdown_seconds=settings.shutdown_grace_seconds)
 
 
+def prices_of(settings: Settings) -> Prices | None:
+    """The prices file's models (CHATCORE_PRICES), or None: every cost is then unknown (null)."""
+    return None if settings.prices_path is None else load_prices(settings.prices_path)
+
+
 def retention_policy(settings: Settings) -> RetentionPolicy:
     return RetentionPolicy(
         event_retention_seconds=settings.event_retention_seconds, interval_seconds=settings.janitor_interval_seconds
@@ -178,6 +191,8 @@ def _untraced(tracing: object | None) -> bool:
 
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
+    clock = providers.Object(utcnow)
+    """What time it is for turns, leases and budget windows; tests override it to move time."""
 
     engine = providers.Resource(engine_resource, settings)
     tasks = providers.Singleton(SqlAlchemyTaskStore, engine)
@@ -217,6 +232,17 @@ class Container(containers.DeclarativeContainer):
         tools=observed_tools,
         policy=policy,
     )
+
+    # Usage: recorded with each turn, read back per user; one budget for all users (CHATCORE_USER_TOKEN_BUDGET),
+    # counted in the database every replica shares, and no database work at all without one.
+    usage_store = providers.Singleton(SqlAlchemyUsageStore, engine)
+    prices = providers.Singleton(prices_of, settings)
+    usage_policy = providers.Singleton(
+        InstrumentedUsagePolicy,
+        providers.Singleton(StoredUsagePolicy, usage_store, settings.provided.user_token_budget),
+        metrics,
+    )
+    usage_history = providers.Singleton(UsageHistory, usage_store, usage_policy, clock=clock)
 
     # Bounded storage: ``chatcore gc`` and the janitor each server runs (CHATCORE_JANITOR) delete what expired.
     retention = providers.Singleton(SqlAlchemyRetentionStore, engine)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal, TypeVar
 
 from chatcore.adapters.providers.transport_choices import PROVIDER_HTTP, ProviderHttp
+from chatcore.usage import TokenBudget
 
 LLMChoice = Literal["offline", "openai", "anthropic"]
 LLM_CHOICES: tuple[LLMChoice, ...] = ("offline", "openai", "anthropic")
@@ -114,6 +115,13 @@ class Settings:
     """Whether ``chatcore serve`` deletes what expired by itself (CHATCORE_JANITOR); ``chatcore gc`` does it anyway."""
     janitor_interval_seconds: float = 60.0
 
+    prices_path: str | None = None
+    """CHATCORE_PRICES: a TOML or JSON file of USD per million tokens per model (``entrypoints/prices.py``)."""
+    user_token_budget: TokenBudget | None = None
+    """CHATCORE_USER_TOKEN_BUDGET: input + output tokens per user per calendar hour, day or month (UTC)."""
+    max_turn_tokens: int | None = None
+    """CHATCORE_MAX_TURN_TOKENS: a turn that has used this many tokens stops its tool loop."""
+
     max_body_bytes: int = 256 * 1024
     cors_origins: tuple[str, ...] = ()
     rate_limit: RateLimit | None = None
@@ -156,6 +164,18 @@ class Settings:
             raise ConfigurationError(
                 f"BETTER_AUTH_ALGORITHMS may list {', '.join(JWKS_ALGORITHMS)}; not {', '.join(unknown)}"
             )
+        try:
+            user_token_budget = TokenBudget.parse(reader.text("CHATCORE_USER_TOKEN_BUDGET"))
+        except ValueError as error:
+            raise ConfigurationError(f"CHATCORE_USER_TOKEN_BUDGET {error}") from None
+        prices_path = reader.text("CHATCORE_PRICES")
+        if prices_path is not None:
+            from chatcore.entrypoints.prices import load_prices
+
+            try:
+                load_prices(prices_path)
+            except ValueError as error:
+                raise ConfigurationError(f"CHATCORE_PRICES: {error}") from None
         redis_url = reader.text("CHATCORE_REDIS_URL")
         if redis_url and not redis_url.startswith(REDIS_SCHEMES):
             raise ConfigurationError(f"CHATCORE_REDIS_URL must start with {', '.join(REDIS_SCHEMES)}")
@@ -199,6 +219,9 @@ class Settings:
             event_retention_seconds=reader.duration("CHATCORE_EVENT_RETENTION", defaults.event_retention_seconds),
             janitor=reader.switch("CHATCORE_JANITOR", defaults.janitor),
             janitor_interval_seconds=reader.duration("CHATCORE_JANITOR_INTERVAL", defaults.janitor_interval_seconds),
+            prices_path=prices_path,
+            user_token_budget=user_token_budget,
+            max_turn_tokens=reader.optional_integer("CHATCORE_MAX_TURN_TOKENS", minimum=1),
             max_body_bytes=reader.integer("CHATCORE_MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1024),
             cors_origins=tuple(o.strip() for o in (reader.text("CHATCORE_CORS_ORIGINS") or "").split(",") if o.strip()),
             rate_limit=rate_limit,
@@ -237,6 +260,8 @@ class Settings:
             shown["redis_url"] = _redact_url(self.redis_url)
         if self.rate_limit:
             shown["rate_limit"] = str(self.rate_limit)
+        if self.user_token_budget:
+            shown["user_token_budget"] = str(self.user_token_budget)
         return shown
 
 
@@ -262,9 +287,13 @@ class _Reader:
         return tuple(dict.fromkeys(n.strip() for n in (self.text(name) or "").split(",") if n.strip()))
 
     def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+        value = self.optional_integer(name, minimum=minimum)
+        return default if value is None else value
+
+    def optional_integer(self, name: str, *, minimum: int | None = None) -> int | None:
         raw = self.text(name)
         if raw is None:
-            return default
+            return None
         try:
             value = int(raw)
         except ValueError:

@@ -31,7 +31,16 @@ from chatcore.adapters.sqlalchemy.tables import metadata
 from ..conftest import fresh_database
 
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-TABLES = {"conversations", "messages", "tasks", "idempotency_keys", "turn_events", "turns", "tool_approvals"}
+TABLES = {
+    "conversations",
+    "messages",
+    "tasks",
+    "idempotency_keys",
+    "turn_events",
+    "turns",
+    "tool_approvals",
+    "usage",
+}
 
 
 def _not_the_hosts(name: str | None, kind: str, _parents: Any) -> bool:

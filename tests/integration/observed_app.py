@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from dependency_injector import providers
@@ -21,11 +22,17 @@ from .conftest import SECRET
 
 @asynccontextmanager
 async def observed_app(
-    database_url: str, agent: LLMAgent | None = None, tracing: Any = None, **overrides: Any
+    database_url: str,
+    agent: LLMAgent | None = None,
+    tracing: Any = None,
+    clock: Callable[[], datetime] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[tuple[AsyncTestClient[Any], Container]]:
     container = build_container(Settings(database_url=database_url, auth_secret=SECRET, **overrides))
     if agent is not None:
         container.agent.override(providers.Object(agent))
+    if clock is not None:
+        container.clock.override(providers.Object(clock))
     if tracing is not None:
         container.tracing.override(providers.Object(tracing))
     async with AsyncTestClient(app=create_app(container)) as client:

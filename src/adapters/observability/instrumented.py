@@ -10,17 +10,22 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from chatcore.adapters.observability.metrics import OK, ChatMetrics
+from chatcore.errors import BudgetExhausted
 from chatcore.model import AgentRequest, AgentResponse, AgentStreamEvent, JsonValue, Principal, ToolSpec
-from chatcore.ports import LLMAgent, ToolRegistry
+from chatcore.ports import LLMAgent, ToolRegistry, UsageMeter, UsagePolicy
+from chatcore.usage import BudgetStatus, ModelCall
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 UNKNOWN_TOOL = "(unknown)"
 """The label of a tool name the registry does not list: a model may invent names, a label set must stay bounded."""
+UNKNOWN_MODEL = "(unknown)"
+"""The model label of a call whose model no one named (a test agent)."""
 
 
 def outcome_of(error: BaseException) -> str:
@@ -143,6 +148,56 @@ class InstrumentedToolRegistry:
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+class InstrumentedUsagePolicy:
+    """A UsagePolicy that counts the tokens of every call (by provider, model and kind) and every budget refusal."""
+
+    def __init__(self, policy: UsagePolicy, metrics: ChatMetrics) -> None:
+        self.inner = policy
+        self._metrics = metrics
+
+    async def begin(self, user_id: str, now: datetime) -> UsageMeter:
+        try:
+            return _InstrumentedMeter(await self.inner.begin(user_id, now), self._metrics)
+        except BudgetExhausted:
+            self._metrics.budget_refusals.inc()
+            raise
+
+    async def status(self, user_id: str, now: datetime) -> BudgetStatus | None:
+        return await self.inner.status(user_id, now)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class _InstrumentedMeter:
+    def __init__(self, meter: UsageMeter, metrics: ChatMetrics) -> None:
+        self._meter = meter
+        self._metrics = metrics
+
+    async def admit(self, now: datetime) -> None:
+        try:
+            await self._meter.admit(now)
+        except BudgetExhausted:
+            self._metrics.budget_refusals.inc()
+            raise
+
+    def record(self, call: ModelCall) -> None:
+        usage, model = call.usage, call.model or UNKNOWN_MODEL
+        for kind, tokens in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cached_read", usage.cached_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ):
+            self._metrics.tokens.labels(call.provider, model, kind).inc(tokens)
+        self._meter.record(call)
+
+    def close(self) -> None:
+        self._meter.close()
 
 
 def _describe_response(span: Span, response: AgentResponse) -> None:

@@ -59,6 +59,19 @@ class ChatMetrics:
             buckets=TOOL_BUCKETS,
             registry=self.registry,
         )
+        self.tokens = Counter(
+            "chatcore_tokens",
+            "Tokens the model providers reported, by provider, model and kind (input, output, cached_read, "
+            "cache_write; cached_read and cache_write are parts of input).",
+            ["provider", "model", "kind"],
+            registry=self.registry,
+        )
+        self.budget_refusals = Counter(
+            "chatcore_budget_refusals",
+            "Model calls refused because the user's token budget was used up (a turn refused with 429, or a turn "
+            "ended between two steps).",
+            registry=self.registry,
+        )
         self.db_pool_in_use = Gauge(
             "chatcore_db_pool_in_use",
             "Database connections checked out of the pool when scraped.",

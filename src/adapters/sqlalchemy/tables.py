@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -219,3 +220,32 @@ tool_approvals = Table(
     Index("ix_tool_approvals_conversation_id_tool_call_id", "conversation_id", "tool_call_id"),
 )
 """Tool calls that wait for (or got) the user's approval; their results are ordinary tool messages."""
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    # The turn the call belongs to: its rows are written with the turn's messages.
+    Column("turn_id", Uuid(), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    # No foreign key: usage outlives a deleted conversation (deleting one must not refund a budget).
+    Column("conversation_id", Uuid(), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("model", String(255), nullable=True),
+    Column("input_tokens", Integer(), nullable=False),
+    Column("output_tokens", Integer(), nullable=False),
+    Column("cached_read_tokens", Integer(), nullable=False),
+    Column("cache_write_tokens", Integer(), nullable=False),
+    # USD × 10^12, exact (chatcore.usage prices to the picodollar); NULL when the model has no price.
+    Column("cost_picousd", BigInteger(), nullable=True),
+    Column("latency_ms", Float(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    # Budgets sum a user's tokens since a window's start; on PostgreSQL from the index alone.
+    Index(
+        "ix_usage_user_id_started_at",
+        "user_id",
+        "started_at",
+        postgresql_include=["input_tokens", "output_tokens"],
+    ),
+)
+"""One row per model call (``chatcore.usage.ModelCall``), written in the transaction that stores its turn."""

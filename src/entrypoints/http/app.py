@@ -29,6 +29,7 @@ from chatcore.entrypoints.http.page import PageController
 from chatcore.entrypoints.http.rate_limit import RATE_LIMIT_STORE, rate_limit_config
 from chatcore.entrypoints.http.request_id import HEADER as REQUEST_ID_HEADER
 from chatcore.entrypoints.http.request_id import RequestIdMiddleware, request_id_of
+from chatcore.entrypoints.http.usage import UsageController
 from chatcore.entrypoints.logging import configure_logging
 from chatcore.entrypoints.metrics import ObservabilityMiddleware, metrics_route, record_outcomes
 from chatcore.entrypoints.settings import Settings
@@ -82,6 +83,8 @@ def create_app(container: Container) -> Litestar:
         service = container.chat_service()
         app.state.service = service if isinstance(service, ChatService) else await service
         await attach_conversations(app.state, container, app.state.service, dev_mode=settings.dev_mode)
+        usage = container.usage_history()
+        app.state.usage = await usage if inspect.isawaitable(usage) else usage
         store = container.rate_limit_store()
         store = await store if inspect.isawaitable(store) else store
         if store is not None:
@@ -108,7 +111,7 @@ def create_app(container: Container) -> Litestar:
     # The API: authenticated in middleware, then counted per verified user. Its controllers go in this router.
     api = Router(
         path="/",
-        route_handlers=[ChatController, ConversationsController],
+        route_handlers=[ChatController, ConversationsController, UsageController],
         middleware=[
             BearerAuthenticationMiddleware,
             *([rate_limit_config(settings.rate_limit).middleware] if settings.rate_limit else []),
