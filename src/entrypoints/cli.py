@@ -77,7 +77,7 @@ def migrate() -> int:
     from chatcore.adapters.sqlalchemy.migrate import run_migrations
 
     settings = Settings.from_env()
-    run_migrations(database_url_from(settings.database_url))
+    run_migrations(database_url_from(settings.database_url), schema=settings.db_schema)
     print("chatcore: database is up to date")
     return 0
 
@@ -95,7 +95,7 @@ def collect_garbage() -> int:
     policy = RetentionPolicy(event_retention_seconds=settings.event_retention_seconds)
 
     async def sweep() -> Swept:
-        engine = create_engine(database_url_from(settings.database_url), pool_size=1)
+        engine = create_engine(database_url_from(settings.database_url), pool_size=1, schema=settings.db_schema)
         try:
             return await Janitor(SqlAlchemyRetentionStore(engine), policy).sweep()
         finally:
@@ -126,8 +126,10 @@ def mcp_serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     verifier = token_verifier(settings)
     url = database_url_from(settings.database_url)
-    run_migrations(url)
-    engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    run_migrations(url, schema=settings.db_schema)
+    engine = create_engine(
+        url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow, schema=settings.db_schema
+    )
     app = create_mcp_asgi_app(todo_tools(SqlAlchemyTaskStore(engine)), verifier, on_shutdown=[engine.dispose])
     print(f"chatcore MCP server on http://{args.host}:{args.port}/mcp", flush=True)
     run_mcp_server(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
@@ -180,7 +182,7 @@ def serve(args: argparse.Namespace) -> int:
     require_extras(settings)  # before migrating: a worker would only fail with a traceback
     configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     if not args.no_migrate:
-        run_migrations(database_url_from(settings.database_url))
+        run_migrations(database_url_from(settings.database_url), schema=settings.db_schema)
     if args.dev and settings.auth_secret:
         demo_token = mint_hs256_token(
             settings.auth_secret,

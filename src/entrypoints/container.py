@@ -66,6 +66,7 @@ async def engine_resource(settings: Settings) -> AsyncIterator[AsyncEngine]:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
+        schema=settings.db_schema,
     )
     try:
         yield engine

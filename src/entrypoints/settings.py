@@ -68,6 +68,8 @@ class Settings:
     PostgreSQL backend and handshake (measured: 16% of a 2-core machine at 200 concurrent turns); a fixed pool
     is cheaper. A turn holds a connection only for its two statements, so 30 serve hundreds of concurrent turns."""
     db_pool_timeout_seconds: float = 10.0
+    db_schema: str | None = None
+    """PostgreSQL schema for chatcore's tables and its version table (CHATCORE_DB_SCHEMA); None: the default."""
 
     auth_secret: str | None = field(default=None, repr=False)
     jwks_url: str | None = None
@@ -184,6 +186,7 @@ class Settings:
             db_pool_size=reader.integer("CHATCORE_DB_POOL_SIZE", defaults.db_pool_size, minimum=1),
             db_max_overflow=reader.integer("CHATCORE_DB_MAX_OVERFLOW", defaults.db_max_overflow, minimum=0),
             db_pool_timeout_seconds=reader.number("CHATCORE_DB_POOL_TIMEOUT", defaults.db_pool_timeout_seconds),
+            db_schema=reader.text("CHATCORE_DB_SCHEMA"),
             auth_secret=reader.text("BETTER_AUTH_SECRET"),
             jwks_url=reader.text("BETTER_AUTH_JWKS_URL"),
             auth_issuer=reader.text("BETTER_AUTH_ISSUER"),
@@ -238,6 +241,13 @@ class Settings:
                 f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 asks 256 bits for HS256); "
                 "generate one with `openssl rand -base64 32`"
             )
+        if settings.db_schema:
+            from chatcore.adapters.sqlalchemy.engine import check_schema
+
+            try:
+                check_schema(settings.db_schema, settings.database_url or "")
+            except ValueError as error:
+                raise ConfigurationError(f"CHATCORE_DB_SCHEMA: {error}") from None
         if settings.mcp_servers:
             from chatcore.adapters.mcp.config import parse_mcp_servers
 

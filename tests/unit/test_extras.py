@@ -123,3 +123,26 @@ def test_the_offline_defaults_need_no_extra_beyond_the_server(monkeypatch: pytes
         if extra != "server":
             hide(monkeypatch, *modules)
     require_extras(Settings())  # offline agent, no MCP, no Redis, no tracing
+
+
+def test_the_hosting_api_names_the_server_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import chatcore.entrypoints.http as http
+
+    hide(monkeypatch, "litestar")
+    with pytest.raises(MissingExtra, match=r"chatcore.entrypoints.http.ChatcorePlugin needs the server extra"):
+        _ = http.ChatcorePlugin
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"CHATCORE_DB_SCHEMA": "chat"}, "needs PostgreSQL"),  # the default database is a SQLite file
+        ({"CHATCORE_DB_SCHEMA": "Chat", "DATABASE_URL": "postgresql://db/app"}, "lower-case letters"),
+    ],
+)
+def test_a_database_schema_is_checked_with_the_settings(env: dict[str, str], problem: str) -> None:
+    from chatcore.entrypoints.settings import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=f"CHATCORE_DB_SCHEMA: .*{problem}"):
+        Settings.from_env(env)
+    assert Settings.from_env({"CHATCORE_DB_SCHEMA": "chat", "DATABASE_URL": "postgresql://db/app"}).db_schema == "chat"

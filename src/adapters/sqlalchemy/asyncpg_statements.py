@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Dialect
+from sqlalchemy.engine.interfaces import SchemaTranslateMapType as SchemaTranslateMap
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -33,8 +34,15 @@ class AsyncpgStatement:
     """Per ``$n``, in order: the parameter's name, its value when none is given, SQLAlchemy's bind processor."""
 
     @classmethod
-    def compile(cls, statement: ClauseElement, dialect: Dialect) -> AsyncpgStatement:
-        compiled = statement.compile(dialect=dialect)
+    def compile(
+        cls, statement: ClauseElement, dialect: Dialect, schema_translate_map: SchemaTranslateMap | None = None
+    ) -> AsyncpgStatement:
+        """``schema_translate_map``: the engine's (``engine.in_schema``), rendered into the SQL text once."""
+        compiled = (
+            statement.compile(dialect=dialect, schema_translate_map=schema_translate_map, render_schema_translate=True)
+            if schema_translate_map
+            else statement.compile(dialect=dialect)
+        )
         if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
             raise ValueError(f"{dialect.name}+{dialect.driver} does not compile to positional parameters")
         if compiled.post_compile_params or compiled.literal_execute_params:
@@ -56,6 +64,8 @@ class AsyncpgStatement:
         ]
 
 
-def compile_all(statements: Sequence[ClauseElement], dialect: Dialect) -> dict[int, AsyncpgStatement]:
+def compile_all(
+    statements: Sequence[ClauseElement], dialect: Dialect, schema_translate_map: SchemaTranslateMap | None = None
+) -> dict[int, AsyncpgStatement]:
     """``AsyncpgStatement``s keyed by the statement's ``id`` (statements are module-level constants)."""
-    return {id(statement): AsyncpgStatement.compile(statement, dialect) for statement in statements}
+    return {id(each): AsyncpgStatement.compile(each, dialect, schema_translate_map) for each in statements}

@@ -95,6 +95,7 @@ class SqlAlchemyConversationStore:
                     turn_sql.APPEND_HOLDING,
                 ),
                 engine.dialect,
+                engine.get_execution_options().get("schema_translate_map"),  # chatcore's tables in a schema
             )
 
     async def _autocommitted(self, statement: Executable, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:

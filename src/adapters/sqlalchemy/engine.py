@@ -95,8 +95,11 @@ def create_engine(
     pool_timeout: float = 10.0,
     echo: bool = False,
     ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
+    schema: str | None = None,
 ) -> AsyncEngine:
     """An AsyncEngine for ``url`` (normalised by ``database_url_from`` first), tuned per dialect.
+
+    With ``schema`` (PostgreSQL), chatcore's tables are looked for in that schema (``in_schema``).
 
     PostgreSQL: a connection dropped by a restart or an idle timeout is replaced instead of failing
     a request (see ``_replace_dead_connections``); ``pool_timeout`` also bounds a new connection's handshake.
@@ -124,7 +127,8 @@ def create_engine(
             },
         )
         _replace_dead_connections(engine, ping_after_idle_seconds)
-        return engine
+        return in_schema(engine, check_schema(schema, url))
+    check_schema(schema, url)  # a schema needs PostgreSQL
     if backend == "sqlite":
         options: dict[str, Any] = {}
         if not _is_sqlite_memory(parsed):
@@ -135,6 +139,18 @@ def create_engine(
     return create_async_engine(
         parsed, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
     )
+
+
+def in_schema(engine: AsyncEngine, schema: str | None) -> AsyncEngine:
+    """``engine`` with chatcore's tables in ``schema``: the same pool, each statement's table names qualified.
+
+    SQLAlchemy's ``schema_translate_map`` maps the tables' schema (none) to ``schema`` as statements are compiled
+    (cached statements too), so a host application's own engine serves chatcore unchanged. Statements compiled
+    ahead for asyncpg take the map from the engine's execution options.
+    """
+    if schema is None:
+        return engine
+    return engine.execution_options(schema_translate_map={None: schema})
 
 
 def _replace_dead_connections(engine: AsyncEngine, ping_after_idle_seconds: float) -> None:

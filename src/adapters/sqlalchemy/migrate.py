@@ -20,6 +20,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatcore.adapters.sqlalchemy.engine import check_schema, database_url_from
 
@@ -60,3 +62,16 @@ def run_migrations(url: str, *, schema: str | None = None) -> None:
 async def run_migrations_async(url: str, *, schema: str | None = None) -> None:
     """``run_migrations`` in a worker thread, which can start the event loop alembic's async env needs."""
     await asyncio.to_thread(run_migrations, url, schema=schema)
+
+
+async def run_migrations_on(engine: AsyncEngine, *, schema: str | None = None) -> None:
+    """``run_migrations`` through an engine the caller owns (a host application's), on one of its connections."""
+    config = alembic_config(engine.url.render_as_string(hide_password=False), schema=schema)
+    async with engine.connect() as connection:
+        await connection.run_sync(_upgrade_on, config)
+
+
+def _upgrade_on(connection: Connection, config: Config) -> None:
+    config.attributes["connection"] = connection  # env.py migrates on it instead of opening its own
+    with _ALEMBIC_LOCK:
+        command.upgrade(config, "head")
