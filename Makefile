@@ -23,8 +23,8 @@ run: install
 	$(BIN)/chatcore serve --dev --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: install
 	@# From an empty directory, so mypy checks the installed package and no stray file shadows a module
