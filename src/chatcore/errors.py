@@ -160,6 +160,12 @@ class InvalidRequest(ChatError):
     default_detail = "Invalid request"
 
 
+class NothingToRegenerate(InvalidRequest):
+    """A regeneration asked of a conversation without a user message to answer again."""
+
+    default_detail = "There is no message to generate a reply to again"
+
+
 class TurnNotFound(ChatError):
     """A turn id unknown to this user (or another user's): one answer for both, like conversations."""
 

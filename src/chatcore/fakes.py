@@ -22,6 +22,7 @@ from chatcore.errors import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
     LeaseLost,
+    NothingToRegenerate,
     StoreUnavailable,
     ToolCallNotFound,
     ToolError,
@@ -303,6 +304,41 @@ class InMemoryConversationStore(_OverDatabase):
                 turn=turn,
                 approvals=tuple(a for a in self.database.approvals_of(conversation_id) if a.turn_id == turn_id),
             )
+
+    async def begin_regeneration(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        turn_id: uuid.UUID,
+        history_limit: int,
+        lease_seconds: float | None = None,
+    ) -> TurnStart:
+        async with self.database.lock:
+            self.database.check()
+            conversation = self.database.owned(user_id, conversation_id)
+            if self.database.held_by_another(conversation_id, turn_id):
+                raise ConversationBusy()
+            if conversation_id in self.database.open_turns:
+                raise TurnStillOpen(self.database.open_turns[conversation_id])
+            stored = self.database.messages.get(conversation_id, [])
+            users = [
+                i for i, m in enumerate(stored) if m.role is Role.USER and m.status is not MessageStatus.SUPERSEDED
+            ]
+            if not users:
+                raise NothingToRegenerate()
+            if lease_seconds is not None:
+                self.database.leases[conversation_id] = _Lease(
+                    turn_id, self.database.clock() + timedelta(seconds=lease_seconds)
+                )
+            last = users[-1]
+            stored[last] = user_message = replace(stored[last], status=MessageStatus.COMPLETE, turn_id=turn_id)
+            for index in range(last + 1, len(stored)):
+                stored[index] = replace(stored[index], status=MessageStatus.SUPERSEDED)
+            window = tuple(stored[max(last - history_limit, 0) : last]) if history_limit > 0 else ()
+            conversation = replace(conversation, updated_at=utcnow())
+            self.database.conversations[conversation_id] = conversation
+            return TurnStart(conversation, window, user_message, created=False)
 
     async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
         async with self.database.lock:
@@ -596,6 +632,16 @@ class InMemoryTurnEventStore:
             self.turns[turn_id] = replace(self.turns[turn_id], stop_requested=True)
         return tuple(stopped)
 
+    async def running(self, user_id: str, conversation_id: uuid.UUID) -> TurnState | None:
+        self.database.check()
+        lease = self.database.leases.get(conversation_id)
+        if lease is None or lease.expires_at <= self.database.clock():
+            return None
+        turn = self.turns.get(lease.owner)
+        if turn is None or turn.user_id != user_id or turn.status is not TurnStatus.RUNNING:
+            return None
+        return turn
+
 
 class InMemoryRetentionStore:
     """A RetentionStore over the in-memory database and turn event store; its lock is this process's."""
@@ -810,3 +856,30 @@ class ScriptedAgent:
 def _reported(response: AgentResponse) -> AgentResponse:
     """``response`` as an agent reports it: with zero-token usage when it came without any."""
     return response if response.usage is not None else replace(response, usage=Usage())
+
+
+class InMemoryConversationAliases:
+    """ConversationAliases over an InMemoryChatDatabase, whose deleted conversations take their ids along."""
+
+    def __init__(self, database: InMemoryChatDatabase) -> None:
+        self.database = database
+        self.aliases: dict[tuple[str, str], uuid.UUID] = {}
+
+    async def find(self, user_id: str, external_id: str) -> uuid.UUID | None:
+        self.database.check()
+        found = self.aliases.get((user_id, external_id))
+        if found is not None and found not in self.database.conversations:
+            del self.aliases[(user_id, external_id)]
+            return None
+        return found
+
+    async def find_or_create(self, user_id: str, external_id: str, *, title: str | None) -> uuid.UUID:
+        found = await self.find(user_id, external_id)
+        if found is not None:
+            return found
+        now = utcnow()
+        conversation = Conversation(uuid.uuid4(), user_id, title, now, now)
+        self.database.conversations[conversation.id] = conversation
+        self.database.messages[conversation.id] = []
+        self.aliases[(user_id, external_id)] = conversation.id
+        return conversation.id

@@ -71,8 +71,9 @@ def window(messages: Sequence[M], *, max_messages: int, max_tokens: int | None =
 
     ``messages`` may hold a few more than ``max_messages`` (the store reads some slack) so that the
     assistant call a cut would orphan can be brought back; when it is not there, the orphaned
-    results are dropped instead.
+    results are dropped instead. Superseded replies are not history any more and are left out first.
     """
+    messages = [m for m in messages if getattr(m, "status", None) is not MessageStatus.SUPERSEDED]
     if max_messages <= 0 or not messages:
         return []
     start = max(len(messages) - max_messages, 0)
@@ -96,11 +97,12 @@ def window(messages: Sequence[M], *, max_messages: int, max_tokens: int | None =
 
 
 def for_model(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-    """History as it is sent to a model: pairs repaired, interrupted replies labelled."""
+    """History as it is sent to a model: superseded replies left out, pairs repaired, interrupted replies labelled."""
     labelled = [
         replace(m, content=(m.content + "\n[reply interrupted]").strip())
         if getattr(m, "status", None) is MessageStatus.INTERRUPTED and m.role is Role.ASSISTANT
         else m
         for m in messages
+        if getattr(m, "status", None) is not MessageStatus.SUPERSEDED
     ]
     return repair_tool_pairs(labelled)

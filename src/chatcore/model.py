@@ -47,6 +47,9 @@ class MessageStatus(enum.StrEnum):
     """A user message whose turn failed: the model never answered it."""
     INTERRUPTED = "interrupted"
     """An assistant reply cut short (stopped, or a synthetic result for a call that never ran)."""
+    SUPERSEDED = "superseded"
+    """A reply (assistant and tool messages) generated again since: kept for the history API, never sent to a
+    model again. Its tools did run; what they did stays done."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,6 +204,24 @@ class ConversationStore(ToolApprovalStore, Protocol):
         """Turn ``turn_id``'s messages, oldest first. Raises ConversationNotFound like ``ConversationReader.get``."""
         ...
 
+    async def begin_regeneration(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        turn_id: uuid.UUID,
+        history_limit: int,
+        lease_seconds: float | None = None,
+    ) -> TurnStart:
+        """In one transaction: take the conversation's lease as ``begin_turn`` does (ConversationBusy,
+        ConversationNotFound and TurnStillOpen alike), mark every message after the last user message SUPERSEDED,
+        and return that user message (now ``turn_id``'s, and COMPLETE again if its turn had failed) with the last
+        ``history_limit`` messages before it.
+
+        Raises NothingToRegenerate, changing nothing, when the conversation has no user message.
+        """
+        ...
+
     async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
         """Flag a stored user message whose turn failed, so history shows it was never answered."""
         ...
@@ -370,6 +388,13 @@ class TurnEventStore(Protocol):
         """
         ...
 
+    async def running(self, user_id: str, conversation_id: uuid.UUID) -> TurnState | None:
+        """The conversation's running turn: the RUNNING turn that holds the conversation's lease (a turn whose
+        replica died holds none once its lease expires). None when no turn runs, also for another user's
+        conversation.
+        """
+        ...
+
 
 class RetentionStore(Protocol):
     """What has expired, deleted in small batches (``chatcore.retention.Janitor``): across users, because it is
@@ -450,4 +475,22 @@ class UsagePolicy(Protocol):
 
     async def status(self, user_id: str, now: datetime) -> BudgetStatus | None:
         """The user's budget as of ``now`` (limit, used, when it resets), for the usage API; None without one."""
+        ...
+
+
+class ConversationAliases(Protocol):
+    """Conversations named by a frontend's own chat ids (the AI SDK's chat id, an AG-UI thread id), per user.
+
+    A mapping belongs to one user: the same external id of two users names two conversations. It goes
+    when its conversation is deleted, and the next use of the id starts a new one.
+    """
+
+    async def find(self, user_id: str, external_id: str) -> uuid.UUID | None:
+        """The conversation the user's ``external_id`` names, or None when it names none (yet)."""
+        ...
+
+    async def find_or_create(self, user_id: str, external_id: str, *, title: str | None) -> uuid.UUID:
+        """The conversation the user's ``external_id`` names; on its first use, a new empty conversation
+        titled ``title`` and the mapping, created together. Concurrent first uses get the same conversation.
+        """
         ...

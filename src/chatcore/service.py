@@ -6,8 +6,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from chatcore import history as history_rules
@@ -280,12 +280,46 @@ class ChatService:
         """
         text = validate_message(message)
         key = None if idempotency_key is None else validate_idempotency_key(idempotency_key)
-        turn_id = uuid.uuid4()
         log = _TurnLog(conversation_id=conversation_id)
+        return await self._logged(
+            principal,
+            log,
+            lambda turn_id: self._run_held_turn(principal, text, conversation_id, turn_id, log, sink, key),
+        )
+
+    async def regenerate(
+        self, principal: Principal, conversation_id: uuid.UUID, *, sink: TurnSink | None = None
+    ) -> ChatReply:
+        """The conversation's last reply generated again from its last user message, as a turn of its own.
+
+        The previous reply (its assistant and tool messages) stays stored, marked SUPERSEDED: the history API
+        shows it, the model never sees it again. Tools it called did run, and what they did is not undone; calls
+        still waiting for approval are denied (superseded), as a new message denies them. Raises
+        NothingToRegenerate when the conversation has no user message.
+        """
+        log = _TurnLog(conversation_id=conversation_id)
+
+        async def regenerated(turn_id: uuid.UUID) -> ChatReply:
+            async with self._lease(principal, turn_id) as lease:
+                start = await self._begin_after_closing(
+                    lease,
+                    conversation_id,
+                    lambda: lease.begin_regeneration(
+                        conversation_id, history_limit=self.policy.history_limit + PAIR_SLACK
+                    ),
+                )
+                return await self._answer(principal, start, turn_id, log, sink, lease=lease)
+
+        return await self._logged(principal, log, regenerated)
+
+    async def _logged(
+        self, principal: Principal, log: _TurnLog, turn: Callable[[uuid.UUID], Awaitable[ChatReply]]
+    ) -> ChatReply:
+        """Run ``turn`` under a new turn id, and write its ``chat_turn`` log line however it ends."""
         started = time.perf_counter()
         outcome = "error"
         try:
-            reply = await self._run_held_turn(principal, text, conversation_id, turn_id, log, sink, key)
+            reply = await turn(uuid.uuid4())
             outcome = "ok"
             return reply
         except ChatError as error:
@@ -293,6 +327,17 @@ class ChatService:
             raise
         finally:
             logger.info("chat turn", extra=log.fields("chat_turn", principal.user_id, outcome, started))
+
+    def _lease(self, principal: Principal, turn_id: uuid.UUID) -> TurnLease:
+        return TurnLease(
+            self.store,
+            self.claims,
+            principal.user_id,
+            turn_id,
+            lease_seconds=self.policy.lease_seconds,
+            wait_seconds=self.policy.turn_wait_seconds,
+            idempotency_ttl_seconds=self.policy.idempotency_ttl_seconds,
+        )
 
     async def _run_held_turn(
         self,
@@ -306,16 +351,7 @@ class ChatService:
     ) -> ChatReply:
         """The turn under its holds: the request's key claimed first (or its stored reply returned), then the
         conversation's lease, both renewed while it runs and given back if it fails."""
-        lease = TurnLease(
-            self.store,
-            self.claims,
-            principal.user_id,
-            turn_id,
-            lease_seconds=self.policy.lease_seconds,
-            wait_seconds=self.policy.turn_wait_seconds,
-            idempotency_ttl_seconds=self.policy.idempotency_ttl_seconds,
-        )
-        async with lease:
+        async with self._lease(principal, turn_id) as lease:
             if idempotency_key is not None:
                 fingerprint = request_fingerprint(principal.user_id, text, conversation_id)
                 replay = await lease.claim(idempotency_key, fingerprint)
@@ -336,10 +372,24 @@ class ChatService:
         lease: TurnLease,
     ) -> ChatReply:
         start = await self._begin(lease, text, conversation_id)
+        return await self._answer(principal, start, turn_id, log, sink, lease=lease)
+
+    async def _answer(
+        self,
+        principal: Principal,
+        start: TurnStart,
+        turn_id: uuid.UUID,
+        log: _TurnLog,
+        sink: TurnSink | None,
+        *,
+        lease: TurnLease,
+    ) -> ChatReply:
+        """The reply to ``start.user_message``: the tool loop, each step stored as it happens, then the answer."""
         conversation = start.conversation
         log.conversation_id = conversation.id
+        reply_id = uuid.uuid4()  # the final assistant message's, announced before it exists
         if sink is not None:
-            await sink.started(conversation.id, turn_id, start.user_message.id)
+            await sink.started(conversation.id, turn_id, start.user_message.id, reply_id)
         past = history_rules.window(
             start.history, max_messages=self.policy.history_limit, max_tokens=self.policy.context_tokens
         )
@@ -353,6 +403,7 @@ class ChatService:
             error.conversation_id = conversation.id
             await self.store.mark_unanswered(principal.user_id, conversation.id, start.user_message.id)
             raise
+        final = None if final is None else replace(final, id=reply_id)
         reply = progress.reply(final)
         if lease.idempotency_key is not None:
             reply = as_replayed(reply)  # the first answer, byte for byte what every retry will get
@@ -370,11 +421,21 @@ class ChatService:
     async def _begin(self, lease: TurnLease, text: str, conversation_id: uuid.UUID | None) -> TurnStart:
         """Store the user's message under the conversation's lease; a turn still open (its calls waiting for
         approval, or decided but not continued) is closed first: a new message supersedes it."""
+        return await self._begin_after_closing(
+            lease,
+            conversation_id,
+            lambda: lease.begin(
+                conversation_id, text, history_limit=self.policy.history_limit + PAIR_SLACK, title=title_from(text)
+            ),
+        )
+
+    async def _begin_after_closing(
+        self, lease: TurnLease, conversation_id: uuid.UUID | None, begin: Callable[[], Awaitable[TurnStart]]
+    ) -> TurnStart:
+        """``begin`` a turn, closing first the conversation's open turn it finds in the way."""
         for _ in range(CLOSE_ATTEMPTS):
             try:
-                return await lease.begin(
-                    conversation_id, text, history_limit=self.policy.history_limit + PAIR_SLACK, title=title_from(text)
-                )
+                return await begin()
             except TurnStillOpen as still_open:
                 assert conversation_id is not None  # a new conversation has no turn to close
                 await self._close_open_turn(lease, conversation_id, still_open.turn_id)
@@ -454,35 +515,35 @@ class ChatService:
         approvals = await self.store.decide_tool_calls(
             user_id, conversation_id, decisions, expire_before=self._expired_before()
         )
-        turn_id, run_id = approvals[0].turn_id, uuid.uuid4()
+        turn_id, run_id, reply_id = approvals[0].turn_id, uuid.uuid4(), uuid.uuid4()
         if any(a.pending for a in approvals):
             turn = await self.store.turn_messages(user_id, conversation_id, turn_id)
             reply = turn_reply(conversation_id, turn, approvals)
             if sink is not None:
-                await sink.started(conversation_id, run_id, turn[0].id)
+                await sink.started(conversation_id, run_id, turn[0].id, reply.message_id)
                 for call in reply.pending_approvals:
                     await sink.approval_request(call)
             return reply
-        lease = TurnLease(
-            self.store,
-            self.claims,
-            user_id,
-            run_id,
-            lease_seconds=self.policy.lease_seconds,
-            wait_seconds=self.policy.turn_wait_seconds,
-            idempotency_ttl_seconds=self.policy.idempotency_ttl_seconds,
-        )
-        async with lease:
+        async with self._lease(principal, run_id) as lease:
             resumed = await lease.resume(conversation_id, turn_id, history_limit=self.policy.history_limit + PAIR_SLACK)
-            if sink is not None:
-                await sink.started(conversation_id, run_id, resumed.turn[0].id)
             if not resumed.open or any(a.pending for a in resumed.approvals):
                 # Continued already (a twin decision, another replica), or closed by a new message: its reply.
-                return turn_reply(conversation_id, resumed.turn, resumed.approvals)
-            return await self._continue_turn(principal, resumed, lease, log, sink)
+                reply = turn_reply(conversation_id, resumed.turn, resumed.approvals)
+                if sink is not None:
+                    await sink.started(conversation_id, run_id, resumed.turn[0].id, reply.message_id)
+                return reply
+            if sink is not None:
+                await sink.started(conversation_id, run_id, resumed.turn[0].id, reply_id)
+            return await self._continue_turn(principal, resumed, lease, log, sink, reply_id)
 
     async def _continue_turn(
-        self, principal: Principal, resumed: TurnResumption, lease: TurnLease, log: _TurnLog, sink: TurnSink | None
+        self,
+        principal: Principal,
+        resumed: TurnResumption,
+        lease: TurnLease,
+        log: _TurnLog,
+        sink: TurnSink | None,
+        reply_id: uuid.UUID,
     ) -> ChatReply:
         """The open turn's calls are all decided: run the approved ones, answer the rest, let the model go on."""
         conversation_id = resumed.conversation.id
@@ -526,6 +587,7 @@ class ChatService:
         except AgentError as error:
             error.conversation_id = conversation_id
             raise  # the turn stays open: deciding again (or a new message) takes it up
+        final = None if final is None else replace(final, id=reply_id)
         finished = await self.store.finish_turn(
             principal.user_id,
             conversation_id,

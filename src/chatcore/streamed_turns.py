@@ -108,13 +108,20 @@ class TurnRun:
 
     # --- TurnSink ----------------------------------------------------------------------------------------------
 
-    async def started(self, conversation_id: uuid.UUID, turn_id: uuid.UUID, user_message_id: uuid.UUID) -> None:
+    async def started(
+        self, conversation_id: uuid.UUID, turn_id: uuid.UUID, user_message_id: uuid.UUID, message_id: uuid.UUID
+    ) -> None:
         await self._store.begin(self.principal.user_id, conversation_id, turn_id)
         self.turn_id, self.conversation_id = turn_id, conversation_id
         self._registry[turn_id] = self
         await self._emit(
             TURN,
-            {"conversation_id": str(conversation_id), "turn_id": str(turn_id), "user_message_id": str(user_message_id)},
+            {
+                "conversation_id": str(conversation_id),
+                "turn_id": str(turn_id),
+                "user_message_id": str(user_message_id),
+                "message_id": str(message_id),
+            },
         )
         await self.save()
         self._watcher = asyncio.create_task(self._watch_stop_flag(), name=f"chatcore-stop-watch-{turn_id}")
@@ -298,6 +305,10 @@ class TurnStreamer:
         going on, ``done``. Malformed decisions raise InvalidRequest here, before anything runs."""
         checked = validate_decisions(decisions)
         return self._launch(principal, lambda run: self.service.decide(principal, conversation_id, checked, sink=run))
+
+    async def regenerate(self, principal: Principal, conversation_id: uuid.UUID) -> AsyncIterator[TurnEvent]:
+        """``ChatService.regenerate`` as a streamed turn, started like ``start``."""
+        return self._launch(principal, lambda run: self.service.regenerate(principal, conversation_id, sink=run))
 
     def _launch(
         self, principal: Principal, turn: Callable[[TurnRun], Awaitable[ChatReply]]

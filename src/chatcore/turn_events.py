@@ -27,7 +27,8 @@ from chatcore.model import (
 from chatcore.ports import LLMAgent
 
 TURN: Final = "turn"
-"""First event of a stream: ``{conversation_id, turn_id, user_message_id}``."""
+"""First event of a stream: ``{conversation_id, turn_id, user_message_id, message_id}``; ``message_id`` is the id
+the turn's final assistant message will be stored under (the ``message_id`` of ``done``)."""
 DELTA: Final = "delta"
 """A piece of the reply's text: ``{text}``."""
 TOOL_CALL: Final = "tool_call"
@@ -58,8 +59,13 @@ class TurnStopped(Exception):
 class TurnSink(Protocol):
     """What the tool loop reports to while a streamed turn runs (``streamed_turns.TurnRun`` implements it)."""
 
-    async def started(self, conversation_id: uuid.UUID, turn_id: uuid.UUID, user_message_id: uuid.UUID) -> None:
-        """The user message is stored: the turn now has a conversation and can be followed and stopped."""
+    async def started(
+        self, conversation_id: uuid.UUID, turn_id: uuid.UUID, user_message_id: uuid.UUID, message_id: uuid.UUID
+    ) -> None:
+        """The user message is stored: the turn now has a conversation and can be followed and stopped.
+
+        ``message_id`` is the id the turn's final assistant message will be stored under.
+        """
         ...
 
     async def step(self, agent: LLMAgent, request: AgentRequest) -> AgentResponse:

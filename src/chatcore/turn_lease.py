@@ -16,7 +16,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 
 from chatcore.errors import ConversationBusy, IdempotencyInProgress, TurnFailed
@@ -122,18 +122,35 @@ class TurnLease:
         self, conversation_id: uuid.UUID | None, text: str, *, history_limit: int, title: str | None
     ) -> TurnStart:
         """Store the user's message and take the conversation's lease, waiting while another turn holds it."""
+        return await self._take_lease(
+            lambda: self.store.begin_turn(
+                self.user_id,
+                conversation_id,
+                ChatMessage.user(text),  # made per try, so its created_at is when it is stored
+                turn_id=self.turn_id,
+                history_limit=history_limit,
+                title=title,
+                lease_seconds=self.lease_seconds,
+            )
+        )
+
+    async def begin_regeneration(self, conversation_id: uuid.UUID, *, history_limit: int) -> TurnStart:
+        """Take the conversation's lease to answer its last user message again (the reply so far is superseded)."""
+        return await self._take_lease(
+            lambda: self.store.begin_regeneration(
+                self.user_id,
+                conversation_id,
+                turn_id=self.turn_id,
+                history_limit=history_limit,
+                lease_seconds=self.lease_seconds,
+            )
+        )
+
+    async def _take_lease(self, attempt: Callable[[], Awaitable[TurnStart]]) -> TurnStart:
         waits = pauses()
         while True:
             try:
-                start = await self.store.begin_turn(
-                    self.user_id,
-                    conversation_id,
-                    ChatMessage.user(text),  # made per try, so its created_at is when it is stored
-                    turn_id=self.turn_id,
-                    history_limit=history_limit,
-                    title=title,
-                    lease_seconds=self.lease_seconds,
-                )
+                start = await attempt()
             except ConversationBusy:
                 await self._pause(waits, ConversationBusy)
                 continue

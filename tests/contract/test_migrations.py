@@ -40,6 +40,7 @@ TABLES = {
     "turns",
     "tool_approvals",
     "usage",
+    "conversation_aliases",
 }
 
 

@@ -130,3 +130,38 @@ async def test_deleting_the_conversation_deletes_its_turns_and_events(stores: Co
         await stores.events.read(alice, turn_id)
     with pytest.raises(TurnNotFound):
         await stores.events.state(alice, turn_id)
+
+
+async def test_the_running_turn_of_a_conversation_is_the_running_turn_holding_its_lease(stores: Stores) -> None:
+    alice, bob = new_user(), new_user()
+    turn_id = uuid.uuid4()
+    start = await stores.conversations.begin_turn(
+        alice, None, ChatMessage.user("hi"), turn_id=turn_id, history_limit=10, lease_seconds=60
+    )
+    conversation_id = start.conversation.id
+    assert await stores.events.running(alice, conversation_id) is None  # the lease's turn is not streamed
+
+    await stores.events.begin(alice, conversation_id, turn_id)
+
+    running = await stores.events.running(alice, conversation_id)
+    assert running is not None
+    assert (running.id, running.conversation_id, running.status) == (turn_id, conversation_id, TurnStatus.RUNNING)
+    assert await stores.events.running(bob, conversation_id) is None
+    assert await stores.events.running(alice, uuid.uuid4()) is None
+
+    await stores.conversations.finish_turn(alice, conversation_id, [ChatMessage.assistant("hello")], turn_id=turn_id)
+    assert await stores.events.running(alice, conversation_id) is None
+
+
+async def test_a_running_turn_whose_lease_is_gone_is_not_running(stores: Stores) -> None:
+    alice = new_user()
+    turn_id = uuid.uuid4()
+    start = await stores.conversations.begin_turn(
+        alice, None, ChatMessage.user("hi"), turn_id=turn_id, history_limit=10, lease_seconds=60
+    )
+    await stores.events.begin(alice, start.conversation.id, turn_id)
+
+    await stores.conversations.release_turn(alice, turn_id, conversation_id=start.conversation.id, idempotency_key=None)
+
+    assert (await stores.events.state(alice, turn_id)).status is TurnStatus.RUNNING
+    assert await stores.events.running(alice, start.conversation.id) is None

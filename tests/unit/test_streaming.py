@@ -130,6 +130,7 @@ async def test_a_streamed_turn_emits_turn_tool_call_tool_result_deltas_and_done_
         "pending_approvals": [],
     }
     assert turn.data["user_message_id"] == str(stored[0].id)
+    assert turn.data["message_id"] == done.data["message_id"]  # announced at the start
 
 
 async def test_a_streamed_turn_stores_exactly_what_the_json_turn_stores() -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,13 +49,21 @@ from chatcore.adapters.sqlalchemy.rows import (
 from chatcore.adapters.sqlalchemy.tables import TITLE_MAX_LENGTH, as_utc
 from chatcore.adapters.sqlalchemy.tables import conversations as conversations_table
 from chatcore.adapters.sqlalchemy.tables import messages as messages_table
-from chatcore.errors import ChatError, ConversationBusy, ConversationNotFound, LeaseLost, TurnStillOpen
+from chatcore.errors import (
+    ChatError,
+    ConversationBusy,
+    ConversationNotFound,
+    LeaseLost,
+    NothingToRegenerate,
+    TurnStillOpen,
+)
 from chatcore.idempotency import IdempotentReply
 from chatcore.model import (
     ChatMessage,
     Conversation,
     Message,
     MessageStatus,
+    Role,
     ToolApproval,
     ToolDecision,
     TurnResumption,
@@ -398,6 +406,58 @@ class SqlAlchemyConversationStore:
         parameters["p_turn_id"] = turn_id
         parameters |= turn_sql.batch_parameters([stored_message(m, conversation_id, 0, turn_id) for m in batch])
         return parameters
+
+    async def begin_regeneration(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        turn_id: uuid.UUID,
+        history_limit: int,
+        lease_seconds: float | None = None,
+    ) -> TurnStart:
+        """A few statements in one transaction (a rare request: no single-statement path); leaving it on an error
+        rolls the lease back too."""
+        now = self._clock()
+        lease = _Lease(turn_id, now, None if lease_seconds is None else now + timedelta(seconds=lease_seconds))
+        columns = messages_table.c
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            bump = lease.bump(require_closed=True).returning(*CONVERSATION_COLUMNS)
+            found = (await connection.execute(bump, lease.parameters(user_id, conversation_id, by=0))).one_or_none()
+            if found is None:
+                raise await _missing_or(connection, user_id, conversation_id, ConversationBusy(), lease)
+            last_user = (
+                await connection.execute(
+                    select(*MESSAGE_COLUMNS)
+                    .where(
+                        columns.conversation_id == conversation_id,
+                        columns.role == Role.USER.value,
+                        columns.status != MessageStatus.SUPERSEDED.value,
+                    )
+                    .order_by(columns.seq.desc())
+                    .limit(1)
+                )
+            ).one_or_none()
+            if last_user is None:
+                raise NothingToRegenerate()
+            user_message = message_from_row(last_user._mapping)
+            await connection.execute(
+                update(messages_table)
+                .where(
+                    columns.conversation_id == conversation_id,
+                    columns.seq > user_message.seq,
+                    columns.status != MessageStatus.SUPERSEDED.value,
+                )
+                .values(status=MessageStatus.SUPERSEDED.value)
+            )
+            await connection.execute(  # the message belongs to the turn that answers it now
+                update(messages_table)
+                .where(columns.id == user_message.id)
+                .values(status=MessageStatus.COMPLETE.value, turn_id=turn_id)
+            )
+            user_message = replace(user_message, status=MessageStatus.COMPLETE, turn_id=turn_id)
+            history = await _window(connection, conversation_id, before=user_message.seq, limit=history_limit)
+        return TurnStart(conversation_from_row(found), history, user_message, created=False)
 
     async def mark_unanswered(self, user_id: str, conversation_id: uuid.UUID, message_id: uuid.UUID) -> None:
         async with store_unavailable_on_outage(), self._engine.begin() as connection:

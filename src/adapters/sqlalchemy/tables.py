@@ -249,3 +249,21 @@ usage = Table(
     ),
 )
 """One row per model call (``chatcore.usage.ModelCall``), written in the transaction that stores its turn."""
+
+conversation_aliases = Table(
+    "conversation_aliases",
+    metadata,
+    Column("user_id", String(255), nullable=False),
+    # A frontend's own chat id (the AI SDK's chat id, an AG-UI thread id), unique per user.
+    Column("external_id", String(255), nullable=False),
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("created_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("user_id", "external_id"),
+    Index("ix_conversation_aliases_conversation_id", "conversation_id"),
+)
+"""Which conversation a frontend's chat id names for a user (``chatcore.external_chats``)."""

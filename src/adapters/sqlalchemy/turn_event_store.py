@@ -155,6 +155,32 @@ class SqlAlchemyTurnEventStore:
             stopped = (await connection.execute(statement)).scalars().all()
         return tuple(stopped)
 
+    async def running(self, user_id: str, conversation_id: uuid.UUID) -> TurnState | None:
+        """The owner of the conversation's live lease, if it is a running turn: two primary-key reads."""
+        holder = select(conversations.c.lease_owner).where(
+            conversations.c.id == conversation_id,
+            conversations.c.user_id == user_id,
+            conversations.c.lease_expires_at > utcnow(),
+        )
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            owner = await connection.scalar(holder)
+            try:
+                turn_id = uuid.UUID(owner) if owner else None
+            except ValueError:
+                return None
+            if turn_id is None:
+                return None
+            row = (
+                await connection.execute(
+                    select(*_TURN_COLUMNS).where(
+                        turns.c.id == turn_id,
+                        turns.c.user_id == user_id,
+                        turns.c.status == TurnStatus.RUNNING.value,
+                    )
+                )
+            ).one_or_none()
+        return None if row is None else _state_from(row._mapping)
+
 
 def _state_from(row: RowMapping) -> TurnState:
     return TurnState(

@@ -191,7 +191,7 @@ TASKS_EXAMPLE: list[dict[str, Any]] = [
 ]
 SSE_EXAMPLE = (
     "id: 1\nevent: turn\n"
-    'data: {"conversation_id":"7b0c1a52-…","turn_id":"c3d4…","user_message_id":"2c9d…"}\n\n'
+    'data: {"conversation_id":"7b0c1a52-…","turn_id":"c3d4…","user_message_id":"2c9d…","message_id":"5a6b…"}\n\n'
     'id: 2\nevent: tool_call\ndata: {"id":"call_1","name":"add_task","arguments":{"title":"Buy milk"}}\n\n'
     'id: 3\nevent: tool_result\ndata: {"id":"call_1","name":"add_task","result":{"task_id":1,"status":"created"}}\n\n'
     'id: 4\nevent: delta\ndata: {"text":"I\'ve "}\n\n'
