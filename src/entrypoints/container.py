@@ -23,6 +23,7 @@ from chatcore.adapters.observability.instrumented import (
 )
 from chatcore.adapters.observability.metrics import ChatMetrics, pool_gauge_resource
 from chatcore.adapters.observability.tracing import engine_tracing_resource, tracer_of, tracing_resource
+from chatcore.adapters.sqlalchemy.alias_store import SqlAlchemyConversationAliases
 from chatcore.adapters.sqlalchemy.conversation_reader import SqlAlchemyConversationReader
 from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
@@ -80,7 +81,8 @@ async def agent_resource(settings: Settings) -> AsyncIterator[LLMAgent]:
         from chatcore.adapters.offline.agent import OfflineTodoAgent
 
         # In dev mode the offline agent's words arrive a little apart, so the chat page visibly streams.
-        yield OfflineTodoAgent(word_delay_seconds=0.02 if settings.dev_mode else 0.0)
+        delay = settings.offline_word_delay_seconds
+        yield OfflineTodoAgent(word_delay_seconds=(0.02 if settings.dev_mode else 0.0) if delay is None else delay)
         return
     provider: type[OpenAIChatAgent | AnthropicChatAgent]
     if settings.llm == "openai":
@@ -198,6 +200,7 @@ class Container(containers.DeclarativeContainer):
     engine = providers.Resource(engine_resource, settings)
     tasks = providers.Singleton(SqlAlchemyTaskStore, engine)
     turn_events = providers.Singleton(SqlAlchemyTurnEventStore, engine)
+    conversation_aliases = providers.Singleton(SqlAlchemyConversationAliases, engine)
     tools = providers.Resource(tools_resource, settings, tasks)
     agent = providers.Resource(agent_resource, settings)
     verifier = providers.Singleton(token_verifier, settings)

@@ -91,6 +91,9 @@ class Settings:
     llm_max_retries: int = 2
     llm_http: ProviderHttp = "aiohttp"
     """What sends the provider SDKs' requests (CHATCORE_LLM_HTTP): aiohttp, or httpx2's own transport."""
+    offline_word_delay_seconds: float | None = None
+    """Seconds between the offline agent's streamed words (CHATCORE_OFFLINE_WORD_DELAY); None: 0.02 under --dev
+    (so the chat page visibly streams), else 0."""
 
     history_limit: int = 50
     context_tokens: int = 24_000
@@ -204,6 +207,7 @@ class Settings:
             llm_timeout_seconds=reader.number("CHATCORE_LLM_TIMEOUT", defaults.llm_timeout_seconds),
             llm_max_retries=reader.integer("CHATCORE_LLM_MAX_RETRIES", defaults.llm_max_retries, minimum=0),
             llm_http=reader.choice("CHATCORE_LLM_HTTP", PROVIDER_HTTP) or defaults.llm_http,
+            offline_word_delay_seconds=reader.optional_number("CHATCORE_OFFLINE_WORD_DELAY"),
             history_limit=reader.integer("CHATCORE_HISTORY_LIMIT", defaults.history_limit, minimum=1),
             context_tokens=reader.integer("CHATCORE_CONTEXT_TOKENS", defaults.context_tokens, minimum=256),
             max_tool_steps=reader.integer("CHATCORE_MAX_TOOL_STEPS", defaults.max_tool_steps, minimum=1),
@@ -248,6 +252,8 @@ class Settings:
                 check_schema(settings.db_schema, settings.database_url or "")
             except ValueError as error:
                 raise ConfigurationError(f"CHATCORE_DB_SCHEMA: {error}") from None
+        if (settings.offline_word_delay_seconds or 0) < 0:
+            raise ConfigurationError("CHATCORE_OFFLINE_WORD_DELAY must not be negative")
         if settings.mcp_servers:
             from chatcore.adapters.mcp.config import parse_mcp_servers
 

@@ -24,6 +24,7 @@ from chatcore.entrypoints.http.auth import BEARER_SECURITY, BearerAuthentication
 from chatcore.entrypoints.http.controllers import ChatController, HealthController
 from chatcore.entrypoints.http.conversations import ConversationsController, attach_conversations, detach_conversations
 from chatcore.entrypoints.http.errors import EXCEPTION_HANDLERS
+from chatcore.entrypoints.http.frontends import AgUiController, AiSdkController, attach_frontends
 from chatcore.entrypoints.http.json_bodies import JsonBodyRequest
 from chatcore.entrypoints.http.page import PageController
 from chatcore.entrypoints.http.rate_limit import RATE_LIMIT_STORE, rate_limit_config
@@ -88,6 +89,7 @@ def create_app(container: Container, *, before_start: Sequence[Callable[[], Awai
         await attach_conversations(app.state, container, app.state.service, dev_mode=settings.dev_mode)
         usage = container.usage_history()
         app.state.usage = await usage if inspect.isawaitable(usage) else usage
+        await attach_frontends(app.state, container, app.state.service)
         store = container.rate_limit_store()
         store = await store if inspect.isawaitable(store) else store
         if store is not None:
@@ -114,7 +116,7 @@ def create_app(container: Container, *, before_start: Sequence[Callable[[], Awai
     # The API: authenticated in middleware, then counted per verified user. Its controllers go in this router.
     api = Router(
         path="/",
-        route_handlers=[ChatController, ConversationsController, UsageController],
+        route_handlers=[ChatController, ConversationsController, UsageController, AiSdkController, AgUiController],
         middleware=[
             BearerAuthenticationMiddleware,
             *([rate_limit_config(settings.rate_limit).middleware] if settings.rate_limit else []),
