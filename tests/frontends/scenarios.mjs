@@ -31,6 +31,15 @@ const textOf = (message) =>
     .map((part) => part.text)
     .join("");
 const toolParts = (message) => message.parts.filter((part) => part.type.startsWith("tool-"));
+/** What useChat's sendMessage({text}) makes the transport send: a new chat id's first message. */
+const send = (chatId, text) =>
+  transport().sendMessages({
+    chatId,
+    messages: [userMessage(text)],
+    trigger: "submit-message",
+    messageId: undefined,
+    abortSignal: undefined,
+  });
 
 async function api(path, url = base) {
   const response = await fetch(`${url}/api/${user}${path}`, { headers });
@@ -67,13 +76,7 @@ const scenarios = {
   /** sendMessages + readUIMessageStream: streamed text, the add_task part with its output, nothing to resume after. */
   async "ai-sdk-send"() {
     const chatId = randomUUID().slice(0, 16);
-    const stream = await transport().sendMessages({
-      chatId,
-      messages: [userMessage("Add a task to buy milk")],
-      trigger: "submit-message",
-      messageId: undefined,
-      abortSignal: undefined,
-    });
+    const stream = await send(chatId, "Add a task to buy milk");
     const { snapshots, last } = await read(stream);
 
     assert.equal(last.role, "assistant");
@@ -104,13 +107,7 @@ const scenarios = {
   /** reconnectToStream while a turn runs (on the other replica): the whole reply, replayed then live; then 204. */
   async "ai-sdk-resume"() {
     const chatId = randomUUID().slice(0, 16);
-    const stream = await transport().sendMessages({
-      chatId,
-      messages: [userMessage("hello")],
-      trigger: "submit-message",
-      messageId: undefined,
-      abortSignal: undefined,
-    });
+    const stream = await send(chatId, "hello");
     const reader = stream.getReader();
     const seen = [];
     while (!seen.some((chunk) => chunk.type === "text-delta")) {

@@ -10,44 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from dependency_injector import providers
 
-from chatcore.entrypoints.container import build_container
-from chatcore.entrypoints.http.app import create_app
-from chatcore.entrypoints.settings import Settings
 from chatcore.errors import AgentUnavailable
 from chatcore.fakes import ScriptedAgent
-from chatcore.ports import LLMAgent
 
-from .conftest import SECRET, AppClient, auth
-from .test_http_streaming import GatedAgent
+from .conftest import AppClient, auth
+from .test_http_streaming import GatedAgent, served
 
 pytestmark = pytest.mark.integration
-
-
-@asynccontextmanager
-async def served(postgres_url: str, agent: LLMAgent, **overrides: Any) -> AsyncIterator[str]:
-    """The app on uvicorn on a free local port, with ``agent`` as the model; yields the base URL."""
-    container = build_container(Settings(database_url=postgres_url, auth_secret=SECRET, **overrides))
-    container.agent.override(providers.Object(agent))
-    server = uvicorn.Server(uvicorn.Config(create_app(container), host="127.0.0.1", port=0, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, not an event
-                await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(30):
-            await task
 
 
 def new_user() -> str:

@@ -178,9 +178,10 @@ class GatedAgent:
 
 
 @asynccontextmanager
-async def served(postgres_url: str, agent: LLMAgent) -> AsyncIterator[str]:
-    """The app on uvicorn on a free local port, with ``agent`` as the model; yields the base URL."""
-    container = build_container(Settings(database_url=postgres_url, auth_secret=SECRET))
+async def served(postgres_url: str, agent: LLMAgent, **overrides: Any) -> AsyncIterator[str]:
+    """The app on uvicorn on a free local port, with ``agent`` as the model (and settings ``overrides``); yields
+    the base URL."""
+    container = build_container(Settings(database_url=postgres_url, auth_secret=SECRET, **overrides))
     container.agent.override(providers.Object(agent))
     server = uvicorn.Server(uvicorn.Config(create_app(container), host="127.0.0.1", port=0, log_level="warning"))
     task = asyncio.create_task(server.serve())

@@ -32,6 +32,8 @@ BODY_READERS = {
     ("POST", "/api/{user_id:str}/chat"),
     ("PATCH", "/api/{user_id:str}/conversations/{conversation_id:uuid}"),
     ("POST", "/api/{user_id:str}/conversations/{conversation_id:uuid}/approvals"),
+    ("POST", "/api/{user_id:str}/ai-sdk/chat"),
+    ("POST", "/api/{user_id:str}/ag-ui"),
 }
 """The routes that read a JSON body; each must answer 400 to a body nested too deeply."""
 WRITE_METHODS = {"POST", "PUT", "PATCH"}

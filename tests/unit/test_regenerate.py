@@ -9,8 +9,8 @@ import pytest
 from chatcore import AgentResponse, AgentTimeout, ConversationNotFound, MessageStatus, Role, ToolCall
 from chatcore.errors import NothingToRegenerate
 from chatcore.fakes import InMemoryConversationAliases, InMemoryTurnEventStore, ScriptedAgent
-from chatcore.streamed_turns import TurnStreamer
 from chatcore.model import Principal, TurnEvent
+from chatcore.streamed_turns import TurnStreamer
 from tests.unit.test_service import build
 
 ALICE = Principal("alice")

@@ -3,7 +3,7 @@
 An AG-UI client (``HttpAgent``, CopilotKit) posts a ``RunAgentInput`` and reads Server-Sent Events whose
 ``data`` is one AG-UI event each. chatcore keeps the thread itself: only the last user message is read
 (or, on a run that resumes an interrupted one, its ``resume`` entries), and the run's events are
-rendered from the events the turn stores (``chatcore.streaming``), like the AI SDK's stream.
+rendered from the events the turn stores (``chatcore.turn_events``), like the AI SDK's stream.
 
 A tool call that waits for the user's approval ends the run with AG-UI 1.0's interrupt outcome
 (``RUN_FINISHED`` with ``outcome: {"type": "interrupt", "interrupts": [...]}``, one interrupt per pending
@@ -20,10 +20,11 @@ from typing import Any, Final
 import msgspec
 
 from chatcore.entrypoints.http.ai_sdk import APPROVAL_REQUEST, ApprovalResponse, Chunk
+from chatcore.entrypoints.http.json_bodies import decode_body
 from chatcore.errors import InvalidMessage, InvalidRequest
 from chatcore.external_chats import valid_chat_id
 from chatcore.model import JsonValue, TurnEvent
-from chatcore.streaming import DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
+from chatcore.turn_events import DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
 
 APPROVAL_REASON: Final = "tool_approval"
 """The ``reason`` of an interrupt that asks to approve a tool call."""
@@ -214,14 +215,7 @@ class RunRequest:
 
 def parse_run_input(body: bytes) -> RunRequest:
     """The run's input, or InvalidRequest/InvalidMessage (400) saying what is wrong with it."""
-    try:
-        decoded = msgspec.json.decode(body, type=_RunAgentInput)
-    except msgspec.ValidationError as error:
-        raise InvalidRequest(f"Invalid RunAgentInput: {error}") from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("The request body must be a JSON object") from None
-    except RecursionError:
-        raise InvalidRequest("The request body is nested too deeply") from None
+    decoded = decode_body(body, _RunAgentInput, name="RunAgentInput")
     thread_id, run_id = valid_chat_id(decoded.thread_id), decoded.run_id
     if decoded.resume:
         return RunRequest(thread_id, run_id, approvals=tuple(_decision(entry) for entry in decoded.resume))

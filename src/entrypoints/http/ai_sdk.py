@@ -4,7 +4,7 @@
 Server-Sent Events stream of UI message chunks, in the order ``uiMessageChunkSchema`` accepts them. chatcore
 keeps the conversation itself, so only the last user message's text (or the approval responses on the last
 assistant message) is read from the request, and the stream is computed from the events the turn stores
-(``chatcore.streaming``), not from the model: the POST that starts a turn, a resume after a reload and
+(``chatcore.turn_events``), not from the model: the POST that starts a turn, a resume after a reload and
 another replica all render the same events the same way.
 
 One assistant ``UIMessage`` stands for one turn's reply: a ``start-step``/``finish-step`` pair per model
@@ -23,10 +23,11 @@ from typing import Final
 import msgspec
 
 from chatcore.conversations import HistoryEntry
+from chatcore.entrypoints.http.json_bodies import decode_body
 from chatcore.errors import InvalidMessage, InvalidRequest
 from chatcore.external_chats import valid_chat_id
 from chatcore.model import JsonValue, MessageStatus, Role, ToolCallRecord, TurnEvent
-from chatcore.streaming import DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
+from chatcore.turn_events import DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
 
 Chunk = dict[str, JsonValue]
 
@@ -219,14 +220,7 @@ class ChatRequest:
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     """The request, or InvalidRequest/InvalidMessage (400) saying what is wrong with it."""
-    try:
-        decoded = msgspec.json.decode(body, type=_Body)
-    except msgspec.ValidationError as error:
-        raise InvalidRequest(f"Invalid request body: {error}") from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("The request body must be a JSON object") from None
-    except RecursionError:
-        raise InvalidRequest("The request body is nested too deeply") from None
+    decoded = decode_body(body, _Body, name="request body")
     chat_id = valid_chat_id(decoded.id)
     try:
         trigger = Trigger(decoded.trigger)

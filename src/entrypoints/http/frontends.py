@@ -39,10 +39,10 @@ from chatcore.entrypoints.http.auth import BEARER_SECURITY, principal_of, requir
 from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.errors import ConversationNotFound, InvalidRequest
 from chatcore.external_chats import ExternalChats
-from chatcore.live import TurnStreamer
 from chatcore.model import JsonValue, TurnEvent
 from chatcore.service import ChatService, title_from, validate_message
-from chatcore.streaming import ERROR
+from chatcore.streamed_turns import TurnStreamer
+from chatcore.turn_events import ERROR
 
 EVENT_STREAM: Final = "text/event-stream"
 STREAM_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -149,6 +149,15 @@ def _with_body(schema: Schema, examples: dict[str, Example | Reference]) -> type
             )
 
     return WithBody
+
+
+def _stream_spec(description: str, example: str) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=ServerSentEvent,
+        media_type=EVENT_STREAM,
+        description=description,
+        examples=[Example(summary="A turn with a tool call", value=example)],
+    )
 
 
 def _object(description: str, properties: dict[str, Schema | Reference], required: Sequence[str] = ()) -> Schema:
@@ -343,12 +352,7 @@ class AiSdkController(Controller):
         status_code=200,
         operation_class=_with_body(AI_SDK_CHAT_SCHEMA, AI_SDK_CHAT_EXAMPLES),
         responses={
-            200: ResponseSpec(
-                data_container=ServerSentEvent,
-                media_type=EVENT_STREAM,
-                description="The reply as UI message chunks",
-                examples=[Example(summary="A turn with a tool call", value=AI_SDK_STREAM_EXAMPLE)],
-            ),
+            200: _stream_spec("The reply as UI message chunks", AI_SDK_STREAM_EXAMPLE),
             **TURN_ERRORS,
         },
     )
@@ -378,12 +382,7 @@ class AiSdkController(Controller):
             "and then followed live until its end, on whichever replica runs it. No Redis is needed."
         ),
         responses={
-            200: ResponseSpec(
-                data_container=ServerSentEvent,
-                media_type=EVENT_STREAM,
-                description="The running reply, from its start",
-                examples=[Example(summary="A turn with a tool call", value=AI_SDK_STREAM_EXAMPLE)],
-            ),
+            200: _stream_spec("The running reply, from its start", AI_SDK_STREAM_EXAMPLE),
             204: ResponseSpec(data_container=None, description="No turn of this chat is running"),
             400: _error("A chat id that is empty, too long or has control characters", "Invalid chat id", 400),
             **AUTH_ERRORS,
@@ -448,12 +447,7 @@ class AgUiController(Controller):
         status_code=200,
         operation_class=_with_body(AG_UI_INPUT_SCHEMA, AG_UI_EXAMPLES),
         responses={
-            200: ResponseSpec(
-                data_container=ServerSentEvent,
-                media_type=EVENT_STREAM,
-                description="The run's AG-UI events",
-                examples=[Example(summary="A run with a tool call", value=AG_UI_STREAM_EXAMPLE)],
-            ),
+            200: _stream_spec("The run's AG-UI events", AG_UI_STREAM_EXAMPLE),
             **TURN_ERRORS,
         },
     )

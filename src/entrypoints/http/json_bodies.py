@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import re
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from litestar import Request
 from litestar.exceptions import SerializationException
+
+from chatcore.errors import InvalidRequest
+
+T = TypeVar("T")
 
 MAX_JSON_DEPTH = 64
 """Nesting levels (arrays and objects) a JSON request body may have."""
@@ -50,3 +55,18 @@ class JsonBodyRequest(Request[Any, Any, Any]):
             return await super().json()
         except RecursionError:  # not reachable under the limit; kept so no body can ever make a 500 here
             raise SerializationException(TOO_DEEP) from None
+
+
+def decode_body(body: bytes, into: type[T], *, name: str) -> T:
+    """``body`` decoded into ``into``, or InvalidRequest (400) saying what is wrong with it: for the routes that read
+    their raw body themselves (the AI SDK's and AG-UI's, whose bodies carry whatever a frontend keeps)."""
+    if too_deep(body):
+        raise InvalidRequest(TOO_DEEP)
+    try:
+        return msgspec.json.decode(body, type=into)
+    except msgspec.ValidationError as error:
+        raise InvalidRequest(f"Invalid {name}: {error}") from None
+    except msgspec.DecodeError:
+        raise InvalidRequest(f"The {name} must be a JSON object") from None
+    except RecursionError:
+        raise InvalidRequest(TOO_DEEP) from None
