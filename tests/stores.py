@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatcore.adapters.sqlalchemy.alias_store import SqlAlchemyConversationAliases
 from chatcore.adapters.sqlalchemy.conversation_reader import SqlAlchemyConversationReader
 from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
@@ -21,6 +22,7 @@ from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventSto
 from chatcore.errors import ConversationNotFound
 from chatcore.fakes import (
     InMemoryChatDatabase,
+    InMemoryConversationAliases,
     InMemoryConversationReader,
     InMemoryConversationStore,
     InMemoryRetentionStore,
@@ -28,7 +30,14 @@ from chatcore.fakes import (
     InMemoryTurnEventStore,
 )
 from chatcore.model import Conversation, Message, utcnow
-from chatcore.ports import ConversationReader, ConversationStore, RetentionStore, TurnClaimStore, TurnEventStore
+from chatcore.ports import (
+    ConversationAliases,
+    ConversationReader,
+    ConversationStore,
+    RetentionStore,
+    TurnClaimStore,
+    TurnEventStore,
+)
 
 ALL_MESSAGES = 1_000_000
 
@@ -42,6 +51,7 @@ class ConversationStores:
     reader: ConversationReader
     events: TurnEventStore
     retention: RetentionStore
+    aliases: ConversationAliases
 
 
 def in_memory(*, clock: Callable[[], datetime] = utcnow) -> ConversationStores:
@@ -53,6 +63,7 @@ def in_memory(*, clock: Callable[[], datetime] = utcnow) -> ConversationStores:
         InMemoryConversationReader(database),
         events,
         InMemoryRetentionStore(database, events),
+        InMemoryConversationAliases(database),
     )
 
 
@@ -65,6 +76,7 @@ def on_engine(
         SqlAlchemyConversationReader(engine),
         SqlAlchemyTurnEventStore(engine),
         SqlAlchemyRetentionStore(engine),
+        SqlAlchemyConversationAliases(engine, clock=clock),
     )
 
 

@@ -132,10 +132,12 @@ async def test_deleting_the_conversation_deletes_its_turns_and_events(stores: Co
         await stores.events.state(alice, turn_id)
 
 
-async def test_the_running_turn_of_a_conversation_is_the_running_turn_holding_its_lease(stores: Stores) -> None:
+async def test_the_running_turn_of_a_conversation_is_the_running_turn_holding_its_lease(
+    stores: ConversationStores,
+) -> None:
     alice, bob = new_user(), new_user()
     turn_id = uuid.uuid4()
-    start = await stores.conversations.begin_turn(
+    start = await stores.store.begin_turn(
         alice, None, ChatMessage.user("hi"), turn_id=turn_id, history_limit=10, lease_seconds=60
     )
     conversation_id = start.conversation.id
@@ -149,19 +151,19 @@ async def test_the_running_turn_of_a_conversation_is_the_running_turn_holding_it
     assert await stores.events.running(bob, conversation_id) is None
     assert await stores.events.running(alice, uuid.uuid4()) is None
 
-    await stores.conversations.finish_turn(alice, conversation_id, [ChatMessage.assistant("hello")], turn_id=turn_id)
+    await stores.store.finish_turn(alice, conversation_id, [ChatMessage.assistant("hello")], turn_id=turn_id)
     assert await stores.events.running(alice, conversation_id) is None
 
 
-async def test_a_running_turn_whose_lease_is_gone_is_not_running(stores: Stores) -> None:
+async def test_a_running_turn_whose_lease_is_gone_is_not_running(stores: ConversationStores) -> None:
     alice = new_user()
     turn_id = uuid.uuid4()
-    start = await stores.conversations.begin_turn(
+    start = await stores.store.begin_turn(
         alice, None, ChatMessage.user("hi"), turn_id=turn_id, history_limit=10, lease_seconds=60
     )
     await stores.events.begin(alice, start.conversation.id, turn_id)
 
-    await stores.conversations.release_turn(alice, turn_id, conversation_id=start.conversation.id, idempotency_key=None)
+    await stores.claims.release_turn(alice, turn_id, conversation_id=start.conversation.id, idempotency_key=None)
 
     assert (await stores.events.state(alice, turn_id)).status is TurnStatus.RUNNING
     assert await stores.events.running(alice, start.conversation.id) is None

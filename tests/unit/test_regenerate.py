@@ -11,6 +11,7 @@ from chatcore.errors import NothingToRegenerate
 from chatcore.fakes import InMemoryConversationAliases, InMemoryTurnEventStore, ScriptedAgent
 from chatcore.model import Principal, TurnEvent
 from chatcore.streamed_turns import TurnStreamer
+from tests.stores import reader_of, stored_history
 from tests.unit.test_service import build
 
 ALICE = Principal("alice")
@@ -29,7 +30,7 @@ async def test_the_last_reply_is_generated_again_from_the_last_user_message() ->
     assert again.message_id != first.message_id
     request = agent.requests[-1]
     assert [(m.role, m.content) for m in request.messages] == [(Role.USER, "echo 7")]  # no old reply in context
-    stored = await store.history("alice", first.conversation_id, 10)
+    stored = await stored_history(reader_of(store), "alice", first.conversation_id, 10)
     assert [(m.role, m.status) for m in stored] == [
         (Role.USER, MessageStatus.COMPLETE),
         (Role.ASSISTANT, MessageStatus.SUPERSEDED),
@@ -62,7 +63,7 @@ async def test_a_failed_turn_can_be_answered_again() -> None:
     reply = await service.regenerate(ALICE, conversation_id)
 
     assert reply.response == "Here you go"
-    stored = await store.history("alice", conversation_id, 10)
+    stored = await stored_history(reader_of(store), "alice", conversation_id, 10)
     assert [(m.content, m.status) for m in stored] == [
         ("hello", MessageStatus.COMPLETE),
         ("Here you go", MessageStatus.COMPLETE),
@@ -71,7 +72,7 @@ async def test_a_failed_turn_can_be_answered_again() -> None:
 
 async def test_nothing_to_regenerate_and_another_users_conversation_are_refused() -> None:
     service, store, _ = build(ScriptedAgent([AgentResponse("ok")]))
-    empty = await InMemoryConversationAliases(store).find_or_create("alice", "chat", title=None)
+    empty = await InMemoryConversationAliases(store.database).find_or_create("alice", "chat", title=None)
     mine = await service.send(ALICE, "hi")
 
     with pytest.raises(NothingToRegenerate):
@@ -85,7 +86,7 @@ async def test_nothing_to_regenerate_and_another_users_conversation_are_refused(
 async def test_a_streamed_regeneration_announces_its_reply_and_ends_with_it() -> None:
     service, store, _ = build(ScriptedAgent([AgentResponse("Old reply"), AgentResponse("New reply")]))
     first = await service.send(ALICE, "hi")
-    streamer = TurnStreamer(service, InMemoryTurnEventStore(store))
+    streamer = TurnStreamer(service, InMemoryTurnEventStore(store.database))
 
     events: list[TurnEvent] = [event async for event in await streamer.regenerate(ALICE, first.conversation_id)]
 
@@ -93,6 +94,6 @@ async def test_a_streamed_regeneration_announces_its_reply_and_ends_with_it() ->
     assert (turn.type, done.type) == ("turn", "done")
     assert turn.data["message_id"] == done.data["message_id"]
     assert done.data["response"] == "New reply"
-    stored = await store.history("alice", first.conversation_id, 10)
+    stored = await stored_history(reader_of(store), "alice", first.conversation_id, 10)
     assert str(stored[-1].id) == done.data["message_id"]
     assert turn.data["user_message_id"] == str(stored[0].id)

@@ -89,7 +89,7 @@ def create_app(container: Container, *, before_start: Sequence[Callable[[], Awai
         await attach_conversations(app.state, container, app.state.service, dev_mode=settings.dev_mode)
         usage = container.usage_history()
         app.state.usage = await usage if inspect.isawaitable(usage) else usage
-        await attach_frontends(app.state, container, app.state.service)
+        await attach_frontends(app.state, container)
         store = container.rate_limit_store()
         store = await store if inspect.isawaitable(store) else store
         if store is not None:

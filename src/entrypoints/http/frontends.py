@@ -40,7 +40,7 @@ from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.errors import ConversationNotFound, InvalidRequest
 from chatcore.external_chats import ExternalChats
 from chatcore.model import JsonValue, TurnEvent
-from chatcore.service import ChatService, title_from, validate_message
+from chatcore.service import title_from, validate_message
 from chatcore.streamed_turns import TurnStreamer
 from chatcore.turn_events import ERROR
 
@@ -59,11 +59,12 @@ class ServerSentEvent(msgspec.Struct):
     ]
 
 
-async def attach_frontends(state: State, container: Any, service: ChatService) -> None:
+async def attach_frontends(state: State, container: Any) -> None:
     """Put what these controllers need on the app state (called by the app's lifespan, after the resources start)."""
-    aliases = container.conversation_aliases()
+    aliases, reader = container.conversation_aliases(), container.reader()
     aliases = await aliases if inspect.isawaitable(aliases) else aliases
-    state.external_chats = ExternalChats(service.store, aliases)
+    reader = await reader if inspect.isawaitable(reader) else reader
+    state.external_chats = ExternalChats(reader, aliases)
 
 
 def _chats(request: Request[Any, Any, Any]) -> ExternalChats:
