@@ -267,3 +267,81 @@ async def test_a_busy_conversation_is_a_409_before_anything_streams(postgres_url
     assert busy.status_code == 409, busy.text
     assert busy.headers["retry-after"]
     assert busy.json()["detail"] == "Another turn is in progress on this conversation"
+
+
+def ag_ui_events(text: str) -> list[Any]:
+    return [json.loads(block[len("data: ") :]) for block in text.strip().split("\n\n")]
+
+
+async def test_an_approval_round_trip_over_the_ai_sdk_and_ag_ui(app_client: AppClient) -> None:
+    user = new_user()
+    async with app_client(approval_tools=("delete_task",)) as client:
+        await client.post(f"/api/{user}/ai-sdk/chat", json=submit("hitl", "Add a task to buy eggs"), headers=auth(user))
+        asked = chunks_of(
+            (
+                await client.post(
+                    f"/api/{user}/ai-sdk/chat", json=submit("hitl", "Delete the eggs task"), headers=auth(user)
+                )
+            ).text
+        )
+        [request] = [c for c in asked[:-1] if c["type"] == "tool-approval-request"]
+        reply_id = asked[0]["messageId"]
+        stored = (await client.get(f"/api/{user}/ai-sdk/chat/hitl/messages", headers=auth(user))).json()
+        pending = [p for p in stored[-1]["parts"] if p.get("state") == "approval-requested"]
+        # What addToolApprovalResponse sends: the assistant message with the part approval-responded.
+        answered = {
+            "id": "hitl",
+            "trigger": "submit-message",
+            "messageId": reply_id,
+            "messages": [
+                {
+                    "id": reply_id,
+                    "role": "assistant",
+                    "parts": [
+                        {
+                            "type": "tool-delete_task",
+                            "toolCallId": request["toolCallId"],
+                            "state": "approval-responded",
+                            "input": {"task_id": 999},  # never used: the stored arguments run
+                            "approval": {"id": request["approvalId"], "approved": True},
+                        }
+                    ],
+                }
+            ],
+        }
+        continued = chunks_of((await client.post(f"/api/{user}/ai-sdk/chat", json=answered, headers=auth(user))).text)
+        again = await client.post(f"/api/{user}/ai-sdk/chat", json=answered, headers=auth(user))
+        tasks = (await client.get(f"/api/{user}/tasks", headers=auth(user))).json()
+
+        run = {"threadId": "hitl-thread", "runId": "r1", "messages": [{"id": "1", "role": "user", "content": "x"}]}
+        run["messages"][0]["content"] = "Add a task to call mom"
+        await client.post(f"/api/{user}/ag-ui", json=run, headers=auth(user))
+        run = {**run, "runId": "r2", "messages": [{"id": "2", "role": "user", "content": "Delete the call mom task"}]}
+        interrupted = ag_ui_events((await client.post(f"/api/{user}/ag-ui", json=run, headers=auth(user))).text)
+        [interrupt] = interrupted[-1]["outcome"]["interrupts"]
+        resume = {**run, "runId": "r3", "resume": [{"interruptId": interrupt["id"], "status": "cancelled"}]}
+        resumed = [
+            json.loads(b[6:])
+            for b in (await client.post(f"/api/{user}/ag-ui", json=resume, headers=auth(user)))
+            .text.strip()
+            .split("\n\n")
+        ]
+        left = (await client.get(f"/api/{user}/tasks", headers=auth(user))).json()
+
+    assert request["approvalId"] == request["toolCallId"]
+    assert asked[-2] == {"type": "finish", "finishReason": "tool-calls"}
+    assert [p["toolCallId"] for p in pending] == [request["toolCallId"]]
+    assert continued[0]["messageId"] == reply_id  # the client's message goes on
+    kinds = [c["type"] for c in continued[:-1]]
+    assert "tool-input-start" not in kinds  # the client has the call already
+    assert {"type": "tool-output-available", "toolCallId": request["toolCallId"]}.items() <= next(
+        c for c in continued if c["type"] == "tool-output-available"
+    ).items()
+    assert continued[-2] == {"type": "finish", "finishReason": "stop"}
+    assert tasks == []
+    assert again.status_code in (200, 409), again.text  # the same decision again runs nothing twice
+    assert interrupt["reason"] == "tool_approval"
+    assert interrupted[-1]["outcome"]["type"] == "interrupt"
+    assert resumed[0]["type"] == "RUN_STARTED"
+    assert resumed[-1]["outcome"] == {"type": "success"}
+    assert [t["title"] for t in left] == ["Call mom"]

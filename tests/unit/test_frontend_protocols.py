@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from chatcore.entrypoints.http.ag_ui import AgUiEventStream, parse_run_input
-from chatcore.entrypoints.http.ai_sdk import ApprovalResponse, Trigger, UIMessageStream, parse_chat_request
+from chatcore.entrypoints.http.ai_sdk import Trigger, UIMessageStream, parse_chat_request
 from chatcore.errors import InvalidMessage, InvalidRequest
-from chatcore.model import JsonValue, TurnEvent
+from chatcore.model import JsonValue, ToolDecision, TurnEvent
 
 TURN_ID = "c3d4e5f6-a7b8-4c9d-8e0f-1a2b3c4d5e6f"
 CONVERSATION_ID = "7b0c1a52-9d3e-4f7a-8f8e-2d7c1f0e9a11"
@@ -216,7 +216,7 @@ def test_the_ai_sdk_request_reads_only_the_last_message() -> None:
 
     assert (submitted.chat_id, submitted.trigger, submitted.text) == ("chat", Trigger.SUBMIT, "new\n!")
     assert (regenerate.trigger, regenerate.text) == (Trigger.REGENERATE, None)
-    assert approvals.approvals == (ApprovalResponse("call_2", approved=False, reason="no"),)
+    assert approvals.approvals == (ToolDecision("call_2", approved=False, reason="no"),)
     assert approvals.message_id == "reply"
 
 
@@ -263,9 +263,9 @@ def test_the_ag_ui_input_reads_the_last_user_message_or_the_resume_entries() -> 
 
     assert (text.thread_id, text.run_id, text.text) == ("t", "r", "hi")
     assert resumed.approvals == (
-        ApprovalResponse("call_1", approved=True),
-        ApprovalResponse("call_2", approved=False),
-        ApprovalResponse("call_3", approved=False, reason="no"),
+        ToolDecision("call_1", approved=True),
+        ToolDecision("call_2", approved=False),
+        ToolDecision("call_3", approved=False, reason="no"),
     )
     with pytest.raises(InvalidRequest):
         parse_run_input(

@@ -13,18 +13,18 @@ call, its ``id`` the tool call's id); the next run answers them in ``resume``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
 
-from chatcore.entrypoints.http.ai_sdk import APPROVAL_REQUEST, ApprovalResponse, Chunk
+from chatcore.entrypoints.http.ai_sdk import Chunk
 from chatcore.entrypoints.http.json_bodies import decode_body
 from chatcore.errors import InvalidMessage, InvalidRequest
 from chatcore.external_chats import valid_chat_id
-from chatcore.model import JsonValue, TurnEvent
-from chatcore.turn_events import DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
+from chatcore.model import JsonValue, ToolDecision, TurnEvent
+from chatcore.turn_events import APPROVAL_REQUEST, DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
 
 APPROVAL_REASON: Final = "tool_approval"
 """The ``reason`` of an interrupt that asks to approve a tool call."""
@@ -39,17 +39,18 @@ APPROVAL_RESPONSE_SCHEMA: Final = {
 class AgUiEventStream:
     """Renders one turn's events, in order, as the AG-UI events of one run. Pure, like ``ai_sdk.UIMessageStream``.
 
-    The assistant messages are named per model call (``<turn id>:<step>``), tool results after their call.
+    The assistant messages are named per model call (``<turn id>:<step>``), tool results after their call. A run
+    that resumes interrupts does not announce their calls (``known_calls``) again: the client has them.
     """
 
-    def __init__(self, *, thread_id: str, run_id: str) -> None:
+    def __init__(self, *, thread_id: str, run_id: str, known_calls: Iterable[str] = ()) -> None:
         self.thread_id = thread_id
         self.run_id = run_id
         self._turn_id = ""
         self._step = 0
         self._after_results = False
         self._text_open = False
-        self._announced_calls: set[str] = set()
+        self._announced_calls: set[str] = set(known_calls)
         self._interrupts: list[Chunk] = []
         self._step_text = ""
 
@@ -209,7 +210,7 @@ class RunRequest:
     run_id: str
     text: str | None = None
     """The last user message's text, when the run does not resume an interrupted one."""
-    approvals: tuple[ApprovalResponse, ...] = ()
+    approvals: tuple[ToolDecision, ...] = ()
     """The decisions of the ``resume`` entries."""
 
 
@@ -229,19 +230,19 @@ def parse_run_input(body: bytes) -> RunRequest:
     return RunRequest(thread_id, run_id, text=content)
 
 
-def _decision(entry: _ResumeEntry) -> ApprovalResponse:
+def _decision(entry: _ResumeEntry) -> ToolDecision:
     """``resolved`` with ``{"approved": bool, "reason"?}`` (no payload approves), or ``cancelled`` (denies)."""
     if entry.status == "cancelled":
-        return ApprovalResponse(entry.interrupt_id, approved=False, reason=_reason(entry.payload))
+        return ToolDecision(entry.interrupt_id, approved=False, reason=_reason(entry.payload))
     if entry.status != "resolved":
         raise InvalidRequest("A resume entry's status must be resolved or cancelled")
     payload = entry.payload
     if payload is None:
-        return ApprovalResponse(entry.interrupt_id, approved=True)
+        return ToolDecision(entry.interrupt_id, approved=True)
     approved = payload.get("approved") if isinstance(payload, dict) else None
     if not isinstance(approved, bool):
         raise InvalidRequest('A resolved approval\'s payload must be {"approved": true|false, "reason"?: string}')
-    return ApprovalResponse(entry.interrupt_id, approved=approved, reason=_reason(payload))
+    return ToolDecision(entry.interrupt_id, approved=approved, reason=_reason(payload))
 
 
 def _reason(payload: Any) -> str | None:

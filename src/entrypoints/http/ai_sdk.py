@@ -16,18 +16,19 @@ the id of the turn's final assistant message (announced in the ``turn`` event), 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 
+from chatcore.approvals import DENIED
 from chatcore.conversations import HistoryEntry
 from chatcore.entrypoints.http.json_bodies import decode_body
 from chatcore.errors import InvalidMessage, InvalidRequest
 from chatcore.external_chats import valid_chat_id
-from chatcore.model import JsonValue, MessageStatus, Role, ToolCallRecord, TurnEvent
-from chatcore.turn_events import DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
+from chatcore.model import JsonValue, MessageStatus, Role, ToolCallRecord, ToolDecision, TurnEvent
+from chatcore.turn_events import APPROVAL_REQUEST, DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
 
 Chunk = dict[str, JsonValue]
 
@@ -39,24 +40,21 @@ UI_MESSAGE_STREAM_HEADERS: Final = {
 """What the AI SDK's own ``createUIMessageStreamResponse`` sends beside ``content-type: text/event-stream``."""
 DONE_LINE: Final = b"data: [DONE]\n\n"
 
-APPROVAL_REQUEST: Final = "approval_request"
-"""The turn event of a tool call waiting for the user's approval (``{id, name, arguments}``)."""
-
 
 class UIMessageStream:
     """Renders one turn's events, in order, as UI message chunks. Pure: the same events give the same chunks.
 
     ``message_id`` overrides the reply's id in ``start``: a continuation after an approval keeps the id of the
-    assistant message the client is continuing.
+    assistant message the client is continuing, whose tool parts (``known_calls``) it does not announce again.
     """
 
-    def __init__(self, *, message_id: str | None = None) -> None:
+    def __init__(self, *, message_id: str | None = None, known_calls: Iterable[str] = ()) -> None:
         self._message_id = message_id
         self._step_open = False
         self._after_results = False
         self._text_id: str | None = None
         self._step_text = ""
-        self._announced_calls: set[str] = set()
+        self._announced_calls: set[str] = set(known_calls)
         self._awaiting_approval = False
 
     def render(self, event: TurnEvent) -> list[Chunk]:
@@ -79,7 +77,9 @@ class UIMessageStream:
         elif event.type == TOOL_RESULT:
             self._close_text(chunks)
             call_id = str(data["id"])
-            if "error" in data:
+            if "error" in data and str(data["error"]).startswith(DENIED):
+                chunks.append({"type": "tool-output-denied", "toolCallId": call_id})
+            elif "error" in data:
                 chunks.append({"type": "tool-output-error", "toolCallId": call_id, "errorText": str(data["error"])})
             else:
                 chunks.append({"type": "tool-output-available", "toolCallId": call_id, "output": data.get("result")})
@@ -196,15 +196,6 @@ class _Body(msgspec.Struct, rename="camel"):
 
 
 @dataclass(frozen=True, slots=True)
-class ApprovalResponse:
-    """A decision the client took on a pending tool call: ``approval.id`` of a part in ``approval-responded``."""
-
-    approval_id: str
-    approved: bool
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ChatRequest:
     """What chatcore reads from a ``DefaultChatTransport`` request; everything else in it is ignored."""
 
@@ -212,8 +203,9 @@ class ChatRequest:
     trigger: Trigger
     text: str | None = None
     """The last user message's text (``submit-message`` with a user message last)."""
-    approvals: tuple[ApprovalResponse, ...] = ()
-    """The approval responses on the last message (``submit-message`` continuing an assistant message)."""
+    approvals: tuple[ToolDecision, ...] = ()
+    """The approval responses on the last message (``submit-message`` continuing an assistant message): a part in
+    ``approval-responded`` decides the call its ``approval.id`` names (chatcore's approval ids are call ids)."""
     message_id: str | None = None
     """The id of the message the client continues or regenerates, as it sent it."""
 
@@ -237,7 +229,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
             raise InvalidMessage("The last user message has no text")
         return ChatRequest(chat_id, trigger, text=text, message_id=decoded.message_id)
     approvals = tuple(
-        ApprovalResponse(part.approval.id, part.approval.approved, part.approval.reason)
+        ToolDecision(part.approval.id, part.approval.approved, part.approval.reason)
         for part in last.parts
         if part.state == "approval-responded" and part.approval is not None and part.approval.approved is not None
     )
@@ -281,8 +273,21 @@ def ui_messages(entries: Sequence[HistoryEntry]) -> list[Chunk]:
 
 
 def tool_part(record: ToolCallRecord) -> Chunk:
-    """A tool call in its final state, as the AI SDK's static tool part ``tool-<name>``."""
+    """A tool call in its last state, as the AI SDK's static tool part ``tool-<name>``: its output or error, and for
+    a call that needed approval the approval (``approval-requested`` while pending, ``output-denied`` if denied)."""
     part: Chunk = {"type": f"tool-{record.name}", "toolCallId": record.id, "input": dict(record.arguments)}
+    approval = record.approval
+    if approval is not None:
+        decided: Chunk = {"id": record.id}
+        if not approval.pending:
+            decided["approved"] = bool(approval.approved)
+            if approval.reason:
+                decided["reason"] = approval.reason
+        part["approval"] = decided
+        if approval.pending:
+            return {**part, "state": "approval-requested"}
+        if not approval.approved:
+            return {**part, "state": "output-denied"}
     if record.error is not None:
         part.update(state="output-error", errorText=record.error)
     else:

@@ -37,7 +37,7 @@ from chatcore.entrypoints.http.ai_sdk import (
 )
 from chatcore.entrypoints.http.auth import BEARER_SECURITY, principal_of, require_path_user
 from chatcore.entrypoints.http.dto import error_spec as _error
-from chatcore.errors import ConversationNotFound, InvalidRequest
+from chatcore.errors import ConversationNotFound
 from chatcore.external_chats import ExternalChats
 from chatcore.model import JsonValue, TurnEvent
 from chatcore.service import title_from, validate_message
@@ -70,6 +70,14 @@ async def attach_frontends(state: State, container: Any) -> None:
 def _chats(request: Request[Any, Any, Any]) -> ExternalChats:
     chats: ExternalChats = request.app.state.external_chats
     return chats
+
+
+async def _known(chats: ExternalChats, user_id: str, chat_id: str) -> uuid.UUID:
+    """The conversation a chat id already names (regenerating or deciding needs one); ConversationNotFound if none."""
+    conversation_id = await chats.find(user_id, chat_id)
+    if conversation_id is None:
+        raise ConversationNotFound()
+    return conversation_id
 
 
 def _streamer(request: Request[Any, Any, Any]) -> TurnStreamer:
@@ -361,18 +369,19 @@ class AiSdkController(Controller):
         principal = principal_of(request)
         chat = parse_chat_request(await request.body())
         chats, streamer = _chats(request), _streamer(request)
+        renderer = UIMessageStream()
         if chat.trigger is Trigger.REGENERATE:
-            conversation_id = await chats.find(principal.user_id, chat.chat_id)
-            if conversation_id is None:
-                raise ConversationNotFound()
-            events = await streamer.regenerate(principal, conversation_id)
+            events = await streamer.regenerate(principal, await _known(chats, principal.user_id, chat.chat_id))
         elif chat.approvals:
-            raise InvalidRequest("Approval responses are not supported yet")
+            conversation_id = await _known(chats, principal.user_id, chat.chat_id)
+            events = await streamer.decide(principal, conversation_id, chat.approvals)
+            known = [decision.tool_call_id for decision in chat.approvals]
+            renderer = UIMessageStream(message_id=chat.message_id, known_calls=known)
         else:
             text = validate_message(chat.text or "")
             conversation_id = await chats.open(principal.user_id, chat.chat_id, title=title_from(text))
             events = await streamer.start(principal, text, conversation_id)
-        return await event_stream(events, UIMessageStream().render, headers=UI_MESSAGE_STREAM_HEADERS, last=DONE_LINE)
+        return await event_stream(events, renderer.render, headers=UI_MESSAGE_STREAM_HEADERS, last=DONE_LINE)
 
     @get(
         "/{chat_id:str}/stream",
@@ -455,10 +464,14 @@ class AgUiController(Controller):
     async def run(self, request: Request[Any, Any, Any]) -> Response[Any]:
         principal = principal_of(request)
         run = parse_run_input(await request.body())
+        chats, streamer = _chats(request), _streamer(request)
         if run.approvals:
-            raise InvalidRequest("Resuming an interrupted run is not supported yet")
-        text = validate_message(run.text or "")
-        conversation_id = await _chats(request).open(principal.user_id, run.thread_id, title=title_from(text))
-        events = await _streamer(request).start(principal, text, conversation_id)
-        renderer = AgUiEventStream(thread_id=run.thread_id, run_id=run.run_id)
+            conversation_id = await _known(chats, principal.user_id, run.thread_id)
+            events = await streamer.decide(principal, conversation_id, run.approvals)
+        else:
+            text = validate_message(run.text or "")
+            conversation_id = await chats.open(principal.user_id, run.thread_id, title=title_from(text))
+            events = await streamer.start(principal, text, conversation_id)
+        known = [decision.tool_call_id for decision in run.approvals]
+        renderer = AgUiEventStream(thread_id=run.thread_id, run_id=run.run_id, known_calls=known)
         return await event_stream(events, renderer.render, headers=STREAM_HEADERS)
