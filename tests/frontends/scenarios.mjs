@@ -165,6 +165,29 @@ const scenarios = {
     };
   },
 
+  /** addToolApprovalResponse on the Chat class: the pending delete_task part, approved, runs once and the reply says so. */
+  async "ai-sdk-approval"() {
+    const chat = newChat();
+    await chat.sendMessage({ text: "Add a task to buy eggs" });
+    await settled(chat, "add");
+    await chat.sendMessage({ text: "Delete the eggs task" });
+    await settled(chat, "delete asked");
+    const asked = chat.lastMessage;
+    const pending = toolParts(asked).find((part) => part.state === "approval-requested");
+    assert.ok(pending, `no part awaits approval: ${JSON.stringify(asked.parts)}`);
+    assert.equal(pending.type, "tool-delete_task");
+
+    await chat.addToolApprovalResponse({ id: pending.approval.id, approved: true });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await settled(chat, "approved");
+    const done = chat.lastMessage;
+    assert.equal(done.id, asked.id, "the continuation goes on in the same message");
+    const deleted = toolParts(done).find((part) => part.toolCallId === pending.toolCallId);
+    assert.equal(deleted.state, "output-available");
+    assert.match(textOf(done), /eggs/i);
+    return { chatId: chat.id, conversationId: done.metadata.conversationId, toolCallId: pending.toolCallId };
+  },
+
   /** HttpAgent.runAgent: the run's events in order, and the messages the agent ends with. */
   async "ag-ui-run"() {
     const threadId = `thread-${randomUUID()}`;

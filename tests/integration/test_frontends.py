@@ -98,6 +98,7 @@ def replicas(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         CHATCORE_LLM="offline",
         CHATCORE_OFFLINE_WORD_DELAY=WORD_DELAY,
         CHATCORE_CORS_ORIGINS=page_origin,
+        CHATCORE_APPROVAL_TOOLS="delete_task",
     )
     processes, bases = [], []
     try:
@@ -214,6 +215,18 @@ def test_regenerate_message_answers_again_and_keeps_the_old_reply_superseded(har
         (facts["firstTaskId"], "Call mom"),
         (facts["secondTaskId"], "Call mom"),
     ]
+
+
+def test_add_tool_approval_response_runs_the_stored_call_once(harness: Path, replicas: Replicas) -> None:
+    user = new_user()
+
+    facts = scenario(harness, replicas, "ai-sdk-approval", user)
+
+    assert get(replicas.first, user, "/tasks") == []
+    history = get(replicas.first, user, f"/conversations/{facts['conversationId']}/messages")["items"]
+    [call] = [c for m in history for c in m["tool_calls"] if c["id"] == facts["toolCallId"]]
+    assert "error" not in call
+    assert call["approval"]
 
 
 def test_ag_ui_http_agent_runs_and_ends_with_the_messages(harness: Path, replicas: Replicas) -> None:
