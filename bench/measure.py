@@ -112,6 +112,7 @@ class Bench:
             ]
             for owners in scenario_owners(server.target, scenario)
         ]
+        protocol = scenario.protocol_for(server.target)
         await self.model.configure(self.control, scenario.model)
         workers = server.worker_pids()
         hwm_reset = all(procstat.reset_peak_rss(pid) for pid in workers)
@@ -133,7 +134,7 @@ class Bench:
                     scenario.turns,
                     deadline_seconds=self.deadline(scenario),
                     check=reply_check(scenario.tool_calls_per_turn),
-                    client_factory=functools.partial(user_turns, scenario.protocol, self.request_timeout(scenario)),
+                    client_factory=functools.partial(user_turns, protocol, self.request_timeout(scenario)),
                 )
             )
         stop_sampling.set()
@@ -170,7 +171,7 @@ class Bench:
             model_calls_per_turn=model_calls / attempted,
             background_cpu_percent=100 * others / capacity if capacity > 0 else math.nan,
             harness_cpu_ms_per_turn=harness_seconds * 1000 / per_turn,
-            protocol=scenario.protocol,
+            protocol=protocol,
             chunks=scenario.model.chunks,
             model_ms=scenario.model.latency_ms,
             first_text_p50_ms=result.first_text_percentile_ms(50),
@@ -197,9 +198,8 @@ class Bench:
             Scenario("warmup0", "warm-up", 16, 3),
             Scenario("warmup1", "warm-up", self.warm_up_users, 2, ModelSetup(100)),
         ]
-        kinds = dict.fromkeys(
-            (s.model.mode, s.protocol) for s in scenarios if (s.model.mode, s.protocol) != ("text", "json")
-        )
+        kinds = dict.fromkeys((s.model.mode, s.protocol_for(server.target)) for s in scenarios)
+        kinds.pop(("text", "json"), None)
         for index, (mode, protocol) in enumerate(kinds, start=2):
             model = ModelSetup(100, mode, reply_chars=200, chunks=10)
             rounds.append(Scenario(f"warmup{index}", "warm-up", 8, 2, model, protocol=protocol))

@@ -11,7 +11,7 @@ FLOOR = "floor"
 CHATCORE = "chatcore"
 DISTURBED_PERCENT = 10.0
 """Above this share of the machine used by processes outside the benchmark, a measurement is flagged."""
-STREAMED_PROTOCOLS = frozenset({"sse"})
+STREAMED_PROTOCOLS = frozenset({"sse", "ai-sdk", "ag-ui"})
 r"""The ``TurnProtocol``\ s whose replies stream (their first text is the first ``delta``, not the whole reply)."""
 RUNTIME_LIMIT_SECONDS = 600.0
 """What a whole ``make bench`` run may take (issue 7)."""
@@ -495,7 +495,9 @@ def document(report: Report) -> str:
         "1,600-character echo of the message in 2 s, as JSON turns (one reply) and as SSE turns streamed in 100 "
         "(or 400) chunks spread over those 2 s (the JSON turn is the same for both chunk counts: the model does "
         "not stream to it); **open-streams** 1,000 SSE turns open at once on one worker, the model streaming for "
-        "30 s (`--open-streams-seconds`).",
+        "30 s (`--open-streams-seconds`); **ai-sdk-stream** / **ag-ui-stream** streaming-sse's turns through "
+        "the frontends' protocols (`POST /api/{user}/ai-sdk/chat`, the AI SDK's UI message stream; `POST "
+        "/api/{user}/ag-ui`, AG-UI's events), the floor streaming its own SSE beside them.",
         "",
         report.render(RUNTIME_LIMIT_SECONDS),
     ]

@@ -76,6 +76,9 @@ class Scenario:
     """Settings chatcore runs with in this scenario only, e.g. a rate limit."""
     baseline: str | None = None
     """The scenario of the plain JSON turn this path of a request is compared with (same model, same load)."""
+    floor_protocol: TurnProtocol | None = None
+    """How the floor's turns are asked for when it does not speak ``protocol`` (it knows JSON and chatcore's
+    own SSE): a frontend protocol's path is compared with the least a streamed turn needs."""
     counted: bool = False
     """Count its servers' PostgreSQL statements and transactions: their connections go through a proxy
     (``bench/pgwire.py``), which costs the machine about 50 µs of CPU a round trip (the harness's, not theirs)."""
@@ -83,6 +86,10 @@ class Scenario:
     @property
     def tool_calls_per_turn(self) -> int:
         return 1 if self.model.mode == "tool" else 0
+
+    def protocol_for(self, target: str) -> TurnProtocol:
+        """How ``target``'s turns are asked for in this scenario."""
+        return self.floor_protocol or self.protocol if target == FLOOR else self.protocol
 
     def servers(self, targets: tuple[str, ...] | list[str] = (FLOOR, CHATCORE)) -> list[ServerSpec]:
         """The servers this scenario runs on, of ``targets`` (the run's choice)."""
@@ -191,6 +198,30 @@ def scenario_table(args: argparse.Namespace) -> list[Scenario]:
             args.streaming_turns,
             streaming_long,
             protocol="sse",
+            baseline="streaming-json",
+            counted=True,
+        ),
+        Scenario(
+            "ai-sdk-stream",
+            "streaming-sse's turns as the AI SDK's useChat asks for them: POST /api/{user}/ai-sdk/chat, its UI "
+            "message stream (the floor streams its own SSE)",
+            users(args.streaming_users),
+            args.streaming_turns,
+            streaming,
+            protocol="ai-sdk",
+            floor_protocol="sse",
+            baseline="streaming-json",
+            counted=True,
+        ),
+        Scenario(
+            "ag-ui-stream",
+            "streaming-sse's turns as an AG-UI client runs them: POST /api/{user}/ag-ui, its events (the floor "
+            "streams its own SSE)",
+            users(args.streaming_users),
+            args.streaming_turns,
+            streaming,
+            protocol="ag-ui",
+            floor_protocol="sse",
             baseline="streaming-json",
             counted=True,
         ),

@@ -559,6 +559,8 @@ def test_every_path_is_compared_with_a_json_turn_of_the_same_load_and_model_time
         "approval-round-trip",
         "streaming-sse",
         "streaming-long-sse",
+        "ai-sdk-stream",
+        "ag-ui-stream",
     }
     for path in paths:
         plain = table[path.baseline or ""]
@@ -571,6 +573,16 @@ def test_every_path_is_compared_with_a_json_turn_of_the_same_load_and_model_time
             path.model.reply_chars,
             path.model.mode,
         )
+
+
+def test_the_floor_streams_its_own_sse_where_it_does_not_speak_a_frontends_protocol() -> None:
+    from bench.run import parse_args
+    from bench.scenarios import scenario_table
+
+    table = {s.name: s for s in scenario_table(parse_args([]))}
+    assert [table["ai-sdk-stream"].protocol_for(t) for t in (FLOOR, CHATCORE)] == ["sse", "ai-sdk"]
+    assert [table["ag-ui-stream"].protocol_for(t) for t in (FLOOR, CHATCORE)] == ["sse", "ag-ui"]
+    assert [table["streaming-sse"].protocol_for(t) for t in (FLOOR, CHATCORE)] == ["sse", "sse"]
 
 
 def test_server_specs_name_their_settings_and_counting() -> None:
