@@ -30,7 +30,7 @@ from chatcore.errors import (
     TurnStillOpen,
     Unauthenticated,
 )
-from chatcore.idempotency import IdempotentReply
+from chatcore.idempotency import IdempotencyRecord, IdempotentReply
 from chatcore.model import (
     PREVIEW_LENGTH,
     AgentRequest,
@@ -70,7 +70,7 @@ class _Lease:
 class _KeyRecord:
     request_hash: str
     turn_id: uuid.UUID | None
-    """The turn holding the key while it runs; None once the reply is stored."""
+    """The turn holding the key while it runs (``reply`` None), then the turn that answered."""
     reply: ChatReply | None
     expires_at: datetime
 
@@ -263,14 +263,13 @@ class InMemoryConversationStore(_OverDatabase):
             record = None
             if idempotency is not None:
                 record = self.database.live_key(user_id, idempotency.key)
-                if record is None or record.turn_id != holder:
+                if record is None or record.turn_id != holder or record.reply is not None:
                     raise LeaseLost()
             added = tuple(self.database.append(conversation, messages, turn_id))
             self.database.leases.pop(conversation_id, None)
             if not keep_open:
                 self.database.open_turns.pop(conversation_id, None)
             if record is not None and idempotency is not None:
-                record.turn_id = None
                 record.reply = idempotency.reply
                 record.expires_at = self.database.clock() + timedelta(seconds=idempotency.ttl_seconds)
             return added
@@ -478,7 +477,7 @@ class InMemoryTurnClaimStore(_OverDatabase):
                     held = False
             if idempotency_key is not None:
                 record = self.database.idempotency_keys.get((user_id, idempotency_key))
-                if record is not None and record.turn_id == turn_id:
+                if record is not None and record.turn_id == turn_id and record.reply is None:
                     record.expires_at = until
                 else:
                     held = False
@@ -498,8 +497,14 @@ class InMemoryTurnClaimStore(_OverDatabase):
                 del self.database.leases[conversation_id]
             if idempotency_key is not None:
                 record = self.database.idempotency_keys.get((user_id, idempotency_key))
-                if record is not None and record.turn_id == turn_id:
+                if record is not None and record.turn_id == turn_id and record.reply is None:
                     del self.database.idempotency_keys[(user_id, idempotency_key)]
+
+    async def idempotency_record(self, user_id: str, key: str) -> IdempotencyRecord | None:
+        async with self.database.lock:
+            self.database.check()
+            record = self.database.live_key(user_id, key)
+            return None if record is None else IdempotencyRecord(record.request_hash, record.turn_id, record.reply)
 
     async def claim_idempotency_key(
         self,

@@ -145,6 +145,18 @@ def as_replayed(reply: ChatReply) -> ChatReply:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """What a live Idempotency-Key holds: the request it belongs to, the turn that claimed it, and (once that turn
+    finished) its reply. Read by a streamed retry, which follows the turn instead of waiting for the reply."""
+
+    request_hash: str
+    turn_id: uuid.UUID | None
+    """The turn that claimed the key: running while ``reply`` is None, else the turn that answered (None for a reply
+    stored before keys kept their turn)."""
+    reply: ChatReply | None
+
+
+@dataclass(frozen=True, slots=True)
 class IdempotentReply:
     """A finished keyed turn's reply, stored with its messages in one transaction and kept ``ttl_seconds``."""
 

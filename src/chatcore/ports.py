@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
-from chatcore.idempotency import IdempotentReply
+from chatcore.idempotency import IdempotencyRecord, IdempotentReply
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
@@ -261,6 +261,12 @@ class TurnClaimStore(Protocol):
         another turn's claim on it has not expired. A key whose claim or reply has expired is as good
         as new, and the store may delete expired keys at any time.
         """
+        ...
+
+    async def idempotency_record(self, user_id: str, key: str) -> IdempotencyRecord | None:
+        """The user's ``key`` as it stands, read only: the request it holds, the turn that claimed it (kept after
+        that turn stored its reply) and the reply once stored. None when absent or expired (another user's key is
+        absent)."""
         ...
 
     async def renew_turn(

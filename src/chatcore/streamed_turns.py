@@ -37,6 +37,7 @@ from chatcore.model import (
 )
 from chatcore.ports import LLMAgent, TurnEventStore
 from chatcore.service import ChatService, validate_message
+from chatcore.streamed_retries import StreamedRetries
 from chatcore.turn_events import (
     APPROVAL_REQUEST,
     DELTA,
@@ -47,6 +48,7 @@ from chatcore.turn_events import (
     TOOL_RESULT,
     TURN,
     TurnStopped,
+    done_data,
     tool_call_data,
     tool_result_data,
 )
@@ -159,18 +161,7 @@ class TurnRun:
     # --- the end of the turn -----------------------------------------------------------------------------------
 
     async def done(self, reply: ChatReply) -> None:
-        await self._emit(
-            DONE,
-            {
-                "conversation_id": str(reply.conversation_id),
-                "message_id": str(reply.message_id),
-                "response": reply.response,
-                "tool_calls": [{**tool_call_data(record), **tool_result_data(record)} for record in reply.tool_calls],
-                "interrupted": self.stopped,
-                "status": reply.status.value,
-                "pending_approvals": [tool_call_data(call) for call in reply.pending_approvals],
-            },
-        )
+        await self._emit(DONE, done_data(reply, interrupted=self.stopped))
         await self._finish(TurnStatus.INTERRUPTED if self.stopped else TurnStatus.COMPLETE)
 
     async def failed(self, error: BaseException) -> None:
@@ -286,17 +277,28 @@ class TurnStreamer:
         self.error_body = error_body
         self._runs: dict[uuid.UUID, TurnRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retries = StreamedRetries(self)
 
     async def start(
-        self, principal: Principal, message: str, conversation_id: uuid.UUID | None = None
+        self,
+        principal: Principal,
+        message: str,
+        conversation_id: uuid.UUID | None = None,
+        *,
+        idempotency_key: str | None = None,
+        after: int = 0,
     ) -> AsyncIterator[TurnEvent]:
         """Start a turn in the background and return its events, live. Closing the iterator leaves the turn running.
 
         A bad message raises InvalidMessage here, before anything runs; every later failure is the
-        turn's last event (``error``).
+        turn's last event (``error``). With an ``idempotency_key`` a repeat of the request runs no second turn:
+        it follows or replays the first one's events numbered above ``after`` (``chatcore.streamed_retries``);
+        the key used with another request raises IdempotencyKeyReused here.
         """
         text = validate_message(message)
-        return self._launch(principal, lambda run: self.service.send(principal, text, conversation_id, sink=run))
+        if idempotency_key is not None:
+            return await self._retries.start(principal, text, conversation_id, idempotency_key, after)
+        return self.launch(principal, lambda run: self.service.send(principal, text, conversation_id, sink=run))
 
     async def decide(
         self, principal: Principal, conversation_id: uuid.UUID, decisions: Sequence[ToolDecision]
@@ -304,15 +306,14 @@ class TurnStreamer:
         """``ChatService.decide`` in the background, its events live (like ``start``): the approved calls, the model
         going on, ``done``. Malformed decisions raise InvalidRequest here, before anything runs."""
         checked = validate_decisions(decisions)
-        return self._launch(principal, lambda run: self.service.decide(principal, conversation_id, checked, sink=run))
+        return self.launch(principal, lambda run: self.service.decide(principal, conversation_id, checked, sink=run))
 
     async def regenerate(self, principal: Principal, conversation_id: uuid.UUID) -> AsyncIterator[TurnEvent]:
         """``ChatService.regenerate`` as a streamed turn, started like ``start``."""
-        return self._launch(principal, lambda run: self.service.regenerate(principal, conversation_id, sink=run))
+        return self.launch(principal, lambda run: self.service.regenerate(principal, conversation_id, sink=run))
 
-    def _launch(
-        self, principal: Principal, turn: Callable[[TurnRun], Awaitable[ChatReply]]
-    ) -> AsyncIterator[TurnEvent]:
+    def launch(self, principal: Principal, turn: Callable[[TurnRun], Awaitable[ChatReply]]) -> AsyncIterator[TurnEvent]:
+        """Run ``turn`` in the background with a new ``TurnRun`` as its sink; its events, live."""
         run = TurnRun(self.events, principal, self.policy, self.error_body, self._runs)
         task = asyncio.create_task(self._run(run, turn), name="chatcore-streamed-turn")
         self._tasks.add(task)
@@ -349,6 +350,10 @@ class TurnStreamer:
         state = await self.events.state(user_id, turn_id)
         if state.conversation_id != conversation_id:
             raise TurnNotFound()
+        return self.follow(user_id, turn_id, after)
+
+    def follow(self, user_id: str, turn_id: uuid.UUID, after: int = 0) -> AsyncIterator[TurnEvent]:
+        """A begun turn's events numbered above ``after``: live when it runs here, else from the log."""
         local = self._runs.get(turn_id)
         if local is not None and local.principal.user_id == user_id:
             return local.follow(after)

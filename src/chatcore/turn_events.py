@@ -18,11 +18,14 @@ from chatcore.model import (
     AgentRequest,
     AgentResponse,
     AgentStreamEvent,
+    ChatReply,
     JsonValue,
+    ReplyStatus,
     TextDelta,
     ToolCall,
     ToolCallDelta,
     ToolCallRecord,
+    TurnEvent,
 )
 from chatcore.ports import LLMAgent
 
@@ -117,3 +120,43 @@ def tool_result_data(record: ToolCallRecord) -> dict[str, JsonValue]:
 
 def tool_call_data(record: ToolCallRecord | ToolCall) -> dict[str, JsonValue]:
     return {"id": record.id, "name": record.name, "arguments": dict(record.arguments)}
+
+
+def done_data(reply: ChatReply, *, interrupted: bool) -> dict[str, JsonValue]:
+    """A done event's data: the reply's fields as the JSON endpoint answers them, and whether the turn was stopped."""
+    return {
+        "conversation_id": str(reply.conversation_id),
+        "message_id": str(reply.message_id),
+        "response": reply.response,
+        "tool_calls": [{**tool_call_data(record), **tool_result_data(record)} for record in reply.tool_calls],
+        "interrupted": interrupted,
+        "status": reply.status.value,
+        "pending_approvals": [tool_call_data(call) for call in reply.pending_approvals],
+    }
+
+
+def reply_events(
+    reply: ChatReply, *, turn_id: uuid.UUID | None, user_message_id: uuid.UUID | None
+) -> tuple[TurnEvent, ...]:
+    """A stored reply told as a streamed turn's events, numbered from 1: ``turn``, each tool call with its result,
+    the calls waiting for approval, the text as one ``delta``, ``done``.
+
+    For a reply whose own events are not stored (its request was a JSON one) or no longer are (deleted after
+    CHATCORE_EVENT_RETENTION): the same kinds of events a client reads from a live turn, with the same ``done``.
+    ``user_message_id`` (when known) and ``turn_id`` complete the ``turn`` event.
+    """
+    started: dict[str, JsonValue] = {"conversation_id": str(reply.conversation_id)}
+    if turn_id is not None:
+        started["turn_id"] = str(turn_id)
+    if user_message_id is not None:
+        started["user_message_id"] = str(user_message_id)
+    started["message_id"] = str(reply.message_id)
+    told: list[tuple[str, dict[str, JsonValue]]] = [(TURN, started)]
+    for record in reply.tool_calls:
+        told += [(TOOL_CALL, tool_call_data(record)), (TOOL_RESULT, tool_result_data(record))]
+    told += [(APPROVAL_REQUEST, tool_call_data(call)) for call in reply.pending_approvals]
+    if reply.response:
+        told.append((DELTA, {"text": reply.response}))
+    told.append((DONE, done_data(reply, interrupted=reply.status is ReplyStatus.INTERRUPTED)))
+    number = turn_id or uuid.UUID(int=0)
+    return tuple(TurnEvent(number, seq, kind, data) for seq, (kind, data) in enumerate(told, start=1))

@@ -21,7 +21,7 @@ from chatcore.errors import (
     IdempotencyKeyReused,
     LeaseLost,
 )
-from chatcore.idempotency import IdempotentReply, as_replayed
+from chatcore.idempotency import IdempotencyRecord, IdempotentReply, as_replayed
 from chatcore.model import ChatMessage, ChatReply, ToolCallRecord, TurnStart
 from chatcore.ports import ConversationReader, ConversationStore, TurnClaimStore
 from tests.contract.conftest import Clock
@@ -227,6 +227,22 @@ async def test_concurrent_leased_turns_on_one_conversation_start_one_at_a_time(
     ]
 
 
+async def answer_keyed(
+    store: ConversationStore, user: str, turn_id: uuid.UUID, key: str, *, ttl_seconds: float
+) -> ChatReply:
+    """Turn ``turn_id`` (which claimed ``key``) begun and finished with a reply stored under the key."""
+    start = await begin(store, user, turn_id=turn_id)
+    reply = a_reply(start.conversation.id)
+    await store.finish_turn(
+        user,
+        start.conversation.id,
+        [ChatMessage.assistant(reply.response)],
+        turn_id=turn_id,
+        idempotency=IdempotentReply(key, reply, ttl_seconds=ttl_seconds),
+    )
+    return reply
+
+
 # --- idempotency keys -------------------------------------------------------------------------------------------
 
 
@@ -251,21 +267,34 @@ async def test_the_reply_is_stored_with_the_turns_messages(
 ) -> None:
     turn_id = uuid.uuid4()
     assert await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE) is None
-    start = await begin(store, alice, turn_id=turn_id)
-    reply = a_reply(start.conversation.id)
-
-    await store.finish_turn(
-        alice,
-        start.conversation.id,
-        [ChatMessage.assistant(reply.response)],
-        turn_id=turn_id,
-        idempotency=IdempotentReply("k", reply, ttl_seconds=3600),
-    )
+    reply = await answer_keyed(store, alice, turn_id, "k", ttl_seconds=3600)
 
     replayed = await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=uuid.uuid4(), hold_seconds=LEASE)
     assert replayed == reply
     with pytest.raises(IdempotencyKeyReused):
         await claims.claim_idempotency_key(alice, "k", HASH_B, turn_id=uuid.uuid4(), hold_seconds=LEASE)
+
+
+async def test_a_keys_record_names_its_turn_while_it_runs_and_after_it_answered(
+    store: ConversationStore, claims: TurnClaimStore, alice: str, bob: str, clock: Clock
+) -> None:
+    assert await claims.idempotency_record(alice, "k") is None
+    turn_id = uuid.uuid4()
+    await claims.claim_idempotency_key(alice, "k", HASH_A, turn_id=turn_id, hold_seconds=LEASE)
+
+    assert await claims.idempotency_record(alice, "k") == IdempotencyRecord(HASH_A, turn_id, None)
+    assert await claims.idempotency_record(bob, "k") is None, "keys are per user"
+
+    reply = await answer_keyed(store, alice, turn_id, "k", ttl_seconds=100)
+
+    assert await claims.idempotency_record(alice, "k") == IdempotencyRecord(HASH_A, turn_id, reply)
+    assert not await claims.renew_turn(alice, turn_id, conversation_id=None, idempotency_key="k", lease_seconds=10)
+    await claims.release_turn(alice, turn_id, conversation_id=None, idempotency_key="k")
+    assert await claims.idempotency_record(alice, "k") == IdempotencyRecord(HASH_A, turn_id, reply), (
+        "a finished turn's reply is kept until its TTL, whatever its turn does"
+    )
+    clock.advance(101)
+    assert await claims.idempotency_record(alice, "k") is None
 
 
 async def test_a_failed_batch_stores_neither_messages_nor_reply(

@@ -3,7 +3,8 @@
 A key row is the user's (``user_id, key`` is the primary key) and says which request it
 belongs to (``request_hash``). While a turn runs it is ``in_progress`` and names the turn
 (``turn_id``) until ``expires_at``, which the turn's heartbeat pushes on; when the turn
-finishes it becomes ``completed`` with the reply, kept until ``expires_at`` (the TTL). A
+finishes it becomes ``completed`` with the reply, kept until ``expires_at`` (the TTL), still
+naming the turn, whose stored events a streamed retry replays. A
 row past ``expires_at`` counts as absent: a claim takes it over, and claims delete a few
 expired rows each (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two claims never wait on
 each other's garbage), which keeps the table at about the keys still alive.
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatcore.adapters.sqlalchemy.tables import idempotency_keys as keys_table
 from chatcore.errors import IdempotencyInProgress, IdempotencyKeyReused
-from chatcore.idempotency import IdempotentReply, reply_from_json, reply_to_json
+from chatcore.idempotency import IdempotencyRecord, IdempotentReply, reply_from_json, reply_to_json
 from chatcore.model import ChatReply
 
 IN_PROGRESS = "in_progress"
@@ -91,6 +92,21 @@ async def claim(
     raise IdempotencyInProgress()
 
 
+async def read(connection: AsyncConnection, user_id: str, key: str, *, now: datetime) -> IdempotencyRecord | None:
+    columns = keys_table.c
+    found = (
+        await connection.execute(
+            select(columns.request_hash, columns.status, columns.response, columns.turn_id).where(
+                columns.user_id == user_id, columns.key == key, columns.expires_at > now
+            )
+        )
+    ).first()
+    if found is None:
+        return None
+    completed = found.status == COMPLETED and found.response is not None
+    return IdempotencyRecord(found.request_hash, found.turn_id, reply_from_json(found.response) if completed else None)
+
+
 def purge(now: datetime, limit: int, *, keep: tuple[str, str] | None = None) -> Delete:
     """Delete at most ``limit`` keys expired at ``now`` (oldest first), except ``keep`` (a user's key being claimed);
     rows another transaction has locked are skipped, not waited for."""
@@ -130,7 +146,6 @@ async def complete(
             response=reply_to_json(completion.reply),
             conversation_id=conversation_id,
             expires_at=now + timedelta(seconds=completion.ttl_seconds),
-            turn_id=None,
         )
     )
     return result.rowcount == 1

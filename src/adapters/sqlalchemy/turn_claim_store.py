@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chatcore.adapters.sqlalchemy import idempotency as keys
 from chatcore.adapters.sqlalchemy import turn_statements as turn_sql
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
+from chatcore.idempotency import IdempotencyRecord
 from chatcore.model import ChatReply, utcnow
 
 
@@ -65,6 +66,10 @@ class SqlAlchemyTurnClaimStore:
                 )
             if idempotency_key is not None:
                 await keys.release(connection, user_id, idempotency_key, turn_id=turn_id)
+
+    async def idempotency_record(self, user_id: str, key: str) -> IdempotencyRecord | None:
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            return await keys.read(connection, user_id, key, now=self._clock())
 
     async def claim_idempotency_key(
         self,

@@ -59,8 +59,14 @@ CHAT_ERRORS = {
 IDEMPOTENCY_KEY_DESCRIPTION = (
     "Any unique string (1-255 printable ASCII characters, e.g. a UUID) naming this request. A retry with the same "
     "key and body returns the stored reply (same ids) without running the model or its tools again; while the "
-    "first request still runs, a retry waits for it (or gets 409). Keys are per user and kept for "
-    "CHATCORE_IDEMPOTENCY_TTL seconds (24 h by default)."
+    "first request still runs, a retry waits for it (or gets 409). A streamed retry (`Accept: text/event-stream`) "
+    "follows the first request's turn instead, from its start or after `Last-Event-ID`, and replays its events once "
+    "it finished; a JSON first request's reply comes as events, a streamed one's as the JSON reply. The same key "
+    "with another body is 422. Keys are per user and kept for CHATCORE_IDEMPOTENCY_TTL seconds (24 h by default)."
+)
+LAST_EVENT_ID_DESCRIPTION = (
+    "With `Idempotency-Key` on a streamed request: the last event id the client saw of the first request's "
+    "stream; the repeat sends the events after it."
 )
 
 
@@ -106,10 +112,16 @@ class ChatController(Controller):
             str | None,
             HeaderParameter(name="Idempotency-Key", required=False, description=IDEMPOTENCY_KEY_DESCRIPTION),
         ] = None,
+        last_event_id: Annotated[
+            int | None,
+            HeaderParameter(name="Last-Event-ID", ge=0, required=False, description=LAST_EVENT_ID_DESCRIPTION),
+        ] = None,
     ) -> Response[Any]:
         principal = await authorize_path_user(request)  # not a guard: see authorize_path_user
         if accepts_event_stream(request):
-            return await stream_turn(request, data.message, data.conversation_id)
+            return await stream_turn(
+                request, data.message, data.conversation_id, idempotency_key=idempotency_key, after=last_event_id
+            )
         service: ChatService = request.app.state.service
         reply = await service.send(principal, data.message, data.conversation_id, idempotency_key=idempotency_key)
         return Response(ChatResponse.from_reply(reply))

@@ -92,11 +92,23 @@ def event_stream(events: AsyncIterator[TurnEvent]) -> ServerSentEvent:
 
 
 async def stream_turn(
-    request: Request[Any, Any, Any], message: str, conversation_id: uuid.UUID | None
+    request: Request[Any, Any, Any],
+    message: str,
+    conversation_id: uuid.UUID | None,
+    *,
+    idempotency_key: str | None = None,
+    after: int | None = None,
 ) -> ServerSentEvent:
-    """POST /chat with ``Accept: text/event-stream``: the turn runs in the background; this response follows it."""
+    """POST /chat with ``Accept: text/event-stream``: the turn runs in the background; this response follows it.
+
+    With an ``Idempotency-Key``, a repeat follows or replays the first request's turn, after ``after``
+    (the request's ``Last-Event-ID``).
+    """
     streamer: TurnStreamer = request.app.state.streamer
-    return event_stream(await streamer.start(principal_of(request), message, conversation_id))
+    events = await streamer.start(
+        principal_of(request), message, conversation_id, idempotency_key=idempotency_key, after=after or 0
+    )
+    return event_stream(events)
 
 
 async def stream_decisions(
