@@ -19,6 +19,7 @@ from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversati
 from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
 from chatcore.adapters.sqlalchemy.turn_claim_store import SqlAlchemyTurnClaimStore
 from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
+from chatcore.adapters.sqlalchemy.usage_store import SqlAlchemyUsageStore
 from chatcore.errors import ConversationNotFound
 from chatcore.fakes import (
     InMemoryChatDatabase,
@@ -28,6 +29,7 @@ from chatcore.fakes import (
     InMemoryRetentionStore,
     InMemoryTurnClaimStore,
     InMemoryTurnEventStore,
+    InMemoryUsageStore,
 )
 from chatcore.model import Conversation, Message, utcnow
 from chatcore.ports import (
@@ -37,6 +39,7 @@ from chatcore.ports import (
     RetentionStore,
     TurnClaimStore,
     TurnEventStore,
+    UsageStore,
 )
 
 ALL_MESSAGES = 1_000_000
@@ -52,6 +55,7 @@ class ConversationStores:
     events: TurnEventStore
     retention: RetentionStore
     aliases: ConversationAliases
+    usage: UsageStore
 
 
 def in_memory(*, clock: Callable[[], datetime] = utcnow) -> ConversationStores:
@@ -64,6 +68,7 @@ def in_memory(*, clock: Callable[[], datetime] = utcnow) -> ConversationStores:
         events,
         InMemoryRetentionStore(database, events),
         InMemoryConversationAliases(database),
+        InMemoryUsageStore(database),
     )
 
 
@@ -77,6 +82,7 @@ def on_engine(
         SqlAlchemyTurnEventStore(engine),
         SqlAlchemyRetentionStore(engine),
         SqlAlchemyConversationAliases(engine, clock=clock),
+        SqlAlchemyUsageStore(engine),
     )
 
 

@@ -57,7 +57,7 @@ from chatcore.model import (
     utcnow,
 )
 from chatcore.turn_events import stream_of_response
-from chatcore.usage import RecordedCall, UsageGroup, UsageGrouping, UsageTotals
+from chatcore.usage import ModelCall, RecordedCall, UsageGroup, UsageGrouping, UsageTotals, recorded
 
 
 @dataclass(slots=True)
@@ -226,6 +226,7 @@ class InMemoryConversationStore(_OverDatabase):
         holder: uuid.UUID,
         approvals: Sequence[ToolApproval] = (),
         close: bool = False,
+        usage: Sequence[ModelCall] = (),
     ) -> tuple[Message, ...]:
         async with self.database.lock:
             self.database.check()
@@ -233,6 +234,7 @@ class InMemoryConversationStore(_OverDatabase):
             if self.database.held_by_another(conversation_id, holder):
                 raise LeaseLost()
             added = tuple(self.database.append(conversation, messages, turn_id))
+            self.database.usage.extend(recorded(user_id, conversation_id, turn_id, usage))
             for approval in approvals:
                 self.database.approvals[(approval.message_id, approval.tool_call_id)] = replace(
                     approval, conversation_id=conversation_id, turn_id=turn_id, requested_at=self.database.clock()
@@ -253,6 +255,7 @@ class InMemoryConversationStore(_OverDatabase):
         holder: uuid.UUID | None = None,
         idempotency: IdempotentReply | None = None,
         keep_open: bool = False,
+        usage: Sequence[ModelCall] = (),
     ) -> tuple[Message, ...]:
         holder = turn_id if holder is None else holder
         async with self.database.lock:
@@ -266,6 +269,7 @@ class InMemoryConversationStore(_OverDatabase):
                 if record is None or record.turn_id != holder or record.reply is not None:
                     raise LeaseLost()
             added = tuple(self.database.append(conversation, messages, turn_id))
+            self.database.usage.extend(recorded(user_id, conversation_id, turn_id, usage))
             self.database.leases.pop(conversation_id, None)
             if not keep_open:
                 self.database.open_turns.pop(conversation_id, None)
@@ -728,6 +732,9 @@ class InMemoryUsageStore:
         keys = list(by_key) if grouping is UsageGrouping.CONVERSATION else sorted(by_key, key=lambda k: (k is None, k))
         groups = tuple(UsageGroup(key, UsageTotals.of(r.call for r in by_key[key])) for key in keys)
         return UsageTotals.sum(group.totals for group in groups), groups
+
+    async def turn_totals(self, user_id: str, turn_id: uuid.UUID, since: datetime) -> UsageTotals:
+        return UsageTotals.of(r.call for r in self._calls(user_id, since) if r.turn_id == turn_id)
 
 
 def _group_key(record: RecordedCall, grouping: UsageGrouping) -> str | None:

@@ -11,11 +11,13 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
+from decimal import Decimal
 
 from chatcore.errors import InvalidMessage
 from chatcore.model import ChatReply, JsonValue, ReplyStatus, ToolApproval, ToolCall, ToolCallRecord
+from chatcore.usage import UsageTotals
 
 MAX_KEY_LENGTH = 255
 
@@ -71,7 +73,20 @@ def reply_to_json(reply: ChatReply) -> dict[str, JsonValue]:
             {"id": call.id, "name": call.name, "arguments": canonical(dict(call.arguments))}
             for call in reply.pending_approvals
         ],
+        **({} if reply.usage is None else {"usage": usage_to_json(reply.usage)}),
     }
+
+
+def usage_to_json(usage: UsageTotals) -> dict[str, JsonValue]:
+    """A turn's usage as a stored reply keeps it: every count, and the cost as exact decimal text."""
+    counts: dict[str, JsonValue] = {f.name: getattr(usage, f.name) for f in fields(usage) if f.name != "cost_usd"}
+    return {**counts, "cost_usd": None if usage.cost_usd is None else str(usage.cost_usd)}
+
+
+def usage_from_json(data: Mapping[str, JsonValue]) -> UsageTotals:
+    cost = data.get("cost_usd")
+    counts = {f.name: int(data.get(f.name, 0)) for f in fields(UsageTotals) if f.name != "cost_usd"}
+    return UsageTotals(**counts, cost_usd=None if cost is None else Decimal(str(cost)))
 
 
 def reply_from_json(data: Mapping[str, JsonValue]) -> ChatReply:
@@ -96,6 +111,8 @@ def reply_from_json(data: Mapping[str, JsonValue]) -> ChatReply:
             ToolCall(call["id"], call["name"], canonical(call["arguments"]))
             for call in data.get("pending_approvals", ())
         ),
+        # Replies stored before usage was recorded have none.
+        usage=usage_from_json(data["usage"]) if "usage" in data else None,
     )
 
 

@@ -12,7 +12,10 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from chatcore.usage import UsageTotals
 
 JsonValue: TypeAlias = Any
 """A value that survives ``json.dumps``; kept loose because tool results are arbitrary JSON."""
@@ -262,7 +265,8 @@ class ChatReply:
     """What a turn (or a decision on its pending tool calls) answers.
 
     ``message_id`` is the turn's last assistant message: the final answer, or, while calls await approval,
-    the message that asked for them (``pending_approvals``, never run yet).
+    the message that asked for them (``pending_approvals``, never run yet). ``usage``: what the model calls of
+    this request cost (None: none were made, as when a reply is read back).
     """
 
     conversation_id: uuid.UUID
@@ -271,6 +275,7 @@ class ChatReply:
     tool_calls: tuple[ToolCallRecord, ...] = ()
     status: ReplyStatus = ReplyStatus.COMPLETE
     pending_approvals: tuple[ToolCall, ...] = ()
+    usage: UsageTotals | None = None
 
 
 @dataclass(frozen=True, slots=True)

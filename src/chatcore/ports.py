@@ -149,10 +149,12 @@ class ConversationStore(ToolApprovalStore, Protocol):
         holder: uuid.UUID,
         approvals: Sequence[ToolApproval] = (),
         close: bool = False,
+        usage: Sequence[ModelCall] = (),
     ) -> tuple[Message, ...]:
         """Store a running turn's messages as they happen, all or nothing, numbered after every message already
         stored and marked as turn ``turn_id``'s, while ``holder`` (the turn, or whoever took it up again) keeps
-        the conversation's lease.
+        the conversation's lease. ``usage``: the model calls that produced them (or a failed call the provider
+        billed, with no messages), recorded as the user's and turn ``turn_id``'s in the same transaction.
 
         ``approvals`` (pending calls of these messages) are stored with them and make ``turn_id`` the
         conversation's *open turn*: no new turn begins until it is closed, by ``close`` here or by ``finish_turn``.
@@ -171,9 +173,11 @@ class ConversationStore(ToolApprovalStore, Protocol):
         holder: uuid.UUID | None = None,
         idempotency: IdempotentReply | None = None,
         keep_open: bool = False,
+        usage: Sequence[ModelCall] = (),
     ) -> tuple[Message, ...]:
         """Append ``messages`` in order, all or nothing, numbered after every message already stored, and
-        release the conversation's lease, held by ``holder`` (``turn_id`` when None).
+        release the conversation's lease, held by ``holder`` (``turn_id`` when None); ``usage`` (the model calls
+        not stored yet) is recorded in the same transaction, as ``append_turn`` records it.
 
         The conversation's open turn is closed unless ``keep_open`` (the turn ends waiting for approvals).
         With ``idempotency`` the key that ``holder`` claimed is completed with the reply, in the same
@@ -432,8 +436,8 @@ class RetentionStore(Protocol):
 
 
 class UsageStore(Protocol):
-    """The recorded model calls (``chatcore.usage.ModelCall``, one row each, written with their turn by
-    ``ConversationStore.finish_turn``), read back per user: every method is scoped by ``user_id``."""
+    """The recorded model calls (``chatcore.usage.ModelCall``, one row each, written with the step of their turn
+    by ``ConversationStore.append_turn``/``finish_turn``), read back per user: every method is scoped by ``user_id``."""
 
     async def tokens_since(self, user_id: str, since: datetime) -> int:
         """Input + output tokens of the user's calls that started at or after ``since`` (what a budget counts)."""
@@ -447,6 +451,12 @@ class UsageStore(Protocol):
 
         A total's ``cost_usd`` is None when any of its calls had no price.
         """
+        ...
+
+    async def turn_totals(self, user_id: str, turn_id: uuid.UUID, since: datetime) -> UsageTotals:
+        """The totals of the user's calls of turn ``turn_id`` that started at or after ``since`` (a bound on the
+        turn's start, so the read stays on the user's recent calls): what the replies of a turn taken up again
+        after approvals report, alike on every replica."""
         ...
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -23,6 +24,7 @@ from chatcore.approvals import (
 )
 from chatcore.errors import (
     AgentError,
+    BudgetExhausted,
     ChatError,
     ConversationBusy,
     Forbidden,
@@ -38,6 +40,7 @@ from chatcore.model import (
     MAX_MESSAGE_LENGTH,
     MAX_USER_ID_LENGTH,
     AgentRequest,
+    AgentResponse,
     ChatMessage,
     ChatReply,
     JsonValue,
@@ -53,11 +56,22 @@ from chatcore.model import (
     ToolResult,
     TurnResumption,
     TurnStart,
+    Usage,
     utcnow,
 )
-from chatcore.ports import ConversationStore, LLMAgent, TokenVerifier, ToolRegistry, TurnClaimStore
+from chatcore.ports import (
+    ConversationStore,
+    LLMAgent,
+    TokenVerifier,
+    ToolRegistry,
+    TurnClaimStore,
+    UsageMeter,
+    UsagePolicy,
+    UsageStore,
+)
 from chatcore.turn_events import TurnSink, TurnStopped
 from chatcore.turn_lease import TurnLease
+from chatcore.usage import UNMETERED, ModelCall, Prices, UsageTotals
 
 logger = logging.getLogger("chatcore.service")
 
@@ -72,6 +86,9 @@ DEFAULT_SYSTEM_PROMPT = (
 TITLE_LENGTH = 80
 CLOSE_ATTEMPTS = 3
 """A new message closes the conversation's open turn, then begins; another open turn in between is not expected."""
+CLOCK_MARGIN = timedelta(days=1)
+"""How far before a turn's first message its calls are looked for: the store's clock stamps messages, the
+service's the calls."""
 PAIR_SLACK = 8
 """Extra history rows read so a window that would cut a tool pair can move back to the pair's start: a call
 with up to 7 results. Results cut from a call with more are dropped instead (``history.window``); every row
@@ -97,6 +114,8 @@ class ChatPolicy:
     """Tools whose calls wait for the user's approval, besides those whose ToolSpec says ``requires_approval``."""
     approval_ttl_seconds: float = 86_400.0
     """Pending calls older than this are denied as expired the next time their conversation is touched."""
+    max_turn_tokens: int | None = None
+    """Input + output tokens after which a turn's tool loop stops (honestly, as when the user's budget runs out)."""
 
 
 @dataclass(slots=True)
@@ -112,9 +131,19 @@ class _Progress:
     produced: list[ChatMessage] = field(default_factory=list)
     records: list[ToolCallRecord] = field(default_factory=list)
     pending: list[ToolCall] = field(default_factory=list)
+    meter: UsageMeter = UNMETERED
+    calls: list[ModelCall] = field(default_factory=list)
+    """The model calls this request made, for the reply's ``usage``."""
+    unstored: list[ModelCall] = field(default_factory=list)
+    """Calls not stored yet: they go with the next write of the step they produced (``unrecorded``)."""
 
     async def store(
-        self, store: ConversationStore, messages: Sequence[ChatMessage], *, approvals: Sequence[ToolApproval] = ()
+        self,
+        store: ConversationStore,
+        messages: Sequence[ChatMessage],
+        *,
+        approvals: Sequence[ToolApproval] = (),
+        usage: Sequence[ModelCall] = (),
     ) -> None:
         self.stored.extend(
             await store.append_turn(
@@ -124,9 +153,24 @@ class _Progress:
                 turn_id=self.turn_id,
                 holder=self.holder,
                 approvals=approvals,
+                usage=usage,
             )
         )
         self.produced.extend(messages)
+
+    def record(self, call: ModelCall) -> None:
+        self.meter.record(call)
+        self.calls.append(call)
+        self.unstored.append(call)
+
+    def unrecorded(self) -> list[ModelCall]:
+        """The calls to store with the write being made now (taken: a failed write fails the turn)."""
+        calls, self.unstored = self.unstored, []
+        return calls
+
+    @property
+    def usage(self) -> UsageTotals:
+        return UsageTotals.of(self.calls)
 
     def add_record(self, call: ToolCall, result: ToolResult, approval: ToolApproval | None) -> None:
         self.records.append(ToolCallRecord(call.id, call.name, call.arguments, result.result, result.error, approval))
@@ -142,10 +186,11 @@ class _Progress:
                 tuple(self.records),
                 ReplyStatus.AWAITING_APPROVAL,
                 tuple(self.pending),
+                usage=self.usage,
             )
         interrupted = isinstance(final, Message) and final.status is MessageStatus.INTERRUPTED
         status = ReplyStatus.INTERRUPTED if interrupted else ReplyStatus.COMPLETE
-        return ChatReply(self.conversation_id, final.id, final.content, tuple(self.records), status)
+        return ChatReply(self.conversation_id, final.id, final.content, tuple(self.records), status, usage=self.usage)
 
 
 def pending_approval(call: ToolCall, message_id: uuid.UUID, progress: _Progress) -> ToolApproval:
@@ -163,12 +208,13 @@ def pending_approval(call: ToolCall, message_id: uuid.UUID, progress: _Progress)
 
 @dataclass(slots=True)
 class _TurnLog:
-    """What one turn did, for the structured log line: no message text, no tokens."""
+    """What one turn did, for the structured log line: no message text, no credentials; the model tokens spent."""
 
     conversation_id: uuid.UUID | None = None
     model_seconds: float = 0.0
     model_calls: int = 0
     tools: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
 
     def fields(self, event: str, user_id: str, outcome: str, started: float) -> dict[str, object]:
         """The log line's fields; ``started`` is the ``time.perf_counter()`` when the request began."""
@@ -181,6 +227,9 @@ class _TurnLog:
             "model_ms": round(self.model_seconds * 1000, 2),
             "model_calls": self.model_calls,
             "tools": self.tools,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "cached_tokens": self.usage.cached_read_tokens,
         }
 
 
@@ -231,6 +280,9 @@ class ChatService:
         tools: ToolRegistry,
         policy: ChatPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        usage_policy: UsagePolicy | None = None,
+        usage_store: UsageStore | None = None,
+        prices: Prices | None = None,
     ) -> None:
         self.store = store
         self.claims = claims
@@ -239,6 +291,9 @@ class ChatService:
         self.tools = tools
         self.policy = policy or ChatPolicy()
         self.clock = clock
+        self.usage_policy = usage_policy
+        self.usage_store = usage_store
+        self.prices = prices or Prices()
 
     async def authenticate(self, bearer_token: str | None, path_user_id: str) -> Principal:
         """The principal of the token, who must be the user the path names."""
@@ -272,35 +327,65 @@ class ChatService:
         *,
         sink: TurnSink | None = None,
         idempotency_key: str | None = None,
+        meter: UsageMeter | None = None,
     ) -> ChatReply:
         """One turn for an authenticated principal; with a ``sink`` (see ``chatcore.streamed_turns``) it is streamed.
 
         With an ``idempotency_key``, a repeat of the same request returns the stored reply instead of running
-        again (see ``chatcore.turn_lease``).
+        again (see ``chatcore.turn_lease``). Raises BudgetExhausted, storing nothing, when the principal's token
+        budget is used up; ``meter`` is one the caller opened already (``meter_for``), closed here.
         """
-        text = validate_message(message)
-        key = None if idempotency_key is None else validate_idempotency_key(idempotency_key)
-        log = _TurnLog(conversation_id=conversation_id)
-        return await self._logged(
-            principal,
-            log,
-            lambda turn_id: self._run_held_turn(principal, text, conversation_id, turn_id, log, sink, key),
-        )
+        try:
+            text = validate_message(message)
+            key = None if idempotency_key is None else validate_idempotency_key(idempotency_key)
+            log = _TurnLog(conversation_id=conversation_id)
+            return await self._logged(
+                principal,
+                log,
+                lambda turn_id: self._run_held_turn(principal, text, conversation_id, turn_id, log, sink, key, meter),
+            )
+        finally:
+            if meter is not None:
+                meter.close()
+
+    async def meter_for(self, principal: Principal) -> UsageMeter:
+        """The meter of a turn of the principal's about to start (its ``UsagePolicy.begin``); raises BudgetExhausted
+        when the user may not start one now. Without a policy: a meter that admits every call, at no cost."""
+        if self.usage_policy is None:
+            return UNMETERED
+        return await self.usage_policy.begin(principal.user_id, self.clock())
+
+    @contextlib.asynccontextmanager
+    async def _metered(self, principal: Principal, given: UsageMeter | None) -> AsyncIterator[UsageMeter]:
+        """The turn's meter: ``given`` (its opener closes it), else one opened now and closed when the turn ends."""
+        if given is not None:
+            yield given
+            return
+        meter = await self.meter_for(principal)
+        try:
+            yield meter
+        finally:
+            meter.close()
 
     async def regenerate(
-        self, principal: Principal, conversation_id: uuid.UUID, *, sink: TurnSink | None = None
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        *,
+        sink: TurnSink | None = None,
+        meter: UsageMeter | None = None,
     ) -> ChatReply:
         """The conversation's last reply generated again from its last user message, as a turn of its own.
 
         The previous reply (its assistant and tool messages) stays stored, marked SUPERSEDED: the history API
         shows it, the model never sees it again. Tools it called did run, and what they did is not undone; calls
         still waiting for approval are denied (superseded), as a new message denies them. Raises
-        NothingToRegenerate when the conversation has no user message.
+        NothingToRegenerate when the conversation has no user message; BudgetExhausted like ``send``.
         """
         log = _TurnLog(conversation_id=conversation_id)
 
         async def regenerated(turn_id: uuid.UUID) -> ChatReply:
-            async with self._lease(principal, turn_id) as lease:
+            async with self._metered(principal, meter) as metered, self._lease(principal, turn_id) as lease:
                 start = await self._begin_after_closing(
                     lease,
                     conversation_id,
@@ -308,9 +393,13 @@ class ChatService:
                         conversation_id, history_limit=self.policy.history_limit + PAIR_SLACK
                     ),
                 )
-                return await self._answer(principal, start, turn_id, log, sink, lease=lease)
+                return await self._answer(principal, start, turn_id, log, sink, lease=lease, meter=metered)
 
-        return await self._logged(principal, log, regenerated)
+        try:
+            return await self._logged(principal, log, regenerated)
+        finally:
+            if meter is not None:
+                meter.close()
 
     async def _logged(
         self, principal: Principal, log: _TurnLog, turn: Callable[[uuid.UUID], Awaitable[ChatReply]]
@@ -348,9 +437,11 @@ class ChatService:
         log: _TurnLog,
         sink: TurnSink | None,
         idempotency_key: str | None,
+        meter: UsageMeter | None,
     ) -> ChatReply:
-        """The turn under its holds: the request's key claimed first (or its stored reply returned), then the
-        conversation's lease, both renewed while it runs and given back if it fails."""
+        """The turn under its holds: the request's key claimed first (or its stored reply returned, whatever the
+        budget says), then the usage meter opened, then the conversation's lease; the holds renewed while it runs
+        and given back if it fails."""
         async with self._lease(principal, turn_id) as lease:
             if idempotency_key is not None:
                 fingerprint = request_fingerprint(principal.user_id, text, conversation_id)
@@ -358,21 +449,9 @@ class ChatService:
                 if replay is not None:
                     log.conversation_id = replay.conversation_id
                     return replay
-            return await self._run_turn(principal, text, conversation_id, turn_id, log, sink, lease=lease)
-
-    async def _run_turn(
-        self,
-        principal: Principal,
-        text: str,
-        conversation_id: uuid.UUID | None,
-        turn_id: uuid.UUID,
-        log: _TurnLog,
-        sink: TurnSink | None = None,
-        *,
-        lease: TurnLease,
-    ) -> ChatReply:
-        start = await self._begin(lease, text, conversation_id)
-        return await self._answer(principal, start, turn_id, log, sink, lease=lease)
+            async with self._metered(principal, meter) as metered:
+                start = await self._begin(lease, text, conversation_id)
+                return await self._answer(principal, start, turn_id, log, sink, lease=lease, meter=metered)
 
     async def _answer(
         self,
@@ -383,6 +462,7 @@ class ChatService:
         sink: TurnSink | None,
         *,
         lease: TurnLease,
+        meter: UsageMeter,
     ) -> ChatReply:
         """The reply to ``start.user_message``: the tool loop, each step stored as it happens, then the answer."""
         conversation = start.conversation
@@ -393,7 +473,7 @@ class ChatService:
         past = history_rules.window(
             start.history, max_messages=self.policy.history_limit, max_tokens=self.policy.context_tokens
         )
-        progress = _Progress(principal.user_id, conversation.id, turn_id, holder=turn_id)
+        progress = _Progress(principal.user_id, conversation.id, turn_id, holder=turn_id, meter=meter)
         context = [*history_rules.for_model(past), start.user_message]
         try:
             final = await self._tool_loop(principal, progress, context, log, sink)
@@ -401,6 +481,7 @@ class ChatService:
             final = interrupted_reply(stopped.partial_text, conversation.id)
         except AgentError as error:
             error.conversation_id = conversation.id
+            await self._store_billed(progress)
             await self.store.mark_unanswered(principal.user_id, conversation.id, start.user_message.id)
             raise
         final = None if final is None else replace(final, id=reply_id)
@@ -414,9 +495,25 @@ class ChatService:
             turn_id=turn_id,
             idempotency=lease.completion(reply),
             keep_open=final is None,
+            usage=progress.unrecorded(),
         )
         lease.finished = True
         return reply
+
+    async def _store_billed(self, progress: _Progress) -> None:
+        """Record the failed call the provider billed anyway (``AgentError.usage``) before the failure is reported;
+        a failure to store it is logged, not raised over the model's error."""
+        calls = progress.unrecorded()
+        if not calls:
+            return
+        try:
+            await progress.store(self.store, (), usage=calls)
+        except ChatError as error:
+            logger.warning(
+                "could not record a failed model call's usage: %s",
+                type(error).__name__,
+                extra={"event": "usage_unrecorded", "turn_id": str(progress.turn_id)},
+            )
 
     async def _begin(self, lease: TurnLease, text: str, conversation_id: uuid.UUID | None) -> TurnStart:
         """Store the user's message under the conversation's lease; a turn still open (its calls waiting for
@@ -477,6 +574,7 @@ class ChatService:
         decisions: Sequence[ToolDecision],
         *,
         sink: TurnSink | None = None,
+        meter: UsageMeter | None = None,
     ) -> ChatReply:
         """Approve or deny tool calls waiting in the principal's conversation; the reply has ``send``'s shape.
 
@@ -485,23 +583,29 @@ class ChatService:
         the decisions are stored and the reply says what still waits; once none is, the model continues the
         same turn under the conversation's lease and the reply is its answer. Deciding again what was decided
         runs nothing twice and returns that same reply. Raises ToolCallNotFound for a call that is not awaiting
-        approval in the conversation, DecisionConflict for a call decided otherwise.
+        approval in the conversation, DecisionConflict for a call decided otherwise. Raises BudgetExhausted, storing
+        no decision, when the principal's token budget is used up (``meter``: as ``send`` takes it).
         """
-        checked = validate_decisions(decisions)
-        log = _TurnLog(conversation_id=conversation_id)
-        started = time.perf_counter()
-        outcome = "error"
         try:
-            reply = await self._decide(principal, conversation_id, checked, log, sink)
-            outcome = "ok"
-            return reply
-        except ChatError as error:
-            outcome = type(error).__name__
-            raise
+            checked = validate_decisions(decisions)
+            log = _TurnLog(conversation_id=conversation_id)
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                async with self._metered(principal, meter) as metered:
+                    reply = await self._decide(principal, conversation_id, checked, log, sink, metered)
+                outcome = "ok"
+                return reply
+            except ChatError as error:
+                outcome = type(error).__name__
+                raise
+            finally:
+                fields = log.fields("tool_decisions", principal.user_id, outcome, started)
+                fields.update(decisions=len(checked), approved=sum(1 for d in checked if d.approved))
+                logger.info("tool decisions", extra=fields)
         finally:
-            fields = log.fields("tool_decisions", principal.user_id, outcome, started)
-            fields.update(decisions=len(checked), approved=sum(1 for d in checked if d.approved))
-            logger.info("tool decisions", extra=fields)
+            if meter is not None:
+                meter.close()
 
     async def _decide(
         self,
@@ -510,6 +614,7 @@ class ChatService:
         decisions: Sequence[ToolDecision],
         log: _TurnLog,
         sink: TurnSink | None,
+        meter: UsageMeter,
     ) -> ChatReply:
         user_id = principal.user_id
         approvals = await self.store.decide_tool_calls(
@@ -518,7 +623,7 @@ class ChatService:
         turn_id, run_id, reply_id = approvals[0].turn_id, uuid.uuid4(), uuid.uuid4()
         if any(a.pending for a in approvals):
             turn = await self.store.turn_messages(user_id, conversation_id, turn_id)
-            reply = turn_reply(conversation_id, turn, approvals)
+            reply = replace(turn_reply(conversation_id, turn, approvals), usage=await self._turn_usage(user_id, turn))
             if sink is not None:
                 await sink.started(conversation_id, run_id, turn[0].id, reply.message_id)
                 for call in reply.pending_approvals:
@@ -528,13 +633,16 @@ class ChatService:
             resumed = await lease.resume(conversation_id, turn_id, history_limit=self.policy.history_limit + PAIR_SLACK)
             if not resumed.open or any(a.pending for a in resumed.approvals):
                 # Continued already (a twin decision, another replica), or closed by a new message: its reply.
-                reply = turn_reply(conversation_id, resumed.turn, resumed.approvals)
+                reply = replace(
+                    turn_reply(conversation_id, resumed.turn, resumed.approvals),
+                    usage=await self._turn_usage(user_id, resumed.turn),
+                )
                 if sink is not None:
                     await sink.started(conversation_id, run_id, resumed.turn[0].id, reply.message_id)
                 return reply
             if sink is not None:
                 await sink.started(conversation_id, run_id, resumed.turn[0].id, reply_id)
-            return await self._continue_turn(principal, resumed, lease, log, sink, reply_id)
+            return await self._continue_turn(principal, resumed, lease, log, sink, reply_id, meter)
 
     async def _continue_turn(
         self,
@@ -544,11 +652,17 @@ class ChatService:
         log: _TurnLog,
         sink: TurnSink | None,
         reply_id: uuid.UUID,
+        meter: UsageMeter,
     ) -> ChatReply:
         """The open turn's calls are all decided: run the approved ones, answer the rest, let the model go on."""
         conversation_id = resumed.conversation.id
         progress = _Progress(
-            principal.user_id, conversation_id, resumed.turn_id, holder=lease.turn_id, stored=list(resumed.turn)
+            principal.user_id,
+            conversation_id,
+            resumed.turn_id,
+            holder=lease.turn_id,
+            stored=list(resumed.turn),
+            meter=meter,
         )
         by_key = {approval_key(a): a for a in resumed.approvals}
         answers: list[ChatMessage] = []
@@ -586,6 +700,7 @@ class ChatService:
             final = interrupted_reply(stopped.partial_text, conversation_id)
         except AgentError as error:
             error.conversation_id = conversation_id
+            await self._store_billed(progress)
             raise  # the turn stays open: deciding again (or a new message) takes it up
         final = None if final is None else replace(final, id=reply_id)
         finished = await self.store.finish_turn(
@@ -595,11 +710,24 @@ class ChatService:
             turn_id=resumed.turn_id,
             holder=lease.turn_id,
             keep_open=final is None,
+            usage=progress.unrecorded(),
         )
         lease.finished = True
         asked = [m.id for m in progress.stored if m.tool_calls]
         approvals = await self.store.list_approvals(principal.user_id, conversation_id, message_ids=asked)
-        return turn_reply(conversation_id, [*progress.stored, *finished], approvals)
+        turn = [*progress.stored, *finished]
+        usage = await self._turn_usage(principal.user_id, turn, progress.usage)
+        return replace(turn_reply(conversation_id, turn, approvals), usage=usage)
+
+    async def _turn_usage(
+        self, user_id: str, turn: Sequence[Message], otherwise: UsageTotals | None = None
+    ) -> UsageTotals | None:
+        """What a turn taken up after approvals reports: the usage of all its calls as recorded (the same for every
+        reply of the turn, on any replica); ``otherwise`` without a UsageStore."""
+        if self.usage_store is None or not turn or turn[0].turn_id is None:
+            return otherwise
+        since = turn[0].created_at - CLOCK_MARGIN
+        return await self.usage_store.turn_totals(user_id, turn[0].turn_id, since)
 
     async def _tool_loop(
         self,
@@ -619,13 +747,11 @@ class ChatService:
         by_name = {spec.name: spec for spec in specs}
         system_prompt = render_system_prompt(self.policy.system_prompt, principal, self.clock())
         for _ in range(self.policy.max_tool_steps):
+            refusal = await self._refusal(progress)
+            if refusal is not None:
+                return ChatMessage.assistant(refusal)
             request = AgentRequest(system_prompt=system_prompt, messages=(*context, *progress.produced), tools=specs)
-            began = time.perf_counter()
-            try:
-                response = await (self.agent.complete(request) if sink is None else sink.step(self.agent, request))
-            finally:
-                log.model_seconds += time.perf_counter() - began
-                log.model_calls += 1
+            response = await self._model_step(progress, request, log, sink)
             text, calls = without_nul(response.text), tuple(map(_clean_call, response.tool_calls))
             if not calls:
                 return ChatMessage.assistant(text)
@@ -634,7 +760,7 @@ class ChatService:
             pending = [
                 pending_approval(call, asked.id, progress) for call, wait in zip(calls, waiting, strict=True) if wait
             ]
-            await progress.store(self.store, [asked], approvals=pending)
+            await progress.store(self.store, [asked], approvals=pending, usage=progress.unrecorded())
             if sink is not None:
                 for call, wait in zip(calls, waiting, strict=True):
                     await (sink.approval_request(call) if wait else sink.tool_call(call))
@@ -649,6 +775,50 @@ class ChatService:
             if progress.records
             else "I could not finish your request. Please try rephrasing it."
         )
+
+    async def _model_step(
+        self, progress: _Progress, request: AgentRequest, log: _TurnLog, sink: TurnSink | None
+    ) -> AgentResponse:
+        """One model call, recorded with what the provider reported it cost (a failed one too, when it was billed)."""
+        started_at, began = self.clock(), time.perf_counter()
+        usage: Usage | None = None
+        model: str | None = None
+        try:
+            response = await (self.agent.complete(request) if sink is None else sink.step(self.agent, request))
+            usage, model = response.usage or Usage(), response.model
+            return response
+        except AgentError as error:
+            usage = error.usage
+            raise
+        finally:
+            latency = time.perf_counter() - began
+            log.model_seconds += latency
+            log.model_calls += 1
+            if usage is not None:
+                log.usage += usage
+                cost = self.prices.cost(model, usage)
+                progress.record(ModelCall(self.agent.provider, model, usage, started_at, latency, cost))
+
+    async def _refusal(self, progress: _Progress) -> str | None:
+        """Why the turn may not call the model again (its reply then says so), or None: the user's budget is used
+        up (``UsagePolicy``), or the turn spent ``max_turn_tokens``. What the turn did so far stays stored."""
+        try:
+            await progress.meter.admit(self.clock())
+        except BudgetExhausted as exhausted:
+            logger.info(
+                "turn stopped: token budget exhausted",
+                extra={"event": "budget_exhausted", "turn_id": str(progress.turn_id)},
+            )
+            resets = "" if exhausted.resets_at is None else f" (it resets at {exhausted.resets_at.isoformat()})"
+            return (
+                f"I had to stop here: your token budget ran out{resets}. {_SO_FAR}"
+                if progress.records
+                else f"I cannot answer now: your token budget ran out{resets}."
+            )
+        limit = self.policy.max_turn_tokens
+        if limit is not None and progress.usage.tokens >= limit:
+            return f"I had to stop here: this turn used its limit of {limit} tokens. {_SO_FAR}"
+        return None
 
     async def _run_calls(
         self,
@@ -686,6 +856,9 @@ class ChatService:
         except Exception:
             logger.exception("tool %s raised", call.name, extra={"event": "tool_error", "tool": call.name})
             return ToolResult(error=f"tool {call.name} failed unexpectedly")
+
+
+_SO_FAR = "What I did so far is done and stored; please tell me how you would like to continue."
 
 
 def without_nul(value: JsonValue) -> JsonValue:

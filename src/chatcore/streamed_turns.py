@@ -290,27 +290,37 @@ class TurnStreamer:
     ) -> AsyncIterator[TurnEvent]:
         """Start a turn in the background and return its events, live. Closing the iterator leaves the turn running.
 
-        A bad message raises InvalidMessage here, before anything runs; every later failure is the
-        turn's last event (``error``). With an ``idempotency_key`` a repeat of the request runs no second turn:
-        it follows or replays the first one's events numbered above ``after`` (``chatcore.streamed_retries``);
-        the key used with another request raises IdempotencyKeyReused here.
+        A bad message raises InvalidMessage here, before anything runs, and a user whose token budget is used up
+        BudgetExhausted; every later failure is the turn's last event (``error``). With an ``idempotency_key`` a
+        repeat of the request runs no second turn: it follows or replays the first one's events numbered above
+        ``after`` (``chatcore.streamed_retries``); the key used with another request raises IdempotencyKeyReused here.
         """
         text = validate_message(message)
         if idempotency_key is not None:
             return await self._retries.start(principal, text, conversation_id, idempotency_key, after)
-        return self.launch(principal, lambda run: self.service.send(principal, text, conversation_id, sink=run))
+        meter = await self.service.meter_for(principal)
+        return self.launch(
+            principal, lambda run: self.service.send(principal, text, conversation_id, sink=run, meter=meter)
+        )
 
     async def decide(
         self, principal: Principal, conversation_id: uuid.UUID, decisions: Sequence[ToolDecision]
     ) -> AsyncIterator[TurnEvent]:
         """``ChatService.decide`` in the background, its events live (like ``start``): the approved calls, the model
-        going on, ``done``. Malformed decisions raise InvalidRequest here, before anything runs."""
+        going on, ``done``. Malformed decisions raise InvalidRequest here, before anything runs, and a used-up
+        budget BudgetExhausted."""
         checked = validate_decisions(decisions)
-        return self.launch(principal, lambda run: self.service.decide(principal, conversation_id, checked, sink=run))
+        meter = await self.service.meter_for(principal)
+        return self.launch(
+            principal, lambda run: self.service.decide(principal, conversation_id, checked, sink=run, meter=meter)
+        )
 
     async def regenerate(self, principal: Principal, conversation_id: uuid.UUID) -> AsyncIterator[TurnEvent]:
         """``ChatService.regenerate`` as a streamed turn, started like ``start``."""
-        return self.launch(principal, lambda run: self.service.regenerate(principal, conversation_id, sink=run))
+        meter = await self.service.meter_for(principal)
+        return self.launch(
+            principal, lambda run: self.service.regenerate(principal, conversation_id, sink=run, meter=meter)
+        )
 
     def launch(self, principal: Principal, turn: Callable[[TurnRun], Awaitable[ChatReply]]) -> AsyncIterator[TurnEvent]:
         """Run ``turn`` in the background with a new ``TurnRun`` as its sink; its events, live."""

@@ -28,6 +28,7 @@ from chatcore.model import (
     TurnEvent,
 )
 from chatcore.ports import LLMAgent
+from chatcore.usage import UsageTotals
 
 TURN: Final = "turn"
 """First event of a stream: ``{conversation_id, turn_id, user_message_id, message_id}``; ``message_id`` is the id
@@ -123,7 +124,8 @@ def tool_call_data(record: ToolCallRecord | ToolCall) -> dict[str, JsonValue]:
 
 
 def done_data(reply: ChatReply, *, interrupted: bool) -> dict[str, JsonValue]:
-    """A done event's data: the reply's fields as the JSON endpoint answers them, and whether the turn was stopped."""
+    """A done event's data: the reply's fields as the JSON endpoint answers them (``usage`` too), and whether the turn
+    was stopped."""
     return {
         "conversation_id": str(reply.conversation_id),
         "message_id": str(reply.message_id),
@@ -132,6 +134,7 @@ def done_data(reply: ChatReply, *, interrupted: bool) -> dict[str, JsonValue]:
         "interrupted": interrupted,
         "status": reply.status.value,
         "pending_approvals": [tool_call_data(call) for call in reply.pending_approvals],
+        "usage": (reply.usage or UsageTotals()).to_json(),
     }
 
 

@@ -80,6 +80,9 @@ class Prices:
         return price
 
     def cost(self, model: str | None, usage: Usage) -> Decimal | None:
+        """The call's cost in USD; None when its model has no price, unless it spent no tokens (that costs 0)."""
+        if usage.total_tokens == 0 and not usage.cached_read_tokens and not usage.cache_write_tokens:
+            return Decimal(0)
         price = self.price_of(model)
         return None if price is None else price.cost(usage)
 

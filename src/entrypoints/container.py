@@ -169,6 +169,7 @@ def chat_policy(settings: Settings) -> ChatPolicy:
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
         approval_tools=frozenset(settings.approval_tools),
         approval_ttl_seconds=settings.approval_ttl_seconds,
+        max_turn_tokens=settings.max_turn_tokens,
     )
 
 
@@ -227,16 +228,6 @@ class Container(containers.DeclarativeContainer):
     observed_agent = providers.Singleton(InstrumentedAgent, agent, metrics, tracer)
     observed_tools = providers.Singleton(InstrumentedToolRegistry, tools, metrics, tracer)
 
-    chat_service = providers.Singleton(
-        ChatService,
-        store=store,
-        claims=claims,
-        agent=observed_agent,
-        verifier=verifier,
-        tools=observed_tools,
-        policy=policy,
-    )
-
     # Usage: recorded with each turn, read back per user; one budget for all users (CHATCORE_USER_TOKEN_BUDGET),
     # counted in the database every replica shares, and no database work at all without one.
     usage_store = providers.Singleton(SqlAlchemyUsageStore, engine)
@@ -247,6 +238,20 @@ class Container(containers.DeclarativeContainer):
         metrics,
     )
     usage_history = providers.Singleton(UsageHistory, usage_store, usage_policy, clock=clock)
+
+    chat_service = providers.Singleton(
+        ChatService,
+        store=store,
+        claims=claims,
+        agent=observed_agent,
+        verifier=verifier,
+        tools=observed_tools,
+        policy=policy,
+        clock=clock,
+        usage_policy=usage_policy,
+        usage_store=usage_store,
+        prices=prices,
+    )
 
     # Bounded storage: ``chatcore gc`` and the janitor each server runs (CHATCORE_JANITOR) delete what expired.
     retention = providers.Singleton(SqlAlchemyRetentionStore, engine)

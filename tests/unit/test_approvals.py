@@ -37,6 +37,7 @@ from chatcore.fakes import (
     InMemoryConversationStore,
     InMemoryToolRegistry,
     InMemoryTurnEventStore,
+    InMemoryUsageStore,
     StaticTokenVerifier,
 )
 from chatcore.history import INTERRUPTED_ERROR
@@ -128,6 +129,7 @@ def world(**policy: object) -> World:
         tools=tools,
         policy=ChatPolicy(**settings),  # type: ignore[arg-type]
         clock=clock,
+        usage_store=InMemoryUsageStore(store.database),
     )
     streamer = TurnStreamer(service, InMemoryTurnEventStore(store.database))
     return World(service, store, tools, agent, clock, streamer)

@@ -128,6 +128,7 @@ async def test_a_streamed_turn_emits_turn_tool_call_tool_result_deltas_and_done_
         "interrupted": False,
         "status": "complete",
         "pending_approvals": [],
+        "usage": {"input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "model_calls": 2, "cost_usd": 0.0},
     }
     assert turn.data["user_message_id"] == str(stored[0].id)
     assert turn.data["message_id"] == done.data["message_id"]  # announced at the start

@@ -49,6 +49,8 @@ from chatcore.adapters.sqlalchemy.rows import (
 from chatcore.adapters.sqlalchemy.tables import TITLE_MAX_LENGTH, as_utc
 from chatcore.adapters.sqlalchemy.tables import conversations as conversations_table
 from chatcore.adapters.sqlalchemy.tables import messages as messages_table
+from chatcore.adapters.sqlalchemy.tables import usage as usage_table
+from chatcore.adapters.sqlalchemy.usage_store import usage_rows
 from chatcore.errors import (
     ChatError,
     ConversationBusy,
@@ -70,6 +72,7 @@ from chatcore.model import (
     TurnStart,
     utcnow,
 )
+from chatcore.usage import ModelCall, recorded
 
 
 class SqlAlchemyConversationStore:
@@ -269,13 +272,16 @@ class SqlAlchemyConversationStore:
         holder: uuid.UUID,
         approvals: Sequence[ToolApproval] = (),
         close: bool = False,
+        usage: Sequence[ModelCall] = (),
     ) -> tuple[Message, ...]:
         now = self._clock()
         keep = _Lease(holder, now, None, opens=turn_id if approvals else None, close=close and not approvals)
         if messages and self._single_statement and not approvals and not close:  # a step: one statement
-            return await self._append_alone(turn_sql.APPEND_HOLDING, user_id, conversation_id, messages, keep, turn_id)
+            return await self._append_alone(
+                turn_sql.APPEND_HOLDING, user_id, conversation_id, messages, keep, turn_id, usage
+            )
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
-            stored = await self._append(connection, user_id, conversation_id, messages, keep, turn_id)
+            stored = await self._append(connection, user_id, conversation_id, messages, keep, turn_id, usage)
             if approvals:
                 await approval_sql.insert_pending(connection, user_id, conversation_id, turn_id, approvals, now=now)
             return stored
@@ -290,19 +296,22 @@ class SqlAlchemyConversationStore:
         holder: uuid.UUID | None = None,
         idempotency: IdempotentReply | None = None,
         keep_open: bool = False,
+        usage: Sequence[ModelCall] = (),
     ) -> tuple[Message, ...]:
         now = self._clock()
         holder = turn_id if holder is None else holder
         release = _Lease(holder, now, None, True, close=not keep_open)
         if messages and self._single_statement and idempotency is None and not keep_open:  # one statement
-            return await self._append_alone(turn_sql.APPEND, user_id, conversation_id, messages, release, turn_id)
+            return await self._append_alone(
+                turn_sql.APPEND, user_id, conversation_id, messages, release, turn_id, usage
+            )
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             if messages and self._single_statement and not keep_open:
                 stored = await self._append_in_one_statement(
-                    connection, user_id, conversation_id, messages, release, turn_id
+                    connection, user_id, conversation_id, messages, release, turn_id, usage
                 )
             else:
-                stored = await self._append(connection, user_id, conversation_id, messages, release, turn_id)
+                stored = await self._append(connection, user_id, conversation_id, messages, release, turn_id, usage)
             if idempotency is not None and not await keys.complete(
                 connection, user_id, idempotency, turn_id=holder, conversation_id=conversation_id, now=now
             ):
@@ -317,10 +326,11 @@ class SqlAlchemyConversationStore:
         messages: Sequence[ChatMessage],
         lease: _Lease,
         turn_id: uuid.UUID,
+        usage: Sequence[ModelCall],
     ) -> tuple[Message, ...]:
         """One of the prebuilt appends (``APPEND``, ``APPEND_HOLDING``) run alone on autocommit: one round trip."""
         async with store_unavailable_on_outage():
-            parameters = self._append_parameters(user_id, conversation_id, messages, lease, turn_id)
+            parameters = self._append_parameters(user_id, conversation_id, messages, lease, turn_id, usage)
             rows = await self._autocommitted(statement, parameters)
             if not rows:
                 raise await self._missing_or_busy(user_id, conversation_id, LeaseLost())
@@ -334,6 +344,7 @@ class SqlAlchemyConversationStore:
         messages: Sequence[ChatMessage],
         lease: _Lease,
         turn_id: uuid.UUID,
+        usage: Sequence[ModelCall] = (),
     ) -> tuple[Message, ...]:
         bump = lease.bump().returning(conversations_table.c.last_seq)
         parameters = lease.parameters(user_id, conversation_id, by=len(messages))
@@ -344,6 +355,10 @@ class SqlAlchemyConversationStore:
         stored = tuple(stored_message(m, conversation_id, first + i, turn_id) for i, m in enumerate(messages))
         if stored:
             await connection.execute(insert(messages_table).values([message_row(m) for m in stored]))
+        if usage:
+            await connection.execute(
+                insert(usage_table), usage_rows(recorded(user_id, conversation_id, turn_id, usage))
+            )
         return stored
 
     async def _append_in_one_statement(
@@ -354,9 +369,10 @@ class SqlAlchemyConversationStore:
         batch: Sequence[ChatMessage],
         release: _Lease,
         turn_id: uuid.UUID,
+        usage: Sequence[ModelCall],
     ) -> tuple[Message, ...]:
         """``finish_turn`` as one PostgreSQL statement, in the caller's transaction."""
-        parameters = self._append_parameters(user_id, conversation_id, batch, release, turn_id)
+        parameters = self._append_parameters(user_id, conversation_id, batch, release, turn_id, usage)
         rows = (await connection.execute(turn_sql.APPEND, parameters)).all()
         if not rows:
             raise await _missing_or(connection, user_id, conversation_id, LeaseLost())
@@ -395,9 +411,15 @@ class SqlAlchemyConversationStore:
 
     @staticmethod
     def _append_parameters(
-        user_id: str, conversation_id: uuid.UUID, batch: Sequence[ChatMessage], lease: _Lease, turn_id: uuid.UUID
+        user_id: str,
+        conversation_id: uuid.UUID,
+        batch: Sequence[ChatMessage],
+        lease: _Lease,
+        turn_id: uuid.UUID,
+        usage: Sequence[ModelCall],
     ) -> dict[str, Any]:
-        """Bump ``last_seq`` by n and insert n rows of turn ``turn_id`` numbered below it, ``lease.turn_id`` holding.
+        """Bump ``last_seq`` by n and insert n rows of turn ``turn_id`` numbered below it, ``lease.turn_id`` holding,
+        and the ``usage`` rows of the calls that produced them.
 
         The rows travel as one array per column through ``unnest``, so the SQL text is the
         same for every batch size and asyncpg reuses one prepared statement.
@@ -405,6 +427,7 @@ class SqlAlchemyConversationStore:
         parameters = turn_sql.bump_parameters(user_id, conversation_id, lease.turn_id, now=lease.now, by=len(batch))
         parameters["p_turn_id"] = turn_id
         parameters |= turn_sql.batch_parameters([stored_message(m, conversation_id, 0, turn_id) for m in batch])
+        parameters |= turn_sql.usage_parameters(usage)
         return parameters
 
     async def begin_regeneration(

@@ -22,9 +22,11 @@ from typing import Any, Final
 
 import msgspec
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     ColumnElement,
     DateTime,
+    Float,
     Integer,
     Select,
     String,
@@ -48,8 +50,10 @@ from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.types import TypeEngine
 
 from chatcore.adapters.sqlalchemy.rows import CONVERSATION_COLUMNS, MESSAGE_COLUMNS, calls_to_json, message_row
-from chatcore.adapters.sqlalchemy.tables import UTCDateTime, conversations, messages
+from chatcore.adapters.sqlalchemy.tables import UTCDateTime, conversations, messages, usage
+from chatcore.adapters.sqlalchemy.usage_store import call_columns
 from chatcore.model import Message
+from chatcore.usage import ModelCall
 
 _C = conversations.c
 _M = messages.c
@@ -221,22 +225,59 @@ BATCH_COLUMNS: Final[dict[str, TypeEngine[Any]]] = {
 """The per-message columns of a batch, as PostgreSQL array element types (tool_calls as JSON text, cast in SQL)."""
 
 
+USAGE_COLUMNS: Final[dict[str, TypeEngine[Any]]] = {
+    "id": Uuid(),
+    "provider": String(),
+    "model": String(),
+    "input_tokens": Integer(),
+    "output_tokens": Integer(),
+    "cached_read_tokens": Integer(),
+    "cache_write_tokens": Integer(),
+    "cost_picousd": BigInteger(),
+    "latency_ms": Float(),
+    "started_at": DateTime(timezone=True),
+}
+"""The per-call columns of the model calls recorded with a batch (``usage_<column>`` arrays); the user, conversation
+and turn are the batch's."""
+
+
+def _unnested(prefix: str, columns: dict[str, TypeEngine[Any]], name: str) -> Any:
+    """Rows from one array parameter per column (``<prefix><column>``), numbered from 1 (``position``)."""
+    arrays = (bindparam(f"{prefix}{column_name}", type_=ARRAY(type_)) for column_name, type_ in columns.items())
+    return (
+        func.unnest(*arrays)
+        .table_valued(*(column(n, t) for n, t in columns.items()), with_ordinality="position")
+        .render_derived(name=name)
+    )
+
+
 def _append(*, release: bool) -> ReturningInsert[Any]:
     """Bump ``last_seq`` by ``p_by`` and insert the batch numbered up to it; with ``release`` the lease is given
-    back (the turn's last write), else kept (a step stored as it happens).
+    back (the turn's last write), else kept (a step stored as it happens). The model calls that produced the
+    batch (``usage_<column>``, none for a tool result) are recorded as the user's and turn's in the same
+    statement, only when the bump matched (the lease was held).
 
     The rows travel as one array per column through ``unnest``, so the SQL text is the same for
     every batch size and asyncpg reuses one prepared statement.
     """
     bumped = bump(release=release, close=release).returning(_C.last_seq).cte("bumped")
-    arrays = (bindparam(f"batch_{name}", type_=ARRAY(type_)) for name, type_ in BATCH_COLUMNS.items())
-    unnested = (
-        func.unnest(*arrays)
-        .table_valued(*(column(name, type_) for name, type_ in BATCH_COLUMNS.items()), with_ordinality="position")
-        .render_derived(name="batch")
-    )
+    unnested = _unnested("batch_", BATCH_COLUMNS, "batch")
     from_batch: dict[str, ColumnElement[Any]] = {name: unnested.c[name] for name in BATCH_COLUMNS}
     from_batch["tool_calls"] = cast(unnested.c.tool_calls, JSONB)
+    calls = _unnested("usage_", USAGE_COLUMNS, "calls")
+    recorded = (
+        insert(usage)
+        .from_select(
+            ["turn_id", "user_id", "conversation_id", *USAGE_COLUMNS],
+            select(
+                bindparam("p_turn_id", type_=_M.turn_id.type),
+                bindparam("p_user", type_=_C.user_id.type),
+                bindparam("p_conversation", type_=_M.conversation_id.type),
+                *(calls.c[name] for name in USAGE_COLUMNS),
+            ).select_from(bumped.join(calls, true())),
+        )
+        .cte("recorded")
+    )
     return (
         insert(messages)
         .from_select(
@@ -250,6 +291,7 @@ def _append(*, release: bool) -> ReturningInsert[Any]:
         )
         .returning(_M.seq)
         .add_cte(bumped)
+        .add_cte(recorded)
     )
 
 
@@ -298,6 +340,12 @@ def batch_parameters(batch: Sequence[Message]) -> dict[str, Any]:
         "batch_status": [m.status.value for m in batch],
         "batch_created_at": [m.created_at for m in batch],
     }
+
+
+def usage_parameters(calls: Sequence[ModelCall]) -> dict[str, Any]:
+    """One array per column of the calls (``APPEND``'s ``usage_<column>``); empty arrays record none."""
+    rows = [call_columns(c) for c in calls]
+    return {f"usage_{name}": [row[name] for row in rows] for name in USAGE_COLUMNS}
 
 
 _WINDOW_JSON: Final = msgspec.json.Decoder(list[Message])

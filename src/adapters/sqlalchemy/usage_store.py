@@ -1,49 +1,62 @@
 """SqlAlchemyUsageStore: the recorded model calls read back, per user: budget sums and the usage API's totals.
 
-The rows are written by ``SqlAlchemyConversationStore.finish_turn``, with the turn they belong to
-(``usage_rows`` is their form). Both reads are one statement on an autocommit connection (no BEGIN or
+The rows are written by ``SqlAlchemyConversationStore.append_turn``/``finish_turn``, with the step of the turn
+they belong to (``usage_rows`` is their form). Both reads are one statement on an autocommit connection (no BEGIN or
 ROLLBACK around it): a budget check costs a turn one round trip, served on PostgreSQL by the
 ``(user_id, started_at)`` index alone, which carries the token columns.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Date, Row, cast, func, select
+from sqlalchemy import ColumnElement, Date, Row, cast, func, null, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import usage
-from chatcore.usage import PICO, RecordedCall, UsageGroup, UsageGrouping, UsageTotals
+from chatcore.usage import PICO, ModelCall, RecordedCall, UsageGroup, UsageGrouping, UsageTotals
 
 _U = usage.c
 PICO_PER_USD = 10**12
+_SUMS = (
+    func.sum(_U.input_tokens),
+    func.sum(_U.output_tokens),
+    func.sum(_U.cached_read_tokens),
+    func.sum(_U.cache_write_tokens),
+    func.count(),
+    func.sum(_U.cost_picousd),
+    func.count(_U.cost_picousd),
+)
+"""A group's totals, as ``_totals`` reads them after the group's key."""
 
 
 def usage_rows(records: Iterable[RecordedCall]) -> list[dict[str, Any]]:
     """The ``usage`` rows of recorded calls."""
     return [
-        {
-            "id": r.call.id,
-            "turn_id": r.turn_id,
-            "user_id": r.user_id,
-            "conversation_id": r.conversation_id,
-            "provider": r.call.provider,
-            "model": r.call.model,
-            "input_tokens": r.call.usage.input_tokens,
-            "output_tokens": r.call.usage.output_tokens,
-            "cached_read_tokens": r.call.usage.cached_read_tokens,
-            "cache_write_tokens": r.call.usage.cache_write_tokens,
-            "cost_picousd": picodollars(r.call.cost_usd),
-            "latency_ms": r.call.latency_seconds * 1000,
-            "started_at": r.call.started_at,
-        }
+        {"turn_id": r.turn_id, "user_id": r.user_id, "conversation_id": r.conversation_id, **call_columns(r.call)}
         for r in records
     ]
+
+
+def call_columns(call: ModelCall) -> dict[str, Any]:
+    """A call's own columns of its ``usage`` row (whose call it is, the row's other columns, is its turn's)."""
+    return {
+        "id": call.id,
+        "provider": call.provider,
+        "model": call.model,
+        "input_tokens": call.usage.input_tokens,
+        "output_tokens": call.usage.output_tokens,
+        "cached_read_tokens": call.usage.cached_read_tokens,
+        "cache_write_tokens": call.usage.cache_write_tokens,
+        "cost_picousd": picodollars(call.cost_usd),
+        "latency_ms": call.latency_seconds * 1000,
+        "started_at": call.started_at,
+    }
 
 
 def picodollars(cost: Decimal | None) -> int | None:
@@ -69,16 +82,7 @@ class SqlAlchemyUsageStore:
     ) -> tuple[UsageTotals, tuple[UsageGroup, ...]]:
         key = self._key(grouping)
         statement = (
-            select(
-                key.label("key"),
-                func.sum(_U.input_tokens),
-                func.sum(_U.output_tokens),
-                func.sum(_U.cached_read_tokens),
-                func.sum(_U.cache_write_tokens),
-                func.count(),
-                func.sum(_U.cost_picousd),
-                func.count(_U.cost_picousd),
-            )
+            select(key.label("key"), *_SUMS)
             .where(_U.user_id == user_id, _U.started_at >= start, _U.started_at < end)
             .group_by(key)
             .order_by(func.min(_U.started_at) if grouping is UsageGrouping.CONVERSATION else key.asc().nulls_last())
@@ -87,6 +91,11 @@ class SqlAlchemyUsageStore:
             rows = (await connection.execute(statement)).all()
         groups = tuple(UsageGroup(_key_text(row[0]), _totals(row)) for row in rows)
         return UsageTotals.sum(group.totals for group in groups), groups
+
+    async def turn_totals(self, user_id: str, turn_id: uuid.UUID, since: datetime) -> UsageTotals:
+        statement = select(null(), *_SUMS).where(_U.user_id == user_id, _U.started_at >= since, _U.turn_id == turn_id)
+        async with store_unavailable_on_outage(), self._autocommit.connect() as connection:
+            return _totals((await connection.execute(statement)).one())
 
     def _key(self, grouping: UsageGrouping) -> ColumnElement[Any]:
         if grouping is UsageGrouping.MODEL:

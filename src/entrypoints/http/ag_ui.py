@@ -169,6 +169,7 @@ class AgUiEventStream:
                     "conversationId": data.get("conversation_id"),
                     "messageId": data.get("message_id"),
                     "response": response,
+                    **({"usage": data["usage"]} if "usage" in data else {}),
                 },
                 "outcome": outcome,
             }

@@ -56,19 +56,15 @@ class UIMessageStream:
         self._step_text = ""
         self._announced_calls: set[str] = set(known_calls)
         self._awaiting_approval = False
+        self._metadata: dict[str, JsonValue] = {}
 
     def render(self, event: TurnEvent) -> list[Chunk]:
         data = event.data
         chunks: list[Chunk] = []
         if event.type == TURN:
             message_id = self._message_id or str(data.get("message_id") or data["turn_id"])
-            chunks.append(
-                {
-                    "type": "start",
-                    "messageId": message_id,
-                    "messageMetadata": {"conversationId": data["conversation_id"], "turnId": data["turn_id"]},
-                }
-            )
+            self._metadata = {"conversationId": data["conversation_id"], "turnId": data["turn_id"]}
+            chunks.append({"type": "start", "messageId": message_id, "messageMetadata": dict(self._metadata)})
             self._open_step(chunks)
         elif event.type == DELTA:
             self._text(chunks, str(data["text"]), event.seq)
@@ -152,7 +148,10 @@ class UIMessageStream:
             reason = "tool-calls"
         else:
             reason = "stop"
-        chunks.append({"type": "finish", "finishReason": reason})
+        finish: Chunk = {"type": "finish", "finishReason": reason}
+        if "usage" in data:  # merged by the client into the message's metadata, beside the start part's keys
+            finish["messageMetadata"] = {**self._metadata, "usage": data["usage"]}
+        chunks.append(finish)
 
 
 def sse_line(chunk: Chunk) -> bytes:

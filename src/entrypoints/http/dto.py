@@ -21,6 +21,7 @@ from chatcore.model import (
     ToolCallRecord,
     ToolDecision,
 )
+from chatcore.usage import UsageTotals
 
 
 class ChatRequest(msgspec.Struct, kw_only=True):
@@ -92,6 +93,29 @@ class PendingApprovalOut(msgspec.Struct):
         return cls(call.id, call.name, dict(call.arguments))
 
 
+class TurnUsageOut(msgspec.Struct):
+    """What the model calls of this request cost, as the providers reported it."""
+
+    input_tokens: Annotated[int, msgspec.Meta(description="All input tokens, cached ones included.")]
+    output_tokens: int
+    cached_tokens: Annotated[int, msgspec.Meta(description="Input tokens read from the provider's prompt cache.")]
+    model_calls: int
+    cost_usd: Annotated[
+        float | None, msgspec.Meta(description="In USD, from CHATCORE_PRICES; null when a model has no price.")
+    ]
+
+    @classmethod
+    def from_totals(cls, totals: UsageTotals | None) -> TurnUsageOut:
+        totals = totals or UsageTotals()
+        return cls(
+            input_tokens=totals.input_tokens,
+            output_tokens=totals.output_tokens,
+            cached_tokens=totals.cached_tokens,
+            model_calls=totals.model_calls,
+            cost_usd=None if totals.cost_usd is None else float(totals.cost_usd),
+        )
+
+
 class ChatResponse(msgspec.Struct):
     conversation_id: uuid.UUID
     message_id: Annotated[
@@ -112,6 +136,10 @@ class ChatResponse(msgspec.Struct):
     pending_approvals: Annotated[
         list[PendingApprovalOut], msgspec.Meta(description="Tool calls waiting for the user's decision; [] when none.")
     ]
+    usage: Annotated[
+        TurnUsageOut,
+        msgspec.Meta(description="Tokens and cost of the model calls this request made (zero when it made none)."),
+    ]
 
     @classmethod
     def from_reply(cls, reply: ChatReply) -> ChatResponse:
@@ -122,6 +150,7 @@ class ChatResponse(msgspec.Struct):
             tool_calls=[ToolCallOut.from_record(c) for c in reply.tool_calls],
             status=reply.status.value,
             pending_approvals=[PendingApprovalOut.from_call(c) for c in reply.pending_approvals],
+            usage=TurnUsageOut.from_totals(reply.usage),
         )
 
 
@@ -173,8 +202,9 @@ CHAT_RESPONSE_EXAMPLE = {
     ],
     "status": "complete",
     "pending_approvals": [],
+    "usage": {"input_tokens": 1240, "output_tokens": 38, "cached_tokens": 1024, "model_calls": 2, "cost_usd": 0.000132},
 }
-AWAITING_RESPONSE_EXAMPLE = {
+AWAITING_RESPONSE_EXAMPLE: dict[str, Any] = {
     "conversation_id": "7b0c1a52-9d3e-4f7a-8f8e-2d7c1f0e9a11",
     "message_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
     "response": "",
@@ -188,6 +218,7 @@ AWAITING_RESPONSE_EXAMPLE = {
     ],
     "status": "awaiting_approval",
     "pending_approvals": [{"id": "call_2", "name": "delete_task", "arguments": {"task_id": 3}}],
+    "usage": {"input_tokens": 1190, "output_tokens": 41, "cached_tokens": 0, "model_calls": 2, "cost_usd": 0.0002031},
 }
 APPROVALS_REQUEST_EXAMPLE = {"decisions": [{"tool_call_id": "call_2", "approved": True}]}
 DENIAL_REQUEST_EXAMPLE = {"decisions": [{"tool_call_id": "call_2", "approved": False, "reason": "I still need it"}]}
@@ -212,6 +243,7 @@ APPROVED_RESPONSE_EXAMPLE = {
     ],
     "status": "complete",
     "pending_approvals": [],
+    "usage": {"input_tokens": 702, "output_tokens": 14, "cached_tokens": 0, "model_calls": 1, "cost_usd": 0.0001137},
 }
 
 
