@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from chatcore.errors import ConversationNotFound, IdempotencyKeyReused, TurnNotFound
 from chatcore.idempotency import IdempotencyRecord, request_fingerprint, validate_idempotency_key
 from chatcore.model import ChatReply, Principal, Role, TurnEvent
+from chatcore.ports import UsageMeter
 from chatcore.turn_events import TERMINAL_EVENTS, reply_events
 
 if TYPE_CHECKING:
@@ -40,16 +41,35 @@ class StreamedRetries:
         self.streamer = streamer
 
     async def start(
-        self, principal: Principal, text: str, conversation_id: uuid.UUID | None, key: str, after: int
+        self,
+        principal: Principal,
+        text: str,
+        conversation_id: uuid.UUID | None,
+        key: str,
+        after: int,
+        *,
+        meter: UsageMeter | None = None,
     ) -> AsyncIterator[TurnEvent]:
         """The events of the keyed request's one turn, numbered above ``after``. Raises InvalidMessage for a
-        malformed key and IdempotencyKeyReused for a key holding another request, before anything streams."""
-        checked = validate_idempotency_key(key)
-        fingerprint = request_fingerprint(principal.user_id, text, conversation_id)
-        record = await self.streamer.service.claims.idempotency_record(principal.user_id, checked)
-        if record is not None and record.request_hash != fingerprint:
-            raise IdempotencyKeyReused()
-        return self._events(principal, text, conversation_id, checked, record, max(after, 0))
+        malformed key, IdempotencyKeyReused for a key holding another request, and BudgetExhausted when a request
+        that would run a turn finds the user's token budget used up, before anything streams (a repeat of a request
+        that ran is followed or replayed whatever the budget says)."""
+        try:
+            checked = validate_idempotency_key(key)
+            fingerprint = request_fingerprint(principal.user_id, text, conversation_id)
+            record = await self.streamer.service.claims.idempotency_record(principal.user_id, checked)
+            if record is not None and record.request_hash != fingerprint:
+                raise IdempotencyKeyReused()
+        except BaseException:
+            if meter is not None:
+                meter.close()
+            raise
+        if record is not None and meter is not None:
+            meter.close()
+            meter = None
+        elif record is None and meter is None:
+            meter = await self.streamer.service.meter_for(principal)
+        return self._events(principal, text, conversation_id, checked, record, max(after, 0), meter)
 
     async def _events(
         self,
@@ -59,6 +79,7 @@ class StreamedRetries:
         key: str,
         record: IdempotencyRecord | None,
         after: int,
+        meter: UsageMeter | None = None,
     ) -> AsyncIterator[TurnEvent]:
         user_id, policy = principal.user_id, self.streamer.policy
         waiting_since = time.monotonic()
@@ -67,7 +88,7 @@ class StreamedRetries:
                 # No live claim: this request runs the turn (its events from the start: ``after`` numbered another
                 # turn's, one that died). The service claims the key; should a twin have claimed it a moment
                 # earlier, the service waits for the twin's reply and this stream gets its ``done``.
-                async for event in self._run(principal, text, conversation_id, key):
+                async for event in self._run(principal, text, conversation_id, key, meter):
                     yield event
                 return
             if record.reply is not None:
@@ -86,11 +107,17 @@ class StreamedRetries:
             record = await self.streamer.service.claims.idempotency_record(user_id, key)
 
     def _run(
-        self, principal: Principal, text: str, conversation_id: uuid.UUID | None, key: str
+        self,
+        principal: Principal,
+        text: str,
+        conversation_id: uuid.UUID | None,
+        key: str,
+        meter: UsageMeter | None,
     ) -> AsyncIterator[TurnEvent]:
         service = self.streamer.service
         return self.streamer.launch(
-            principal, lambda run: service.send(principal, text, conversation_id, sink=run, idempotency_key=key)
+            principal,
+            lambda run: service.send(principal, text, conversation_id, sink=run, idempotency_key=key, meter=meter),
         )
 
     async def _begun(self, user_id: str, turn_id: uuid.UUID) -> bool:

@@ -35,7 +35,7 @@ from chatcore.model import (
     TurnEvent,
     TurnStatus,
 )
-from chatcore.ports import LLMAgent, TurnEventStore
+from chatcore.ports import LLMAgent, TurnEventStore, UsageMeter
 from chatcore.service import ChatService, validate_message
 from chatcore.streamed_retries import StreamedRetries
 from chatcore.turn_events import (
@@ -287,18 +287,21 @@ class TurnStreamer:
         *,
         idempotency_key: str | None = None,
         after: int = 0,
+        meter: UsageMeter | None = None,
     ) -> AsyncIterator[TurnEvent]:
         """Start a turn in the background and return its events, live. Closing the iterator leaves the turn running.
 
         A bad message raises InvalidMessage here, before anything runs, and a user whose token budget is used up
-        BudgetExhausted; every later failure is the turn's last event (``error``). With an ``idempotency_key`` a
-        repeat of the request runs no second turn: it follows or replays the first one's events numbered above
-        ``after`` (``chatcore.streamed_retries``); the key used with another request raises IdempotencyKeyReused here.
+        BudgetExhausted (``meter``: one the caller opened already, ``ChatService.meter_for``); every later failure is
+        the turn's last event (``error``). With an ``idempotency_key`` a repeat of the request runs no second turn:
+        it follows or replays the first one's events numbered above ``after`` (``chatcore.streamed_retries``); the
+        key used with another request raises IdempotencyKeyReused here.
         """
         text = validate_message(message)
         if idempotency_key is not None:
-            return await self._retries.start(principal, text, conversation_id, idempotency_key, after)
-        meter = await self.service.meter_for(principal)
+            return await self._retries.start(principal, text, conversation_id, idempotency_key, after, meter=meter)
+        if meter is None:
+            meter = await self.service.meter_for(principal)
         return self.launch(
             principal, lambda run: self.service.send(principal, text, conversation_id, sink=run, meter=meter)
         )

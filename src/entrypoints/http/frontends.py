@@ -39,7 +39,7 @@ from chatcore.entrypoints.http.auth import BEARER_SECURITY, principal_of, requir
 from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.errors import ConversationNotFound
 from chatcore.external_chats import ExternalChats
-from chatcore.model import JsonValue, TurnEvent
+from chatcore.model import JsonValue, Principal, TurnEvent
 from chatcore.service import title_from, validate_message
 from chatcore.streamed_turns import TurnStreamer
 from chatcore.turn_events import ERROR
@@ -83,6 +83,21 @@ async def _known(chats: ExternalChats, user_id: str, chat_id: str) -> uuid.UUID:
 def _streamer(request: Request[Any, Any, Any]) -> TurnStreamer:
     streamer: TurnStreamer = request.app.state.streamer
     return streamer
+
+
+async def _start_in_chat(
+    streamer: TurnStreamer, chats: ExternalChats, principal: Principal, chat_id: str, message: str | None
+) -> AsyncIterator[TurnEvent]:
+    """A new message in a frontend's chat, streamed. The budget is checked before the chat's conversation is made on
+    the id's first use, so a refused message (429) leaves nothing behind."""
+    text = validate_message(message or "")
+    meter = await streamer.service.meter_for(principal)
+    try:
+        conversation_id = await chats.open(principal.user_id, chat_id, title=title_from(text))
+    except BaseException:
+        meter.close()
+        raise
+    return await streamer.start(principal, text, conversation_id, meter=meter)
 
 
 async def _close(events: AsyncIterator[TurnEvent]) -> None:
@@ -378,9 +393,7 @@ class AiSdkController(Controller):
             known = [decision.tool_call_id for decision in chat.approvals]
             renderer = UIMessageStream(message_id=chat.message_id, known_calls=known)
         else:
-            text = validate_message(chat.text or "")
-            conversation_id = await chats.open(principal.user_id, chat.chat_id, title=title_from(text))
-            events = await streamer.start(principal, text, conversation_id)
+            events = await _start_in_chat(streamer, chats, principal, chat.chat_id, chat.text)
         return await event_stream(events, renderer.render, headers=UI_MESSAGE_STREAM_HEADERS, last=DONE_LINE)
 
     @get(
@@ -469,9 +482,7 @@ class AgUiController(Controller):
             conversation_id = await _known(chats, principal.user_id, run.thread_id)
             events = await streamer.decide(principal, conversation_id, run.approvals)
         else:
-            text = validate_message(run.text or "")
-            conversation_id = await chats.open(principal.user_id, run.thread_id, title=title_from(text))
-            events = await streamer.start(principal, text, conversation_id)
+            events = await _start_in_chat(streamer, chats, principal, run.thread_id, run.text)
         known = [decision.tool_call_id for decision in run.approvals]
         renderer = AgUiEventStream(thread_id=run.thread_id, run_id=run.run_id, known_calls=known)
         return await event_stream(events, renderer.render, headers=STREAM_HEADERS)
