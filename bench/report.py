@@ -272,6 +272,15 @@ class Report:
                     True,
                 ),
             ),
+            (
+                ("overhead-budget",),
+                Target(
+                    "overhead with a token budget: server CPU per turn, chatcore ÷ floor",
+                    self.ratio("overhead-budget", cpu),
+                    1.5,
+                    True,
+                ),
+            ),
         ]
         ran = {m.scenario for m in self.measurements}
         targets = [target for needs, target in candidates if ran.intersection(needs)]
@@ -488,7 +497,9 @@ def document(report: Report) -> str:
         "rounds pooled, so their p95 rests on more turns at the same concurrency and conversation length; "
         "**overhead-rate-limit** the overhead scenario with chatcore configured as in production: "
         "`CHATCORE_RATE_LIMIT` set (high enough never to refuse; the in-process limiter, no Redis) and INFO "
-        "logging; **approval-round-trip** the tool turn with `CHATCORE_APPROVAL_TOOLS=add_task` (chatcore only): "
+        "logging; **overhead-budget** the overhead scenario with `CHATCORE_USER_TOKEN_BUDGET` set (high enough "
+        "never to refuse): one indexed read of the user's window total as each turn starts, the calls counted in "
+        "memory; **approval-round-trip** the tool turn with `CHATCORE_APPROVAL_TOOLS=add_task` (chatcore only): "
         "the chat request ends awaiting approval, a second request approves the call, which runs, and the model "
         "answers (a turn is both requests; its first text is the first reply); **streaming-json** / "
         "**streaming-sse** / **streaming-long-sse** 200 users × 3 turns of a model that answers with a "

@@ -298,6 +298,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--rate-limit", default="1000000/minute", help="CHATCORE_RATE_LIMIT of overhead-rate-limit (never reached)"
     )
     parser.add_argument(
+        "--token-budget",
+        default="1000000000000/day",
+        help="CHATCORE_USER_TOKEN_BUDGET of overhead-budget (never reached)",
+    )
+    parser.add_argument(
         "--scenario-timeout",
         type=float,
         default=300.0,

@@ -161,6 +161,15 @@ def scenario_table(args: argparse.Namespace) -> list[Scenario]:
             baseline="overhead",
         ),
         Scenario(
+            "overhead-budget",
+            f"overhead, chatcore with CHATCORE_USER_TOKEN_BUDGET={args.token_budget} (never reached): the budget "
+            "read as each turn starts, the calls counted",
+            users(args.overhead_users),
+            args.overhead_turns,
+            chatcore_settings=(("CHATCORE_USER_TOKEN_BUDGET", args.token_budget),),
+            baseline="overhead",
+        ),
+        Scenario(
             "approval-round-trip",
             "tool-turn with CHATCORE_APPROVAL_TOOLS=add_task: the chat request stops at the add_task call, a second "
             "request approves it, the call runs and the model answers",

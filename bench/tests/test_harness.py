@@ -556,6 +556,7 @@ def test_every_path_is_compared_with_a_json_turn_of_the_same_load_and_model_time
     paths = [s for s in table.values() if s.baseline is not None]
     assert {s.name for s in paths} == {
         "overhead-rate-limit",
+        "overhead-budget",
         "approval-round-trip",
         "streaming-sse",
         "streaming-long-sse",

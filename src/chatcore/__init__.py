@@ -46,8 +46,19 @@ from chatcore.model import (
     ToolSpec,
     TurnStart,
 )
-from chatcore.ports import ConversationReader, ConversationStore, LLMAgent, TokenVerifier, ToolRegistry, TurnClaimStore
+from chatcore.ports import (
+    ConversationReader,
+    ConversationStore,
+    LLMAgent,
+    TokenVerifier,
+    ToolRegistry,
+    TurnClaimStore,
+    UsageMeter,
+    UsagePolicy,
+    UsageStore,
+)
 from chatcore.service import ChatPolicy, ChatService
+from chatcore.usage import Prices, StoredUsagePolicy, TokenBudget, UsageTotals
 
 __all__ = [
     "AgentError",
@@ -78,10 +89,13 @@ __all__ = [
     "LeaseLost",
     "Message",
     "MessageStatus",
+    "Prices",
     "Principal",
     "ReplyStatus",
     "Role",
     "StoreUnavailable",
+    "StoredUsagePolicy",
+    "TokenBudget",
     "TokenVerifier",
     "ToolApproval",
     "ToolCall",
@@ -95,6 +109,10 @@ __all__ = [
     "TurnClaimStore",
     "TurnStart",
     "Unauthenticated",
+    "UsageMeter",
+    "UsagePolicy",
+    "UsageStore",
+    "UsageTotals",
 ]
 
 __version__ = "0.1.0"

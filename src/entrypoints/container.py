@@ -230,7 +230,9 @@ class Container(containers.DeclarativeContainer):
 
     # Usage: recorded with each turn, read back per user; one budget for all users (CHATCORE_USER_TOKEN_BUDGET),
     # counted in the database every replica shares, and no database work at all without one.
-    usage_store = providers.Singleton(SqlAlchemyUsageStore, engine)
+    usage_store = providers.Singleton(
+        SqlAlchemyUsageStore, engine, asyncpg_statements=providers.Callable(_untraced, tracing)
+    )
     prices = providers.Singleton(prices_of, settings)
     usage_policy = providers.Singleton(
         InstrumentedUsagePolicy,

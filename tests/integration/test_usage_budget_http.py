@@ -74,6 +74,14 @@ async def chat(client: AsyncTestClient[Any], user: str, message: str, **headers:
     return await client.post(f"/api/{user}/chat", json={"message": message}, headers={**auth(user), **headers})
 
 
+def metric(text: str, name: str) -> float:
+    """A sample's value in Prometheus text (labels in the order the client writes them: sorted)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in {text}")
+
+
 def assert_refused(response: Any, retry_after: int) -> None:
     assert response.status_code == 429, response.text
     assert response.json()["detail"] == "token budget exhausted"
@@ -97,6 +105,8 @@ async def test_two_replicas_share_a_budget_refuse_on_every_route_and_let_the_use
         for replica in (a, b):
             assert_refused(await chat(replica, alice, "hello"), retry_after)
             assert_refused(await chat(replica, alice, "hello", **SSE), retry_after)
+            keyed = {**SSE, "Idempotency-Key": f"key-{uuid.uuid4().hex}"}
+            assert_refused(await chat(replica, alice, "hello", **keyed), retry_after)
             ai_sdk = {"id": "chat-1", "messages": [{"role": "user", "parts": [{"type": "text", "text": "hi"}]}]}
             assert_refused(
                 await replica.post(f"/api/{alice}/ai-sdk/chat", json=ai_sdk, headers=auth(alice)), retry_after
@@ -104,6 +114,10 @@ async def test_two_replicas_share_a_budget_refuse_on_every_route_and_let_the_use
             run = {"threadId": "t1", "runId": "r1", "messages": [{"id": "m1", "role": "user", "content": "hi"}]}
             assert_refused(await replica.post(f"/api/{alice}/ag-ui", json=run, headers=auth(alice)), retry_after)
         assert (await chat(b, bob, "hello")).status_code == 200  # another user's budget is their own
+        metrics = (await a.get("/metrics")).text
+        assert metric(metrics, "chatcore_budget_refusals_total") == 5.0  # this replica's five refusals
+        assert metric(metrics, 'chatcore_tokens_total{kind="input",model="(unknown)",provider="function"}') == 90.0
+        assert metric(metrics, 'chatcore_tokens_total{kind="output",model="(unknown)",provider="function"}') == 10.0
 
         report = (await a.get(f"/api/{alice}/usage", headers=auth(alice))).json()
         assert report["budget"] == {

@@ -10,6 +10,7 @@ same wire functions that wrote its replies; the chat reply (JSON or SSE ``done``
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from ..fake_providers import FakeProviderServer, anthropic_wire, openai_wire
 from ..unit.test_usage_prices import PRICES_TOML
 from .conftest import AppClient, auth
 from .test_http_streaming import SSE, parse_sse
+from .test_observability import log_stream  # noqa: F401 - a fixture
 from .test_provider_turns import settings_for
 
 pytestmark = pytest.mark.integration
@@ -186,3 +188,25 @@ async def test_the_offline_agent_records_its_calls_with_zero_tokens(
     }
     rows = await recorded_rows(pg_engine, user)
     assert [(r.provider, r.input_tokens, r.output_tokens) for r in rows] == [("offline", 0, 0)] * 2
+
+
+async def test_the_chat_turn_log_line_carries_the_turns_tokens(
+    app_client: AppClient,
+    fake: FakeProviderServer,
+    log_stream: io.StringIO,  # noqa: F811 - the fixture imported above
+) -> None:
+    user = new_user()
+    async with app_client(**settings_for("openai", fake)) as client:
+        response = await client.post(
+            f"/api/{user}/chat", json={"message": "Add a task to buy milk"}, headers=auth(user)
+        )
+    usage = response.json()["usage"]
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    (turn,) = [line for line in lines if line["event"] == "chat_turn"]
+    assert (turn["input_tokens"], turn["output_tokens"], turn["cached_tokens"]) == (
+        usage["input_tokens"],
+        usage["output_tokens"],
+        usage["cached_tokens"],
+    )
+    assert turn["input_tokens"] > 0
+    assert turn["model_calls"] == usage["model_calls"] == 2

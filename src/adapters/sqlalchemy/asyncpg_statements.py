@@ -15,14 +15,19 @@ Statements run this way do not fire SQLAlchemy's cursor events; asyncpg's query 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.interfaces import SchemaTranslateMapType as SchemaTranslateMap
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import greenlet_spawn
+
+from chatcore.adapters.sqlalchemy.errors import is_unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +74,41 @@ def compile_all(
 ) -> dict[int, AsyncpgStatement]:
     """``AsyncpgStatement``s keyed by the statement's ``id`` (statements are module-level constants)."""
     return {id(each): AsyncpgStatement.compile(each, dialect, schema_translate_map) for each in statements}
+
+
+class AutocommittedStatements:
+    """Prebuilt statements (module-level constants) run alone on autocommit, so atomic by themselves: no BEGIN or
+    COMMIT around them. On PostgreSQL with asyncpg (and ``asyncpg_statements``) they go to asyncpg directly, on a
+    connection checked out of the engine's pool without a SQLAlchemy ``Connection`` around it (the checkout still
+    runs the pool's liveness checks); otherwise, and for any other statement, through an autocommit ``Connection``.
+    """
+
+    def __init__(self, engine: AsyncEngine, statements: Sequence[ClauseElement], *, asyncpg_statements: bool = True):
+        self._sync_engine = engine.sync_engine  # its pool is read at each use: ``dispose()`` replaces it
+        postgresql = engine.dialect.name == "postgresql"
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") if postgresql else engine
+        self._asyncpg: dict[int, AsyncpgStatement] = {}
+        if asyncpg_statements and postgresql and engine.dialect.driver == "asyncpg":
+            schema_translate_map = engine.get_execution_options().get("schema_translate_map")  # tables in a schema
+            self._asyncpg = compile_all(statements, engine.dialect, schema_translate_map)
+
+    async def rows(self, statement: Executable, parameters: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        """The statement's rows, read by position."""
+        prepared = self._asyncpg.get(id(statement))
+        if prepared is None:
+            async with self._autocommit.connect() as connection:
+                return (await connection.execute(statement, dict(parameters))).all()
+        pooled = await greenlet_spawn(self._sync_engine.pool.connect)
+        try:
+            asyncpg_connection: Any = pooled.driver_connection  # set while checked out
+            rows: Sequence[Sequence[Any]] = await asyncpg_connection.fetch(
+                prepared.sql, *prepared.arguments(parameters)
+            )
+        except Exception as error:
+            if is_unavailable(error):  # SQLAlchemy did not see it fail: the connection must not go back to the pool
+                with contextlib.suppress(Exception):
+                    await greenlet_spawn(pooled.invalidate, error)
+            raise
+        finally:
+            pooled.close()  # no transaction was begun on it, so giving it back never awaits
+        return rows

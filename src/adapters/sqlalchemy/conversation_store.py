@@ -20,7 +20,6 @@ tell "not yours" from "busy". Idempotency-Key rows are in ``idempotency.py``.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -30,13 +29,12 @@ from typing import Any
 from sqlalchemy import Select, Update, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
-from sqlalchemy.util import greenlet_spawn
 
 from chatcore.adapters.sqlalchemy import approvals as approval_sql
 from chatcore.adapters.sqlalchemy import idempotency as keys
 from chatcore.adapters.sqlalchemy import turn_statements as turn_sql
-from chatcore.adapters.sqlalchemy.asyncpg_statements import AsyncpgStatement, compile_all
-from chatcore.adapters.sqlalchemy.errors import is_unavailable, store_unavailable_on_outage
+from chatcore.adapters.sqlalchemy.asyncpg_statements import AutocommittedStatements
+from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.rows import (
     CONVERSATION_COLUMNS,
     LAST_SEQ,
@@ -94,46 +92,21 @@ class SqlAlchemyConversationStore:
         self._single_statement = engine.dialect.name == "postgresql"
         # A turn's statements on PostgreSQL are atomic one by one: run alone, they need no BEGIN/COMMIT round trips.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") if self._single_statement else engine
-        self._sync_engine = engine.sync_engine  # its pool is read at each use: ``dispose()`` replaces it
-        self._asyncpg: dict[int, AsyncpgStatement] = {}
-        if asyncpg_statements and self._single_statement and engine.dialect.driver == "asyncpg":
-            self._asyncpg = compile_all(
-                (
-                    turn_sql.CONTINUE,
-                    turn_sql.CONTINUE_TAKING_LEASE,
-                    turn_sql.CREATE,
-                    turn_sql.APPEND,
-                    turn_sql.APPEND_HOLDING,
-                ),
-                engine.dialect,
-                engine.get_execution_options().get("schema_translate_map"),  # chatcore's tables in a schema
-            )
+        self._statements = AutocommittedStatements(
+            engine,
+            (
+                turn_sql.CONTINUE,
+                turn_sql.CONTINUE_TAKING_LEASE,
+                turn_sql.CREATE,
+                turn_sql.APPEND,
+                turn_sql.APPEND_HOLDING,
+            ),
+            asyncpg_statements=asyncpg_statements,
+        )
 
     async def _autocommitted(self, statement: Executable, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
-        """One of the turn's prebuilt statements, run alone (so atomic by itself, no BEGIN/COMMIT): its rows.
-
-        With ``asyncpg_statements`` it goes to asyncpg directly, on a connection checked out of the
-        engine's pool without a SQLAlchemy ``Connection`` around it (the checkout still runs the pool's
-        liveness checks); otherwise through an autocommit ``Connection``.
-        """
-        prepared = self._asyncpg.get(id(statement))
-        if prepared is None:
-            async with self._autocommit.connect() as connection:
-                return (await connection.execute(statement, parameters)).all()
-        pooled = await greenlet_spawn(self._sync_engine.pool.connect)
-        try:
-            asyncpg_connection: Any = pooled.driver_connection  # set while checked out
-            rows: Sequence[Sequence[Any]] = await asyncpg_connection.fetch(
-                prepared.sql, *prepared.arguments(parameters)
-            )
-        except Exception as error:
-            if is_unavailable(error):  # SQLAlchemy did not see it fail: the connection must not go back to the pool
-                with contextlib.suppress(Exception):
-                    await greenlet_spawn(pooled.invalidate, error)
-            raise
-        finally:
-            pooled.close()  # no transaction was begun on it, so giving it back never awaits
-        return rows
+        """One of the turn's prebuilt statements, run alone (so atomic by itself, no BEGIN/COMMIT): its rows."""
+        return await self._statements.rows(statement, parameters)
 
     async def _missing_or_busy(
         self, user_id: str, conversation_id: uuid.UUID, otherwise: ChatError, lease: _Lease | None = None

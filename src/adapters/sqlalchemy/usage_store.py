@@ -1,9 +1,9 @@
 """SqlAlchemyUsageStore: the recorded model calls read back, per user: budget sums and the usage API's totals.
 
 The rows are written by ``SqlAlchemyConversationStore.append_turn``/``finish_turn``, with the step of the turn
-they belong to (``usage_rows`` is their form). Both reads are one statement on an autocommit connection (no BEGIN or
-ROLLBACK around it): a budget check costs a turn one round trip, served on PostgreSQL by the
-``(user_id, started_at)`` index alone, which carries the token columns.
+they belong to (``usage_rows`` is their form). Both reads are one statement on an autocommit connection (no BEGIN
+or ROLLBACK around it; the budget's sum prebuilt, and run on asyncpg directly): a budget check costs a turn one round
+trip, served on PostgreSQL by the ``(user_id, started_at)`` index alone, which carries the token columns.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Date, Row, cast, func, null, select
+from sqlalchemy import ColumnElement, Date, Row, bindparam, cast, func, null, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatcore.adapters.sqlalchemy.asyncpg_statements import AutocommittedStatements
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import usage
 from chatcore.usage import PICO, ModelCall, RecordedCall, UsageGroup, UsageGrouping, UsageTotals
@@ -33,6 +34,14 @@ _SUMS = (
     func.count(_U.cost_picousd),
 )
 """A group's totals, as ``_totals`` reads them after the group's key."""
+
+
+TOKENS_SINCE: Final = select(func.coalesce(func.sum(_U.input_tokens + _U.output_tokens), 0)).where(
+    _U.user_id == bindparam("p_user", type_=_U.user_id.type),
+    _U.started_at >= bindparam("p_since", type_=_U.started_at.type),
+)
+"""What a budget counts, built once: the read every budgeted turn makes, so it binds values and nothing more
+(on asyncpg it runs on the driver directly, like the turn's own statements)."""
 
 
 def usage_rows(records: Iterable[RecordedCall]) -> list[dict[str, Any]]:
@@ -66,16 +75,15 @@ def picodollars(cost: Decimal | None) -> int | None:
 class SqlAlchemyUsageStore:
     """A ``chatcore.ports.UsageStore`` on an AsyncEngine from ``engine.create_engine``."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, asyncpg_statements: bool = True) -> None:
         self._engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._statements = AutocommittedStatements(engine, (TOKENS_SINCE,), asyncpg_statements=asyncpg_statements)
 
     async def tokens_since(self, user_id: str, since: datetime) -> int:
-        statement = select(func.coalesce(func.sum(_U.input_tokens + _U.output_tokens), 0)).where(
-            _U.user_id == user_id, _U.started_at >= since
-        )
-        async with store_unavailable_on_outage(), self._autocommit.connect() as connection:
-            return int(await connection.scalar(statement) or 0)
+        async with store_unavailable_on_outage():
+            rows = await self._statements.rows(TOKENS_SINCE, {"p_user": user_id, "p_since": since})
+        return int(rows[0][0] or 0)
 
     async def totals(
         self, user_id: str, start: datetime, end: datetime, grouping: UsageGrouping
