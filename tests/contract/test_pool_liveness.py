@@ -8,6 +8,8 @@ pinged. These tests pin both halves: the protection, and that the hot path pays 
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +19,9 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from chatcore.adapters.sqlalchemy.conversation_store import SqlAlchemyConversationStore
 from chatcore.adapters.sqlalchemy.engine import create_engine
+from chatcore.model import ChatMessage, Role
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +97,33 @@ async def test_a_connection_idle_past_the_threshold_is_pinged_first(postgres_url
 
     assert first == second
     assert PING in queries
+
+
+async def test_overflow_connections_go_back_to_a_full_pool_without_leaving_the_event_loop(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The turn's statements on asyncpg give their connection back themselves; an overflow connection finding the
+    pool full is closed then, which awaits, so it must happen in a greenlet: outside one the pool logs
+    MissingGreenlet ("Exception closing connection") and leaves the connection open on the server."""
+    caplog.set_level(logging.ERROR, logger="sqlalchemy.pool")
+    engine = create_engine(postgres_url, pool_size=1, max_overflow=3)
+    store = SqlAlchemyConversationStore(engine)
+    try:
+        starts = await asyncio.gather(
+            *(
+                store.begin_turn(
+                    f"overflow-{uuid.uuid4().hex[:8]}",
+                    None,
+                    ChatMessage(role=Role.USER, content=f"hello {i}"),
+                    turn_id=uuid.uuid4(),
+                    history_limit=10,
+                )
+                for i in range(4)
+            )
+        )
+        assert len({start.conversation.id for start in starts}) == 4
+        pool: Any = engine.sync_engine.pool
+        assert (pool.checkedout(), pool.overflow()) == (0, 0), "every connection back, the overflow ones closed"
+        assert [record.getMessage() for record in caplog.records if record.name.startswith("sqlalchemy")] == []
+    finally:
+        await engine.dispose()

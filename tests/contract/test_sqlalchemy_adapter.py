@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import delete, exc, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -242,9 +243,17 @@ async def test_an_exhausted_pool_is_store_unavailable(sqlite_url: str) -> None:
     assert isinstance(raised.value.__cause__, exc.TimeoutError)
 
 
+def _raised_from(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
 @pytest.mark.parametrize(
     ("error", "unavailable"),
     [
+        # The raw pool raises the dialect's own DBAPI error for a refused connection, asyncpg's as its cause.
+        (_raised_from(Exception("too many clients"), asyncpg.exceptions.TooManyConnectionsError()), True),
+        (_raised_from(Exception("duplicate key"), asyncpg.exceptions.UniqueViolationError()), False),
         (exc.OperationalError("SELECT 1", {}, Exception("database is locked")), True),
         (exc.InterfaceError("SELECT 1", {}, Exception("connection is closed")), True),
         (exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True), True),

@@ -104,11 +104,17 @@ class AutocommittedStatements:
             rows: Sequence[Sequence[Any]] = await asyncpg_connection.fetch(
                 prepared.sql, *prepared.arguments(parameters)
             )
-        except Exception as error:
-            if is_unavailable(error):  # SQLAlchemy did not see it fail: the connection must not go back to the pool
+        except BaseException as error:
+            # SQLAlchemy did not see it fail: a broken connection, or one whose statement was cut short (the task
+            # cancelled mid-query), must not go back to the pool. Outside a greenlet, invalidating terminates the
+            # connection without awaiting, so it runs even while this task is being cancelled.
+            if not isinstance(error, Exception) or is_unavailable(error):
                 with contextlib.suppress(Exception):
-                    await greenlet_spawn(pooled.invalidate, error)
+                    pooled.invalidate(error if isinstance(error, Exception) else None)
+                raise
+            await greenlet_spawn(pooled.close)
             raise
-        finally:
-            pooled.close()  # no transaction was begun on it, so giving it back never awaits
+        # In a greenlet: giving it back may close it (an overflow connection finding the pool full), which awaits;
+        # outside one that would raise MissingGreenlet.
+        await greenlet_spawn(pooled.close)
         return rows

@@ -31,7 +31,23 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, *_ASYNCPG_UNAVAILABLE)
 
 
 def is_unavailable(error: BaseException) -> bool:
-    """Whether ``error`` means the database cannot serve requests now (worth a retry), not a bug."""
+    """Whether ``error`` means the database cannot serve requests now (worth a retry), not a bug.
+
+    The causes count too: a connection refused while the pool opens it (PostgreSQL's "too many clients
+    already") reaches a caller of the raw pool as the dialect's own DBAPI error, unwrapped by SQLAlchemy,
+    with asyncpg's error as its ``__cause__``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if _is_unavailable_itself(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__
+    return False
+
+
+def _is_unavailable_itself(error: BaseException) -> bool:
     if isinstance(error, exc.OperationalError | exc.InterfaceError | exc.TimeoutError):
         return True
     if isinstance(error, exc.DBAPIError):
