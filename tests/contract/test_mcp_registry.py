@@ -34,6 +34,15 @@ def free_port() -> int:
         return port
 
 
+STARTUP_SECONDS = 60.0
+"""How long a fixture server may take to start and answer (the registry's connect timeout, 10 s by default): a Python
+process importing the MCP SDK takes tens of seconds on a loaded 2-core machine. Tests of a server that never answers
+set their own short timeout."""
+CALL_SECONDS = 5.0
+"""The registry's call timeout in these tests: short, for the slow tool's test, yet long enough for ten concurrent
+calls through one session on a loaded machine."""
+
+
 def stdio_server(name: str, prefix: str = "") -> McpServerConfig:
     return McpServerConfig(name=name, command=[sys.executable, str(FIXTURE), "stdio", "--prefix", prefix])
 
@@ -51,7 +60,7 @@ class HttpFixtureServer:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, str(FIXTURE), "http", "--port", str(self.port), "--prefix", self.prefix
         )
-        for _ in range(300):
+        for _ in range(int(STARTUP_SECONDS / 0.05)):
             if self.process.returncode is not None:
                 raise RuntimeError(f"fixture server exited with {self.process.returncode}")
             try:
@@ -80,14 +89,18 @@ async def http_server() -> AsyncIterator[HttpFixtureServer]:
 
 @pytest.fixture(scope="module")
 async def stdio_registry() -> AsyncIterator[McpToolRegistry]:
-    async with McpToolRegistry([stdio_server("local")], call_timeout_seconds=1.0) as registry:
+    async with McpToolRegistry(
+        [stdio_server("local")], call_timeout_seconds=CALL_SECONDS, connect_timeout_seconds=STARTUP_SECONDS
+    ) as registry:
         yield registry
 
 
 @pytest.fixture(scope="module")
 async def http_registry(http_server: HttpFixtureServer) -> AsyncIterator[McpToolRegistry]:
     config = McpServerConfig(name="remote", url=http_server.url)
-    async with McpToolRegistry([config], call_timeout_seconds=1.0) as registry:
+    async with McpToolRegistry(
+        [config], call_timeout_seconds=CALL_SECONDS, connect_timeout_seconds=STARTUP_SECONDS
+    ) as registry:
         yield registry
 
 
@@ -133,8 +146,8 @@ async def test_an_error_result_is_a_tool_error_with_its_text(mounted: tuple[McpT
 async def test_a_slow_call_times_out_and_the_session_survives(mounted: tuple[McpToolRegistry, str]) -> None:
     registry, p = mounted
 
-    with pytest.raises(ToolError, match="timed out after 1s"):
-        await registry.call(ALICE, p + "slow", {"seconds": 30})
+    with pytest.raises(ToolError, match=f"timed out after {CALL_SECONDS:g}s"):
+        await registry.call(ALICE, p + "slow", {"seconds": 60})
     assert await registry.call(ALICE, p + "echo", {"text": "still here"}) == "still here"
 
 
@@ -161,7 +174,7 @@ async def test_servers_that_are_down_are_left_out_and_the_others_still_work() ->
     missing = McpServerConfig(name="missing", command=["/nonexistent/mcp-server"])
     servers = [dead_http, exits, missing, stdio_server("up", prefix="up_")]
 
-    async with McpToolRegistry(servers) as registry:
+    async with McpToolRegistry(servers, connect_timeout_seconds=STARTUP_SECONDS) as registry:
         names = {spec.name for spec in await registry.list_tools()}
 
         assert names == {"up_" + name for name in FIXTURE_TOOLS}
@@ -185,6 +198,7 @@ async def test_a_server_that_goes_down_is_dropped_then_mounted_again_when_it_ret
         [McpServerConfig(name="gone", url=server.url), stdio_server("up", prefix="up_")],
         list_ttl_seconds=60,
         retry_unavailable_seconds=30,
+        connect_timeout_seconds=STARTUP_SECONDS,
         clock=lambda: now[0],
     )
     try:
@@ -221,7 +235,7 @@ async def test_a_tool_offered_by_two_servers_goes_to_the_first_with_one_warning(
     # "local" offers exactly the names "remote" offers: every one of its tools is shadowed, none fails the listing.
     servers = [McpServerConfig(name="remote", url=http_server.url), stdio_server("local", prefix="h_")]
 
-    async with McpToolRegistry(servers, list_ttl_seconds=0) as registry:
+    async with McpToolRegistry(servers, list_ttl_seconds=0, connect_timeout_seconds=STARTUP_SECONDS) as registry:
         first = [spec.name for spec in await registry.list_tools()]
         second = [spec.name for spec in await registry.list_tools()]
 

@@ -122,6 +122,7 @@ async def test_downgrade_to_base_and_back(fresh_sqlite_url: str) -> None:
     assert tables >= TABLES
 
 
+REPLICAS_TIMEOUT_SECONDS = 240
 MIGRATE = "import sys; from chatcore.adapters.sqlalchemy.migrate import run_migrations; run_migrations(sys.argv[1])"
 
 
@@ -139,7 +140,17 @@ async def test_replicas_migrating_at_once_take_turns(postgres_server: URL) -> No
                 await asyncio.create_subprocess_exec(sys.executable, "-c", MIGRATE, url, stderr=asyncio.subprocess.PIPE)
                 for _ in range(3)
             ]
-            outcomes = [await asyncio.wait_for(replica.communicate(), timeout=60) for replica in replicas]
+            try:
+                # Together: each replica's stderr is drained while the others run. The bound is generous because three
+                # interpreters importing SQLAlchemy and Alembic at once take tens of seconds on a loaded 2-core machine.
+                outcomes = await asyncio.wait_for(
+                    asyncio.gather(*(replica.communicate() for replica in replicas)), timeout=REPLICAS_TIMEOUT_SECONDS
+                )
+            finally:
+                for replica in replicas:
+                    if replica.returncode is None:
+                        replica.kill()
+                        await replica.wait()
             revision, _, diff = await inspect_database(url)
         finally:
             async with admin.connect() as connection:

@@ -59,7 +59,7 @@ async def serving(verifier: TokenVerifier) -> AsyncIterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(60):  # generous: the app's startup shares a loaded 2-core machine
             while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
                 await asyncio.sleep(0.01)
         yield f"http://127.0.0.1:{port}/mcp"
