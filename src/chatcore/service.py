@@ -476,7 +476,7 @@ class ChatService:
         progress = _Progress(principal.user_id, conversation.id, turn_id, holder=turn_id, meter=meter)
         context = [*history_rules.for_model(past), start.user_message]
         try:
-            final = await self._tool_loop(principal, progress, context, log, sink)
+            final = await self._tool_loop(principal, progress, context, log, sink, reply_id=reply_id)
         except TurnStopped as stopped:
             final = interrupted_reply(stopped.partial_text, conversation.id)
         except AgentError as error:
@@ -695,7 +695,7 @@ class ChatService:
         )
         context = [*history_rules.for_model(past), *resumed.turn]
         try:
-            final = await self._tool_loop(principal, progress, context, log, sink)
+            final = await self._tool_loop(principal, progress, context, log, sink, reply_id=reply_id)
         except TurnStopped as stopped:
             final = interrupted_reply(stopped.partial_text, conversation_id)
         except AgentError as error:
@@ -736,12 +736,16 @@ class ChatService:
         context: list[ChatMessage],
         log: _TurnLog,
         sink: TurnSink | None = None,
+        *,
+        reply_id: uuid.UUID | None = None,
     ) -> ChatMessage | None:
         """Ask the model, run the tools it asks for, feed the results back, until it answers or runs out of steps.
 
         Each step is stored as it happens: the model's calls before they run, each result as soon as its call
         returns. Calls that need the user's approval are stored as pending instead of run; the loop then ends
-        after the step (None: the turn waits for decisions).
+        after the step (None: the turn waits for decisions). That step's message is the reply the turn ends
+        with, so it takes ``reply_id``, the id announced when the turn started (the ``turn`` event, the AI SDK's
+        ``start``), as a final answer would.
         """
         specs = tuple(await self.tools.list_tools())
         by_name = {spec.name: spec for spec in specs}
@@ -757,6 +761,8 @@ class ChatService:
                 return ChatMessage.assistant(text)
             asked = ChatMessage.assistant(text, calls)
             waiting = [needs_approval(call, by_name, self.policy.approval_tools) for call in calls]
+            if any(waiting) and reply_id is not None:
+                asked = replace(asked, id=reply_id)
             pending = [
                 pending_approval(call, asked.id, progress) for call, wait in zip(calls, waiting, strict=True) if wait
             ]

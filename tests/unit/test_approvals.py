@@ -480,6 +480,26 @@ async def test_a_streamed_turn_sends_approval_requests_then_done_and_a_streamed_
         await w.streamer.decide(ALICE, conversation_id, [])
 
 
+async def test_a_turn_awaiting_approval_ends_with_the_message_id_its_turn_event_announced() -> None:
+    """The stream's ``turn`` event (and so the AI SDK's ``start``) names the reply's id before it exists; a turn that
+    ends waiting for approval has the message holding the pending call as its reply, under that same id."""
+    w = world()
+    events = [e async for e in await w.streamer.start(ALICE, "delete 3")]
+    announced, done = events[0].data["message_id"], events[-1].data
+    assert done["status"] == "awaiting_approval"
+    assert done["message_id"] == announced
+    conversation_id = uuid.UUID(str(done["conversation_id"]))
+    stored = await stored_history(reader_of(w.store), ALICE.user_id, conversation_id, 100)
+    [asking] = [m for m in stored if any(call.name == "delete" for call in m.tool_calls)]
+    assert str(asking.id) == announced
+
+    [request] = [e for e in events if e.type == "approval_request"]
+    decision = [ToolDecision(str(request.data["id"]), True)]
+    more = [e async for e in await w.streamer.decide(ALICE, conversation_id, decision)]
+    assert (more[0].type, more[-1].type) == ("turn", "done")
+    assert more[-1].data["message_id"] == more[0].data["message_id"] != announced
+
+
 # --- the property -------------------------------------------------------------------------------------------------
 
 
