@@ -215,3 +215,28 @@ async def test_a_delete_waits_for_approve_or_deny_on_the_page(browser: BrowserCo
     await expect(page.locator(".message.assistant .text").last).to_contain_text("I've deleted 'Quarterly report'")
     await expect(tasks.filter(has_text="Quarterly report")).to_have_count(0)
     await expect(page.locator("button.approve")).to_have_count(0)
+
+
+async def test_the_page_works_under_a_host_apps_prefix(browser: BrowserContext, tmp_path: Path) -> None:
+    """Mounted by a host app at /chat, the page calls the API below its own path, not the host's /api."""
+    from .test_examples import running
+
+    with (
+        running("litestar_host", tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'notes.db'}") as base,
+    ):
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            token = (await client.post("/login", json={"user": "alice", "password": "wonderland"})).json()["token"]
+        page = await browser.new_page()
+        await page.goto(f"{base}/chat/")
+        await page.fill("#token", token)
+        await page.click("#use-token")
+        await expect(page.locator("#who")).to_have_text("user: alice")
+
+        await page.fill("#input", "note: buy milk")
+        await page.click("#send")
+
+        await expect(page.locator(".message.assistant .tool.ok")).to_contain_text("add_note")
+        await expect(page.locator(".message.assistant .text").last).to_contain_text("buy milk")
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            notes = await client.get("/notes", headers={"Authorization": f"Bearer {token}"})
+        assert notes.json() == ["buy milk"]
