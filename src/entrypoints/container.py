@@ -43,7 +43,7 @@ from chatcore.entrypoints.verifiers import token_verifier
 from chatcore.model import utcnow
 from chatcore.ports import LLMAgent, ToolRegistry
 from chatcore.retention import Janitor, RetentionPolicy
-from chatcore.service import ChatPolicy, ChatService
+from chatcore.service import DEFAULT_SYSTEM_PROMPT, ChatPolicy, ChatService
 from chatcore.streamed_turns import StreamPolicy
 from chatcore.tools import CompositeToolRegistry
 from chatcore.usage import Prices, StoredUsagePolicy, UsageHistory
@@ -118,10 +118,11 @@ async def agent_resource(settings: Settings) -> AsyncIterator[LLMAgent]:
 
 
 async def tools_resource(settings: Settings, tasks: TaskStore) -> AsyncIterator[ToolRegistry]:
-    """The todo tools, plus the tools of the MCP servers in CHATCORE_MCP_SERVERS (their sessions closed at stop)."""
-    todo = todo_tools(tasks)
+    """The todo tools (unless CHATCORE_TODO_TOOLS is off), plus the tools of the MCP servers in
+    CHATCORE_MCP_SERVERS (their sessions closed at stop)."""
+    todo: tuple[ToolRegistry, ...] = (todo_tools(tasks),) if settings.todo_tools else ()
     if not settings.mcp_servers:
-        yield todo
+        yield todo[0] if todo else CompositeToolRegistry()
         return
     from chatcore.adapters.mcp.config import parse_mcp_servers
     from chatcore.adapters.mcp.registry import McpToolRegistry
@@ -130,7 +131,7 @@ async def tools_resource(settings: Settings, tasks: TaskStore) -> AsyncIterator[
         parse_mcp_servers(settings.mcp_servers), call_timeout_seconds=settings.mcp_call_timeout_seconds
     )
     try:
-        yield CompositeToolRegistry(todo, mounted)
+        yield CompositeToolRegistry(*todo, mounted)
     finally:
         await mounted.aclose()
 
@@ -163,7 +164,7 @@ def chat_policy(settings: Settings) -> ChatPolicy:
         max_tool_steps=settings.max_tool_steps,
         tool_timeout_seconds=settings.tool_timeout_seconds,
         # The container mounts the todo toolset (``tools_resource``), so its prompt is the default one.
-        system_prompt=settings.system_prompt or TODO_SYSTEM_PROMPT,
+        system_prompt=settings.system_prompt or (TODO_SYSTEM_PROMPT if settings.todo_tools else DEFAULT_SYSTEM_PROMPT),
         lease_seconds=settings.lease_seconds,
         turn_wait_seconds=settings.turn_wait_seconds,
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,

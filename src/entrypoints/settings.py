@@ -100,6 +100,9 @@ class Settings:
     max_tool_steps: int = 8
     tool_timeout_seconds: float = 30.0
     system_prompt: str | None = None
+    todo_tools: bool = True
+    """Whether the server mounts the todo toolset (CHATCORE_TODO_TOOLS); off, the model has only the MCP servers'
+    tools, and the default prompt is the domain's generic one."""
     mcp_servers: str | None = field(default=None, repr=False)
     mcp_call_timeout_seconds: float = 30.0
     approval_tools: tuple[str, ...] = ()
@@ -213,6 +216,7 @@ class Settings:
             max_tool_steps=reader.integer("CHATCORE_MAX_TOOL_STEPS", defaults.max_tool_steps, minimum=1),
             tool_timeout_seconds=reader.number("CHATCORE_TOOL_TIMEOUT", defaults.tool_timeout_seconds),
             system_prompt=reader.text("CHATCORE_SYSTEM_PROMPT"),
+            todo_tools=reader.switch("CHATCORE_TODO_TOOLS", defaults.todo_tools),
             mcp_servers=reader.text("CHATCORE_MCP_SERVERS"),
             mcp_call_timeout_seconds=reader.number("CHATCORE_MCP_TIMEOUT", defaults.mcp_call_timeout_seconds),
             approval_tools=reader.names("CHATCORE_APPROVAL_TOOLS"),

@@ -34,3 +34,23 @@ def test_chatcore_shutdown_grace_is_the_streamed_turns_shutdown_wait() -> None:
     settings = Settings.from_env({"CHATCORE_SHUTDOWN_GRACE": "4.5"})
     assert streamed_turns_policy(settings).shutdown_seconds == 4.5
     assert build_container(settings).stream_policy().shutdown_seconds == 4.5
+
+
+async def test_chatcore_todo_tools_off_mounts_no_todo_tool_and_keeps_the_generic_prompt() -> None:
+    settings = Settings.from_env({"CHATCORE_TODO_TOOLS": "false"})
+    assert chat_policy(settings).system_prompt == DEFAULT_SYSTEM_PROMPT
+    container = build_container(settings)
+    tools = await container.tools()
+    try:
+        assert await tools.list_tools() == []
+    finally:
+        await container.shutdown_resources()
+
+
+async def test_the_todo_tools_are_mounted_by_default() -> None:
+    container = build_container(Settings())
+    tools = await container.tools()
+    try:
+        assert {spec.name for spec in await tools.list_tools()} >= {"add_task", "list_tasks", "delete_task"}
+    finally:
+        await container.shutdown_resources()
