@@ -79,8 +79,8 @@ def on_engine(
         SqlAlchemyConversationStore(engine, clock=clock, asyncpg_statements=asyncpg_statements),
         SqlAlchemyTurnClaimStore(engine, clock=clock),
         SqlAlchemyConversationReader(engine),
-        SqlAlchemyTurnEventStore(engine),
-        SqlAlchemyRetentionStore(engine),
+        SqlAlchemyTurnEventStore(engine, clock=clock),
+        SqlAlchemyRetentionStore(engine, clock=clock),
         SqlAlchemyConversationAliases(engine, clock=clock),
         SqlAlchemyUsageStore(engine),
     )

@@ -52,6 +52,14 @@ class TurnFailed(ChatError):
     conversation_id: uuid.UUID | None = None
 
 
+class TurnAbandoned(TurnFailed):
+    """The end of a turn whose server stopped (killed, or cut off longer than its lease): the ``error`` event its log
+    ends with when someone closes it (``ChatService.close_dead_turns``, the janitor). Its user message stays,
+    marked unanswered; send it again (or a new message) to go on."""
+
+    default_detail = "the server handling this turn stopped"
+
+
 class AgentError(TurnFailed):
     """A model call that failed. ``usage`` is what the provider reported billing for it anyway (rarely), else None."""
 

@@ -56,7 +56,7 @@ from chatcore.model import (
     Usage,
     utcnow,
 )
-from chatcore.turn_events import stream_of_response
+from chatcore.turn_events import DONE, ERROR, stream_of_response
 from chatcore.usage import ModelCall, RecordedCall, UsageGroup, UsageGrouping, UsageTotals, recorded
 
 
@@ -641,6 +641,63 @@ class InMemoryTurnEventStore:
             self.turns[turn_id] = replace(self.turns[turn_id], stop_requested=True)
         return tuple(stopped)
 
+    async def close_dead(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        quiet_before: datetime,
+        error: Mapping[str, JsonValue],
+    ) -> tuple[uuid.UUID, ...]:
+        self.database.check()
+        conversation = self.database.conversations.get(conversation_id)
+        if conversation is None or conversation.user_id != user_id:
+            return ()
+        lease = self.database.leases.get(conversation_id)
+        expired = lease is not None and lease.expires_at <= self.database.clock()
+        closed: list[uuid.UUID] = []
+        for turn in list(self.turns.values()):
+            if turn.conversation_id != conversation_id or turn.status is not TurnStatus.RUNNING:
+                continue
+            if turn.created_at > quiet_before:
+                continue
+            if lease is not None and lease.owner == turn.id:
+                dead = expired
+            else:
+                dead = lease is not None or conversation.updated_at <= quiet_before
+            if dead:
+                self._end_log(turn, error)
+                closed.append(turn.id)
+        if lease is not None and expired:
+            del self.database.leases[conversation_id]
+            stored = self.database.messages.get(conversation_id, [])
+            mine = [m for m in stored if m.turn_id == lease.owner]
+            answered = any(
+                m.role is Role.ASSISTANT and not m.tool_calls and m.status is not MessageStatus.SUPERSEDED for m in mine
+            )
+            if not answered:
+                for index, message in enumerate(stored):
+                    mark = message.turn_id == lease.owner and message.role is Role.USER
+                    if mark and message.status is MessageStatus.COMPLETE:
+                        stored[index] = replace(message, status=MessageStatus.UNANSWERED)
+            if lease.owner not in closed:
+                closed.append(lease.owner)
+        return tuple(closed)
+
+    def _end_log(self, turn: TurnState, error: Mapping[str, JsonValue]) -> None:
+        logged = self.events.setdefault(turn.id, [])
+        last = logged[-1] if logged else None
+        if last is not None and last.type == DONE:
+            status = TurnStatus.INTERRUPTED if last.data.get("interrupted") else TurnStatus.COMPLETE
+        elif last is not None and last.type == ERROR:
+            status = TurnStatus.FAILED
+        else:
+            status = TurnStatus.INTERRUPTED
+            data = {**error, "conversation_id": str(turn.conversation_id)}
+            logged.append(TurnEvent(turn.id, (last.seq if last else 0) + 1, ERROR, data))
+        self.turns[turn.id] = replace(turn, status=status)
+        self.ended_at[turn.id] = utcnow()
+
     async def running(self, user_id: str, conversation_id: uuid.UUID) -> TurnState | None:
         self.database.check()
         lease = self.database.leases.get(conversation_id)
@@ -695,6 +752,26 @@ class InMemoryRetentionStore:
             self.events.events.pop(turn_id, None)
             self.events.ended_at.pop(turn_id, None)
         return len(empty[: max(limit, 0)])
+
+    async def close_dead_turns(
+        self, *, quiet_before: datetime, error: Mapping[str, JsonValue], limit: int
+    ) -> tuple[uuid.UUID, ...]:
+        self.database.check()
+        now = self.database.clock()
+        chosen: dict[uuid.UUID, str] = {}
+        for turn in self.events.turns.values():
+            if turn.status is TurnStatus.RUNNING and turn.created_at <= quiet_before:
+                chosen.setdefault(turn.conversation_id, turn.user_id)
+        for conversation_id, lease in self.database.leases.items():
+            conversation = self.database.conversations.get(conversation_id)
+            if lease.expires_at <= now and conversation is not None:
+                chosen.setdefault(conversation_id, conversation.user_id)
+        closed: list[uuid.UUID] = []
+        for conversation_id, user_id in list(chosen.items())[: max(limit, 0)]:
+            closed.extend(
+                await self.events.close_dead(user_id, conversation_id, quiet_before=quiet_before, error=error)
+            )
+        return tuple(closed)
 
     async def delete_idempotency_keys(self, *, expired_by: datetime, limit: int) -> int:
         self.database.check()

@@ -398,6 +398,30 @@ class TurnEventStore(Protocol):
         """
         ...
 
+    async def close_dead(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        quiet_before: datetime,
+        error: Mapping[str, JsonValue],
+    ) -> tuple[uuid.UUID, ...]:
+        """Close what died in the user's conversation, in one transaction; returns the ids of the turns it closed
+        (none for an unknown or another user's conversation).
+
+        - A RUNNING turn begun at or before ``quiet_before`` is dead when the conversation's lease is its own but
+          expired, or another's, or free since at or before ``quiet_before`` (the conversation's ``updated_at``):
+          it is marked INTERRUPTED and its log ends with an ``error`` event of ``error``'s data (with the
+          ``conversation_id``), unless it already ends with ``done`` or ``error`` (then it gets the status that
+          event says: COMPLETE, INTERRUPTED or FAILED).
+        - A lease that expired with its holder (a turn, JSON or streamed) is given back, and that turn's user
+          message, if the turn has no answer (no assistant message without tool calls), is marked UNANSWERED.
+
+        Expiries are judged by the store's clock. Pass a ``quiet_before`` a lease's length ago: a live turn renews
+        its lease every third of it, and a turn that just gave its lease back ends its log within moments.
+        """
+        ...
+
     async def running(self, user_id: str, conversation_id: uuid.UUID) -> TurnState | None:
         """The conversation's running turn: the RUNNING turn that holds the conversation's lease (a turn whose
         replica died holds none once its lease expires). None when no turn runs, also for another user's
@@ -427,6 +451,13 @@ class RetentionStore(Protocol):
     async def delete_turns(self, *, ended_before: datetime, limit: int) -> int:
         """Delete at most ``limit`` turns that ended before ``ended_before`` and have no events left; the number
         deleted (their messages stay: they belong to the conversation)."""
+        ...
+
+    async def close_dead_turns(
+        self, *, quiet_before: datetime, error: Mapping[str, JsonValue], limit: int
+    ) -> tuple[uuid.UUID, ...]:
+        """``TurnEventStore.close_dead`` for at most ``limit`` conversations, of any user, that have a RUNNING turn
+        begun at or before ``quiet_before`` or a lease that expired with its holder; the ids of the turns closed."""
         ...
 
     async def delete_idempotency_keys(self, *, expired_by: datetime, limit: int) -> int:

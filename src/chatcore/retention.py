@@ -19,8 +19,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from chatcore.errors import TurnAbandoned
 from chatcore.model import utcnow
 from chatcore.ports import RetentionStore
+from chatcore.turn_events import ErrorBody, plain_error_body
 
 logger = logging.getLogger("chatcore.retention")
 
@@ -35,6 +37,9 @@ class RetentionPolicy:
     """Rows per delete: one short transaction each."""
     batches_per_pass: int = 100
     """A janitor pass stops after this many batches of a kind and carries on at its next pass."""
+    lease_seconds: float = 120.0
+    """The turns' lease (``CHATCORE_LEASE_SECONDS``): a running turn older than this whose lease expired or went to
+    another turn is dead, and closed by a sweep."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +49,12 @@ class Swept:
     turn_events: int = 0
     turns: int = 0
     idempotency_keys: int = 0
+    dead_turns: int = 0
+    """Not deleted: turns whose server died, closed (``RetentionStore.close_dead_turns``)."""
 
     @property
     def total(self) -> int:
-        return self.turn_events + self.turns + self.idempotency_keys
+        return self.turn_events + self.turns + self.idempotency_keys + self.dead_turns
 
 
 Delete = Callable[[int], Awaitable[int]]
@@ -57,21 +64,38 @@ class Janitor:
     """Deletes what the ``RetentionPolicy`` says has expired, through a ``RetentionStore``."""
 
     def __init__(
-        self, store: RetentionStore, policy: RetentionPolicy | None = None, *, clock: Callable[[], datetime] = utcnow
+        self,
+        store: RetentionStore,
+        policy: RetentionPolicy | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        error_body: ErrorBody = plain_error_body,
     ) -> None:
         self.store = store
         self.policy = policy or RetentionPolicy()
         self.clock = clock
+        self.error_body = error_body
+        """The ``error`` event's data that ends a dead turn's log (the HTTP app's has the status code)."""
 
     async def sweep(self, *, batches: int | None = None) -> Swept:
-        """Delete what has expired, batch after batch until a batch comes back short (or after ``batches``)."""
+        """Close dead turns, then delete what has expired, batch after batch until a batch comes back short (or
+        after ``batches``)."""
         now = self.clock()
         ended_before = now - timedelta(seconds=self.policy.event_retention_seconds)
         store = self.store
+        quiet_before = now - timedelta(seconds=self.policy.lease_seconds)
+        error = self.error_body(TurnAbandoned())
+        dead = await self._drain(
+            lambda n: self._closed(store.close_dead_turns(quiet_before=quiet_before, error=error, limit=n)), 1
+        )
         events = await self._drain(lambda n: store.delete_turn_events(ended_before=ended_before, limit=n), batches)
         turns = await self._drain(lambda n: store.delete_turns(ended_before=ended_before, limit=n), batches)
         keys = await self._drain(lambda n: store.delete_idempotency_keys(expired_by=now, limit=n), batches)
-        return Swept(turn_events=events, turns=turns, idempotency_keys=keys)
+        return Swept(turn_events=events, turns=turns, idempotency_keys=keys, dead_turns=dead)
+
+    @staticmethod
+    async def _closed(closing: Awaitable[tuple[object, ...]]) -> int:
+        return len(await closing)
 
     async def _drain(self, delete: Delete, batches: int | None) -> int:
         deleted, done = 0, 0
@@ -107,5 +131,6 @@ class Janitor:
                         "turn_events": swept.turn_events,
                         "turns": swept.turns,
                         "idempotency_keys": swept.idempotency_keys,
+                        "dead_turns": swept.dead_turns,
                     },
                 )

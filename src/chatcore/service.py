@@ -32,6 +32,7 @@ from chatcore.errors import (
     LeaseLost,
     StoreUnavailable,
     ToolError,
+    TurnAbandoned,
     TurnStillOpen,
     Unauthenticated,
 )
@@ -65,11 +66,12 @@ from chatcore.ports import (
     TokenVerifier,
     ToolRegistry,
     TurnClaimStore,
+    TurnEventStore,
     UsageMeter,
     UsagePolicy,
     UsageStore,
 )
-from chatcore.turn_events import TurnSink, TurnStopped
+from chatcore.turn_events import ErrorBody, TurnSink, TurnStopped, plain_error_body
 from chatcore.turn_lease import TurnLease
 from chatcore.usage import UNMETERED, ModelCall, Prices, UsageTotals
 
@@ -283,6 +285,8 @@ class ChatService:
         usage_policy: UsagePolicy | None = None,
         usage_store: UsageStore | None = None,
         prices: Prices | None = None,
+        events: TurnEventStore | None = None,
+        error_body: ErrorBody = plain_error_body,
     ) -> None:
         self.store = store
         self.claims = claims
@@ -294,6 +298,10 @@ class ChatService:
         self.usage_policy = usage_policy
         self.usage_store = usage_store
         self.prices = prices or Prices()
+        self.events = events
+        """Streamed turns' logs, for closing the dead ones (``close_dead_turns``); None: no turn is streamed."""
+        self.error_body = error_body
+        """The ``error`` event's data that ends a dead turn's log (the HTTP app's has the status code)."""
 
     async def authenticate(self, bearer_token: str | None, path_user_id: str) -> Principal:
         """The principal of the token, who must be the user the path names."""
@@ -367,6 +375,26 @@ class ChatService:
         finally:
             meter.close()
 
+    async def close_dead_turns(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
+        """Close the turns of the user's conversation whose server stopped (``TurnEventStore.close_dead``): each
+        streamed one's log ends with an ``error`` event (TurnAbandoned), an expired lease is given back and the
+        dead turn's user message marked unanswered. Whoever touches the conversation calls it (a follower, a GET);
+        returns the ids of the turns closed."""
+        if self.events is None:
+            return ()
+        closed = await self.events.close_dead(
+            user_id,
+            conversation_id,
+            quiet_before=self.clock() - timedelta(seconds=self.policy.lease_seconds),
+            error=self.error_body(TurnAbandoned()),
+        )
+        for turn_id in closed:
+            logger.info(
+                "dead turn closed",
+                extra={"event": "turn_abandoned", "conversation_id": str(conversation_id), "turn_id": str(turn_id)},
+            )
+        return closed
+
     async def regenerate(
         self,
         principal: Principal,
@@ -386,7 +414,7 @@ class ChatService:
 
         async def regenerated(turn_id: uuid.UUID) -> ChatReply:
             async with self._metered(principal, meter) as metered, self._lease(principal, turn_id) as lease:
-                start = await self._begin_after_closing(
+                start, _ = await self._begin_after_closing(
                     lease,
                     conversation_id,
                     lambda: lease.begin_regeneration(
@@ -450,8 +478,19 @@ class ChatService:
                     log.conversation_id = replay.conversation_id
                     return replay
             async with self._metered(principal, meter) as metered:
-                start = await self._begin(lease, text, conversation_id)
+                start, closed_open_turn = await self._begin(lease, text, conversation_id)
+                if not closed_open_turn:
+                    await self._close_dead_predecessor(principal.user_id, start)
                 return await self._answer(principal, start, turn_id, log, sink, lease=lease, meter=metered)
+
+    async def _close_dead_predecessor(self, user_id: str, start: TurnStart) -> None:
+        """The turn before this one stopped without an answer and nobody closed it (its server died): close it now,
+        under this turn's lease: its user message marked unanswered, its event log ended (if it was streamed)."""
+        dead = dead_turn_message(start.history)
+        if dead is None:
+            return
+        await self.store.mark_unanswered(user_id, start.conversation.id, dead.id)
+        await self.close_dead_turns(user_id, start.conversation.id)
 
     async def _answer(
         self,
@@ -515,7 +554,7 @@ class ChatService:
                 extra={"event": "usage_unrecorded", "turn_id": str(progress.turn_id)},
             )
 
-    async def _begin(self, lease: TurnLease, text: str, conversation_id: uuid.UUID | None) -> TurnStart:
+    async def _begin(self, lease: TurnLease, text: str, conversation_id: uuid.UUID | None) -> tuple[TurnStart, bool]:
         """Store the user's message under the conversation's lease; a turn still open (its calls waiting for
         approval, or decided but not continued) is closed first: a new message supersedes it."""
         return await self._begin_after_closing(
@@ -528,14 +567,16 @@ class ChatService:
 
     async def _begin_after_closing(
         self, lease: TurnLease, conversation_id: uuid.UUID | None, begin: Callable[[], Awaitable[TurnStart]]
-    ) -> TurnStart:
-        """``begin`` a turn, closing first the conversation's open turn it finds in the way."""
+    ) -> tuple[TurnStart, bool]:
+        """``begin`` a turn, closing first the conversation's open turn it finds in the way (True when it did)."""
+        closed = False
         for _ in range(CLOSE_ATTEMPTS):
             try:
-                return await begin()
+                return await begin(), closed
             except TurnStillOpen as still_open:
                 assert conversation_id is not None  # a new conversation has no turn to close
                 await self._close_open_turn(lease, conversation_id, still_open.turn_id)
+                closed = True
         raise ConversationBusy()
 
     async def _close_open_turn(self, lease: TurnLease, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> None:
@@ -865,6 +906,22 @@ class ChatService:
 
 
 _SO_FAR = "What I did so far is done and stored; please tell me how you would like to continue."
+
+
+def dead_turn_message(history: Sequence[Message]) -> Message | None:
+    """The user message of the last turn in ``history`` if that turn stopped without an answer and without being
+    marked so: no assistant message without tool calls after it, the message still COMPLETE. Read under a new
+    turn's lease (no other turn runs), that turn's server died (or it failed in a way that left it so)."""
+    live = [m for m in history if m.status is not MessageStatus.SUPERSEDED]
+    for index in range(len(live) - 1, -1, -1):
+        message = live[index]
+        if message.role is not Role.USER:
+            continue
+        if message.status is not MessageStatus.COMPLETE:
+            return None
+        answered = any(m.role is Role.ASSISTANT and not m.tool_calls for m in live[index + 1 :])
+        return None if answered else message
+    return None
 
 
 def without_nul(value: JsonValue) -> JsonValue:

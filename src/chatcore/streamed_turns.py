@@ -47,22 +47,15 @@ from chatcore.turn_events import (
     TOOL_CALL,
     TOOL_RESULT,
     TURN,
+    ErrorBody,
     TurnStopped,
     done_data,
+    plain_error_body,
     tool_call_data,
     tool_result_data,
 )
 
 logger = logging.getLogger("chatcore.streamed_turns")
-
-ErrorBody = Callable[[BaseException], Mapping[str, JsonValue]]
-
-
-def plain_error_body(error: BaseException) -> dict[str, JsonValue]:
-    """An error event's data without transport words; the HTTP app passes its own (with the status code)."""
-    if isinstance(error, ChatError):
-        return {"error": type(error).__name__, "detail": error.detail}
-    return {"error": "InternalError", "detail": "Internal server error"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +68,9 @@ class StreamPolicy:
     """How often a running turn checks its stop flag, and a follower on another replica checks for new events."""
     idle_seconds: float = 300.0
     """A follower gives up (the client may resume again) when a running turn sends nothing for this long."""
+    dead_check_seconds: float = 1.0
+    """A follower of a turn running elsewhere that has sent nothing for this long checks, this often, whether the
+    turn's server died (``ChatService.close_dead_turns``): its lease expired, or another turn holds it."""
     shutdown_seconds: float = 30.0
     """At shutdown, running turns get this long to finish before they are cancelled."""
     read_batch: int = 500
@@ -273,6 +269,8 @@ class TurnStreamer:
     ) -> None:
         self.service = service
         self.events = events
+        if service.events is None:
+            service.events = events  # the log whose dead turns the service closes (``ChatService.close_dead_turns``)
         self.policy = policy or StreamPolicy()
         self.error_body = error_body
         self._runs: dict[uuid.UUID, TurnRun] = {}
@@ -374,6 +372,7 @@ class TurnStreamer:
 
     async def _replay(self, user_id: str, turn_id: uuid.UUID, after: int) -> AsyncIterator[TurnEvent]:
         last, quiet_since = after, time.monotonic()
+        checked = quiet_since
         while True:
             batch = await self.events.read(user_id, turn_id, after=last, limit=self.policy.read_batch)
             for event in batch:
@@ -394,7 +393,18 @@ class TurnStreamer:
                     return
                 if time.monotonic() - quiet_since > self.policy.idle_seconds:
                     return
+                if time.monotonic() - checked >= self.policy.dead_check_seconds:
+                    checked = time.monotonic()
+                    if await self._closed_if_dead(user_id, state.conversation_id):
+                        continue  # its log now ends with an error event: read it
             await asyncio.sleep(self.policy.poll_seconds)
+
+    async def _closed_if_dead(self, user_id: str, conversation_id: uuid.UUID) -> bool:
+        """Whether the conversation had dead turns, now closed; a failed check (the database is down) is a no."""
+        try:
+            return bool(await self.service.close_dead_turns(user_id, conversation_id))
+        except ChatError:
+            return False
 
     async def stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
         """Ask the conversation's running turns to stop, wherever they run; returns their ids."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final, Protocol
 
+from chatcore.errors import ChatError
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
@@ -48,6 +49,17 @@ pending_approvals}``, ``status`` and ``pending_approvals`` as in the JSON reply.
 ERROR: Final = "error"
 """Last event of a failed turn: ``{status_code, detail}`` as the JSON endpoint would answer, and ``conversation_id``."""
 TERMINAL_EVENTS: Final = frozenset({DONE, ERROR})
+
+ErrorBody = Callable[[BaseException], Mapping[str, JsonValue]]
+"""An ``error`` event's data for an exception; the HTTP app's adds the status code the JSON reply would have."""
+
+
+def plain_error_body(error: BaseException) -> dict[str, JsonValue]:
+    """An error event's data without transport words; the HTTP app passes its own (with the status code)."""
+    if isinstance(error, ChatError):
+        return {"error": type(error).__name__, "detail": error.detail}
+    return {"error": "InternalError", "detail": "Internal server error"}
+
 
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
 

@@ -88,16 +88,19 @@ def collect_garbage() -> int:
 
     from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
     from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
+    from chatcore.entrypoints.http.errors import event_error_body
     from chatcore.errors import StoreUnavailable
     from chatcore.retention import Janitor, RetentionPolicy, Swept
 
     settings = Settings.from_env()
-    policy = RetentionPolicy(event_retention_seconds=settings.event_retention_seconds)
+    policy = RetentionPolicy(
+        event_retention_seconds=settings.event_retention_seconds, lease_seconds=settings.lease_seconds
+    )
 
     async def sweep() -> Swept:
         engine = create_engine(database_url_from(settings.database_url), pool_size=1, schema=settings.db_schema)
         try:
-            return await Janitor(SqlAlchemyRetentionStore(engine), policy).sweep()
+            return await Janitor(SqlAlchemyRetentionStore(engine), policy, error_body=event_error_body).sweep()
         finally:
             await engine.dispose()
 
@@ -108,7 +111,8 @@ def collect_garbage() -> int:
         return 1
     print(
         f"chatcore gc: deleted {swept.turn_events} turn events, {swept.turns} turns and {swept.idempotency_keys} "
-        f"idempotency keys (turns that ended more than {settings.event_retention_seconds:g} s ago)"
+        f"idempotency keys (turns that ended more than {settings.event_retention_seconds:g} s ago); closed "
+        f"{swept.dead_turns} dead turns"
     )
     return 0
 

@@ -37,6 +37,7 @@ from chatcore.adapters.todo.sqlalchemy_store import SqlAlchemyTaskStore
 from chatcore.adapters.todo.tools import todo_tools
 from chatcore.conversations import ConversationHistory
 from chatcore.entrypoints.extras import require_extras
+from chatcore.entrypoints.http.errors import event_error_body
 from chatcore.entrypoints.prices import load_prices
 from chatcore.entrypoints.settings import Settings
 from chatcore.entrypoints.verifiers import token_verifier
@@ -186,7 +187,9 @@ def prices_of(settings: Settings) -> Prices | None:
 
 def retention_policy(settings: Settings) -> RetentionPolicy:
     return RetentionPolicy(
-        event_retention_seconds=settings.event_retention_seconds, interval_seconds=settings.janitor_interval_seconds
+        event_retention_seconds=settings.event_retention_seconds,
+        interval_seconds=settings.janitor_interval_seconds,
+        lease_seconds=settings.lease_seconds,
     )
 
 
@@ -254,11 +257,18 @@ class Container(containers.DeclarativeContainer):
         usage_policy=usage_policy,
         usage_store=usage_store,
         prices=prices,
+        events=turn_events,
+        error_body=providers.Object(event_error_body),
     )
 
     # Bounded storage: ``chatcore gc`` and the janitor each server runs (CHATCORE_JANITOR) delete what expired.
     retention = providers.Singleton(SqlAlchemyRetentionStore, engine)
-    janitor = providers.Singleton(Janitor, retention, providers.Singleton(retention_policy, settings))
+    janitor = providers.Singleton(
+        Janitor,
+        retention,
+        providers.Singleton(retention_policy, settings),
+        error_body=providers.Object(event_error_body),
+    )
 
 
 def build_container(settings: Settings) -> Container:

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 
 from sqlalchemy import Delete, delete, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from chatcore.adapters.sqlalchemy import dead_turns
 from chatcore.adapters.sqlalchemy import idempotency as keys
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import turn_events, turns
-from chatcore.model import TurnStatus
+from chatcore.model import JsonValue, TurnStatus, utcnow
 
 logger = logging.getLogger("chatcore.adapters.sqlalchemy")
 
@@ -32,8 +34,9 @@ MAINTENANCE_LOCK = 0x63686174636F7265
 class SqlAlchemyRetentionStore:
     """A ``chatcore.ports.RetentionStore`` on an AsyncEngine from ``engine.create_engine``."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
+        self._clock = clock
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._held_here = False
 
@@ -78,6 +81,23 @@ class SqlAlchemyRetentionStore:
             .with_for_update(skip_locked=True)
         )
         return await self._deleted(delete(turns).where(turns.c.id.in_(chosen)))
+
+    async def close_dead_turns(
+        self, *, quiet_before: datetime, error: Mapping[str, JsonValue], limit: int
+    ) -> tuple[uuid.UUID, ...]:
+        """The candidates in one read, then each conversation closed in a transaction of its own."""
+        now = self._clock()
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            chosen = await dead_turns.candidates(connection, now=now, quiet_before=quiet_before, limit=limit)
+        closed: list[uuid.UUID] = []
+        for user_id, conversation_id in chosen:
+            async with store_unavailable_on_outage(), self._engine.begin() as connection:
+                closed.extend(
+                    await dead_turns.close_dead(
+                        connection, user_id, conversation_id, now=now, quiet_before=quiet_before, error=error
+                    )
+                )
+        return tuple(closed)
 
     async def delete_idempotency_keys(self, *, expired_by: datetime, limit: int) -> int:
         return await self._deleted(keys.purge(expired_by, limit))

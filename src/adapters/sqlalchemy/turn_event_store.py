@@ -9,16 +9,18 @@ filters by ``user_id``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 
 from sqlalchemy import insert, literal, select, true, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatcore.adapters.sqlalchemy import dead_turns
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import conversations, turn_events, turns
 from chatcore.errors import ConversationNotFound, TurnNotFound
-from chatcore.model import TurnEvent, TurnState, TurnStatus, utcnow
+from chatcore.model import JsonValue, TurnEvent, TurnState, TurnStatus, utcnow
 
 _TURN_COLUMNS = (
     turns.c.id,
@@ -33,8 +35,9 @@ _TURN_COLUMNS = (
 class SqlAlchemyTurnEventStore:
     """A ``chatcore.ports.TurnEventStore`` on an AsyncEngine from ``engine.create_engine``."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
+        self._clock = clock
 
     async def begin(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> TurnState:
         """One INSERT ... SELECT from the user's conversation row: no row to copy means not the user's."""
@@ -154,6 +157,20 @@ class SqlAlchemyTurnEventStore:
                 raise ConversationNotFound()
             stopped = (await connection.execute(statement)).scalars().all()
         return tuple(stopped)
+
+    async def close_dead(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID,
+        *,
+        quiet_before: datetime,
+        error: Mapping[str, JsonValue],
+    ) -> tuple[uuid.UUID, ...]:
+        async with store_unavailable_on_outage(), self._engine.begin() as connection:
+            closed = await dead_turns.close_dead(
+                connection, user_id, conversation_id, now=self._clock(), quiet_before=quiet_before, error=error
+            )
+        return closed
 
     async def running(self, user_id: str, conversation_id: uuid.UUID) -> TurnState | None:
         """The owner of the conversation's live lease, if it is a running turn: two primary-key reads."""

@@ -41,9 +41,8 @@ from chatcore.entrypoints.http.conversation_dto import (
     TaskOut,
 )
 from chatcore.entrypoints.http.dto import error_spec as _error
-from chatcore.entrypoints.http.errors import INTERNAL_ERROR, status_of
-from chatcore.errors import ChatError
-from chatcore.model import JsonValue, Principal, ToolDecision, TurnEvent
+from chatcore.entrypoints.http.errors import event_error_body
+from chatcore.model import Principal, ToolDecision, TurnEvent
 from chatcore.ports import TurnEventStore
 from chatcore.service import ChatService
 from chatcore.streamed_turns import TurnStreamer
@@ -65,18 +64,6 @@ BAD_CURSOR = {400: _error("A cursor that this API did not hand out", "cursor is 
 def accepts_event_stream(request: Request[Any, Any, Any]) -> bool:
     """Whether the client asked for Server-Sent Events rather than one JSON reply."""
     return EVENT_STREAM in request.headers.get("accept", "").lower()
-
-
-def event_error_body(error: BaseException) -> dict[str, JsonValue]:
-    """An ``error`` event's data: the status and detail ``errors.chat_error_handler`` would answer with."""
-    if not isinstance(error, ChatError):
-        return {"status_code": 500, "detail": INTERNAL_ERROR}
-    status = status_of(error)
-    body: dict[str, JsonValue] = {"status_code": status, "detail": INTERNAL_ERROR if status == 500 else error.detail}
-    retry_after = getattr(error, "retry_after", None)
-    if isinstance(retry_after, int):
-        body["retry_after"] = retry_after
-    return body
 
 
 def event_stream(events: AsyncIterator[TurnEvent]) -> ServerSentEvent:
@@ -232,7 +219,10 @@ class ConversationsController(Controller):
     async def get_conversation(
         self, request: Request[Any, Any, Any], conversation_id: FromPath[uuid.UUID]
     ) -> ConversationDetail:
-        detail = await _history(request).conversation(_user(request).user_id, conversation_id)
+        user_id = _user(request).user_id
+        service: ChatService = request.app.state.service
+        await service.close_dead_turns(user_id, conversation_id)  # its state as it is: a dead turn is not running
+        detail = await _history(request).conversation(user_id, conversation_id)
         return ConversationDetail.from_detail(detail)
 
     @patch(

@@ -30,11 +30,13 @@ from chatcore.errors import (
     InvalidRequest,
     StoreUnavailable,
     ToolCallNotFound,
+    TurnAbandoned,
     TurnFailed,
     TurnNotFound,
     TurnStillOpen,
     Unauthenticated,
 )
+from chatcore.model import JsonValue
 
 logger = logging.getLogger("chatcore.http")
 
@@ -49,6 +51,7 @@ STATUS: dict[type[ChatError], int] = {
     ConversationBusy: 409,
     DecisionConflict: 409,
     TurnStillOpen: 409,
+    TurnAbandoned: 503,
     IdempotencyInProgress: 409,
     IdempotencyKeyReused: 422,
     BudgetExhausted: 429,
@@ -69,6 +72,18 @@ def status_of(error: ChatError) -> int:
         if kind in STATUS:
             return STATUS[kind]
     return 500
+
+
+def event_error_body(error: BaseException) -> dict[str, JsonValue]:
+    """An ``error`` event's data: the status and detail ``chat_error_handler`` would answer with."""
+    if not isinstance(error, ChatError):
+        return {"status_code": 500, "detail": INTERNAL_ERROR}
+    status = status_of(error)
+    body: dict[str, JsonValue] = {"status_code": status, "detail": INTERNAL_ERROR if status == 500 else error.detail}
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, int):
+        body["retry_after"] = retry_after
+    return body
 
 
 def _error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
