@@ -7,7 +7,8 @@ Every user has a bounded number of turns and the whole run a deadline.
 A turn is asked for in one of the ways a client can (``TurnProtocol``): ``json``, one reply body;
 ``sse``, ``Accept: text/event-stream``, read event by event until ``done`` (the whole turn), noting
 when the first ``delta`` (text) arrived; ``ai-sdk`` and ``ag-ui``, the frontends' streamed protocols
-(the AI SDK's UI message stream, AG-UI), read the same way to their last event; ``approval``, a JSON
+(the AI SDK's UI message stream, AG-UI), read the same way to their last event; ``busy-reject``, a JSON turn
+with a second request refused meanwhile (``if_busy: reject``); ``approval``, a JSON
 turn whose tool calls wait for the user, approved by a second request. For a JSON reply the first
 text is the whole reply. Every reply is checked in the chat reply's shape (a stream's pieces put
 together).
@@ -31,7 +32,7 @@ import msgspec
 
 from bench import sse
 
-TurnProtocol: TypeAlias = Literal["json", "sse", "approval", "ai-sdk", "ag-ui"]
+TurnProtocol: TypeAlias = Literal["json", "sse", "approval", "ai-sdk", "ag-ui", "busy-reject"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +360,43 @@ class ApprovalTurns(JsonTurns):
         return Answer(decided.reply, time.perf_counter() - began, asked.seconds)
 
 
+class BusyRejectTurns(JsonTurns):
+    """A JSON turn, and meanwhile a second request on its conversation with ``if_busy: reject`` that must be refused
+    at once (409): the turn is timed as a JSON turn; its first text is when the 409 came (from its request). A
+    user's first turn makes the conversation, so it has no second request. Two connections per user."""
+
+    def __init__(self, client: httpx.AsyncClient, second: httpx.AsyncClient) -> None:
+        super().__init__(client)
+        self.second = second
+
+    async def ask(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> Answer | str:
+        if "conversation_id" not in body:
+            return await super().ask(url, headers, body)
+        running = asyncio.create_task(super().ask(url, headers, body))
+        await asyncio.sleep(BUSY_PAUSE_SECONDS)
+        began = time.perf_counter()
+        try:
+            refused = await self.second.post(url, json={**body, "if_busy": "reject"}, headers=headers)
+        except httpx.HTTPError as error:
+            running.cancel()
+            return f"if_busy reject: {type(error).__name__}"
+        refused_after = time.perf_counter() - began
+        answer = await running
+        if refused.status_code != 409:
+            return f"if_busy reject: HTTP {refused.status_code}"
+        if isinstance(answer, str):
+            return answer
+        return Answer(answer.reply, answer.seconds, refused_after)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(super().aclose(), self.second.aclose())
+
+
+BUSY_PAUSE_SECONDS = 0.1
+"""How long after a turn's request the refused one is sent: the turn holds its conversation by then (its model
+takes longer than this in the scenario)."""
+
+
 KEEPALIVE_EXPIRY_SECONDS = 3.0
 """Below uvicorn's 5 s keep-alive timeout: a client that reuses a connection the server is closing at that
 very moment gets a ReadError, which would count as a failed turn that no server caused."""
@@ -400,6 +438,8 @@ def user_turns(protocol: TurnProtocol = "json", request_timeout: float = 60.0) -
         return STREAMED_TURNS[protocol](session)
     if protocol == "approval":
         return ApprovalTurns(user_client(request_timeout))
+    if protocol == "busy-reject":
+        return BusyRejectTurns(user_client(request_timeout), user_client(request_timeout))
     return JsonTurns(user_client(request_timeout))
 
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from bench.fake_model import Mode
-from bench.load import TurnProtocol
+from bench.load import BUSY_PAUSE_SECONDS, TurnProtocol
 from bench.report import CHATCORE, FLOOR
 
 Setting = tuple[str, str]
@@ -180,6 +180,19 @@ def scenario_table(args: argparse.Namespace) -> list[Scenario]:
             targets=(CHATCORE,),
             chatcore_settings=(("CHATCORE_APPROVAL_TOOLS", "add_task"),),
             baseline="tool-turn",
+            counted=True,
+        ),
+        Scenario(
+            "busy-reject",
+            f"slow-model's turns, each (after a user's first) with a second request on its conversation sent "
+            f"{BUSY_PAUSE_SECONDS * 1000:g} ms after it with if_busy: reject, refused at once (409); first text: "
+            "the 409",
+            users(args.slow_users),
+            args.slow_turns,
+            ModelSetup(args.slow_latency_ms),
+            protocol="busy-reject",
+            targets=(CHATCORE,),
+            baseline="slow-model",
             counted=True,
         ),
         Scenario(

@@ -558,6 +558,7 @@ def test_every_path_is_compared_with_a_json_turn_of_the_same_load_and_model_time
         "overhead-rate-limit",
         "overhead-budget",
         "approval-round-trip",
+        "busy-reject",
         "streaming-sse",
         "streaming-long-sse",
         "ai-sdk-stream",

@@ -33,6 +33,7 @@ from chatcore.errors import (
 from chatcore.idempotency import IdempotencyRecord, IdempotentReply
 from chatcore.model import (
     PREVIEW_LENGTH,
+    AbandonedTurn,
     AgentRequest,
     AgentResponse,
     AgentStreamEvent,
@@ -509,6 +510,24 @@ class InMemoryTurnClaimStore(_OverDatabase):
             self.database.check()
             record = self.database.live_key(user_id, key)
             return None if record is None else IdempotencyRecord(record.request_hash, record.turn_id, record.reply)
+
+    async def abandoned_turn(self, user_id: str, key: str) -> AbandonedTurn | None:
+        self.database.check()
+        record = self.database.idempotency_keys.get((user_id, key))
+        if record is None or record.reply is not None or record.expires_at > self.database.clock():
+            return None
+        turn_id = record.turn_id
+        if turn_id is None:
+            return None
+        for conversation_id, stored in self.database.messages.items():
+            owned = self.database.conversations.get(conversation_id)
+            if owned is None or owned.user_id != user_id:
+                continue
+            for index, message in enumerate(stored):
+                if message.turn_id == turn_id and message.role is Role.USER:
+                    last = all(m.turn_id == turn_id for m in stored[index + 1 :])
+                    return AbandonedTurn(turn_id, conversation_id, last)
+        return None
 
     async def claim_idempotency_key(
         self,

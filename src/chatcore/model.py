@@ -245,6 +245,18 @@ class TurnStart:
 
 
 @dataclass(frozen=True, slots=True)
+class AbandonedTurn:
+    """A turn whose claim on an Idempotency-Key expired while it ran (its server died), found by a retry with the key.
+
+    ``last``: no other turn's message follows it, so the retry can go on with it where it stopped.
+    """
+
+    turn_id: uuid.UUID
+    conversation_id: uuid.UUID
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TurnResumption:
     """A turn read back under a new hold on its conversation: to go on once its calls are decided, or to close it.
 
@@ -381,6 +393,26 @@ class ToolCallDelta:
 
 AgentStreamEvent: TypeAlias = TextDelta | ToolCallDelta | AgentResponse
 """What ``LLMAgent.stream`` yields: deltas, then exactly one AgentResponse, the whole step, last."""
+
+
+class BusyPolicy(enum.StrEnum):
+    """What a chat request does when another turn holds its conversation (the chat body's ``if_busy``)."""
+
+    WAIT = "wait"
+    """Wait for the running turn to end (up to the turn wait), then run: turns one after another."""
+    REJECT = "reject"
+    """Refuse at once (ConversationBusy, 409 with Retry-After): nothing is stored."""
+    INTERRUPT = "interrupt"
+    """Stop the running turn wherever it runs (as the stop endpoint does; its partial reply is stored as
+    interrupted), then run right after it, seeing it."""
+
+    @classmethod
+    def parse(cls, value: object) -> BusyPolicy:
+        """``value`` as a policy; ValueError naming the choices for anything else."""
+        for policy in cls:
+            if value == policy.value:
+                return policy
+        raise ValueError(f"if_busy must be one of {', '.join(p.value for p in cls)}, not {value!r}")
 
 
 class TurnStatus(enum.StrEnum):

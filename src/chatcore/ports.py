@@ -14,6 +14,7 @@ from typing import Protocol
 
 from chatcore.idempotency import IdempotencyRecord, IdempotentReply
 from chatcore.model import (
+    AbandonedTurn,
     AgentRequest,
     AgentResponse,
     AgentStreamEvent,
@@ -271,6 +272,11 @@ class TurnClaimStore(Protocol):
         """The user's ``key`` as it stands, read only: the request it holds, the turn that claimed it (kept after
         that turn stored its reply) and the reply once stored. None when absent or expired (another user's key is
         absent)."""
+        ...
+
+    async def abandoned_turn(self, user_id: str, key: str) -> AbandonedTurn | None:
+        """The turn whose claim on the user's ``key`` expired while in progress (its server died), if it stored its
+        user message; None when the key is absent, completed, still held, or its turn stored nothing."""
         ...
 
     async def renew_turn(

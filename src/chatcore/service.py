@@ -29,6 +29,7 @@ from chatcore.errors import (
     ConversationBusy,
     Forbidden,
     InvalidMessage,
+    InvalidRequest,
     LeaseLost,
     StoreUnavailable,
     ToolError,
@@ -40,8 +41,10 @@ from chatcore.idempotency import as_replayed, request_fingerprint, validate_idem
 from chatcore.model import (
     MAX_MESSAGE_LENGTH,
     MAX_USER_ID_LENGTH,
+    AbandonedTurn,
     AgentRequest,
     AgentResponse,
+    BusyPolicy,
     ChatMessage,
     ChatReply,
     JsonValue,
@@ -72,7 +75,7 @@ from chatcore.ports import (
     UsageStore,
 )
 from chatcore.turn_events import ErrorBody, TurnSink, TurnStopped, plain_error_body
-from chatcore.turn_lease import TurnLease
+from chatcore.turn_lease import Interrupt, TurnLease
 from chatcore.usage import UNMETERED, ModelCall, Prices, UsageTotals
 
 logger = logging.getLogger("chatcore.service")
@@ -118,6 +121,8 @@ class ChatPolicy:
     """Pending calls older than this are denied as expired the next time their conversation is touched."""
     max_turn_tokens: int | None = None
     """Input + output tokens after which a turn's tool loop stops (honestly, as when the user's budget runs out)."""
+    busy_policy: BusyPolicy = BusyPolicy.WAIT
+    """What a new message does while another turn holds its conversation, unless the request says (``if_busy``)."""
 
 
 @dataclass(slots=True)
@@ -248,6 +253,17 @@ def validate_message(message: str) -> str:
     return message
 
 
+def parse_if_busy(value: object) -> BusyPolicy | None:
+    """A request's ``if_busy`` as a policy (None when absent: the server's default), or InvalidRequest naming the
+    choices."""
+    if value is None:
+        return None
+    try:
+        return BusyPolicy.parse(value)
+    except ValueError as error:
+        raise InvalidRequest(str(error)) from None
+
+
 def title_from(message: str) -> str:
     first_line = " ".join(message.strip().split())
     if len(first_line) <= TITLE_LENGTH:
@@ -336,21 +352,39 @@ class ChatService:
         sink: TurnSink | None = None,
         idempotency_key: str | None = None,
         meter: UsageMeter | None = None,
+        if_busy: BusyPolicy | None = None,
+        interrupt: Interrupt | None = None,
     ) -> ChatReply:
         """One turn for an authenticated principal; with a ``sink`` (see ``chatcore.streamed_turns``) it is streamed.
 
         With an ``idempotency_key``, a repeat of the same request returns the stored reply instead of running
         again (see ``chatcore.turn_lease``). Raises BudgetExhausted, storing nothing, when the principal's token
-        budget is used up; ``meter`` is one the caller opened already (``meter_for``), closed here.
+        budget is used up; ``meter`` is one the caller opened already (``meter_for``), closed here. ``if_busy``
+        (default: the policy's ``busy_policy``) says what to do while another turn holds the conversation: wait for
+        it, refuse (ConversationBusy at once), or stop it with ``interrupt`` (default: the stop flag in ``events``)
+        and run right after it.
         """
         try:
             text = validate_message(message)
             key = None if idempotency_key is None else validate_idempotency_key(idempotency_key)
             log = _TurnLog(conversation_id=conversation_id)
+            busy = self.policy.busy_policy if if_busy is None else if_busy
+            if interrupt is None and self.events is not None:
+                interrupt = self.events.request_stop
             return await self._logged(
                 principal,
                 log,
-                lambda turn_id: self._run_held_turn(principal, text, conversation_id, turn_id, log, sink, key, meter),
+                lambda turn_id: self._run_held_turn(
+                    principal,
+                    text,
+                    conversation_id,
+                    turn_id,
+                    log,
+                    sink,
+                    key,
+                    meter,
+                    self._lease(principal, turn_id, busy, interrupt),
+                ),
             )
         finally:
             if meter is not None:
@@ -445,7 +479,13 @@ class ChatService:
         finally:
             logger.info("chat turn", extra=log.fields("chat_turn", principal.user_id, outcome, started))
 
-    def _lease(self, principal: Principal, turn_id: uuid.UUID) -> TurnLease:
+    def _lease(
+        self,
+        principal: Principal,
+        turn_id: uuid.UUID,
+        if_busy: BusyPolicy = BusyPolicy.WAIT,
+        interrupt: Interrupt | None = None,
+    ) -> TurnLease:
         return TurnLease(
             self.store,
             self.claims,
@@ -454,6 +494,8 @@ class ChatService:
             lease_seconds=self.policy.lease_seconds,
             wait_seconds=self.policy.turn_wait_seconds,
             idempotency_ttl_seconds=self.policy.idempotency_ttl_seconds,
+            if_busy=if_busy,
+            interrupt=interrupt,
         )
 
     async def _run_held_turn(
@@ -466,22 +508,69 @@ class ChatService:
         sink: TurnSink | None,
         idempotency_key: str | None,
         meter: UsageMeter | None,
+        holds: TurnLease,
     ) -> ChatReply:
-        """The turn under its holds: the request's key claimed first (or its stored reply returned, whatever the
+        """The turn under its ``holds``: the request's key claimed first (or its stored reply returned, whatever the
         budget says), then the usage meter opened, then the conversation's lease; the holds renewed while it runs
         and given back if it fails."""
-        async with self._lease(principal, turn_id) as lease:
+        async with holds as lease:
             if idempotency_key is not None:
                 fingerprint = request_fingerprint(principal.user_id, text, conversation_id)
                 replay = await lease.claim(idempotency_key, fingerprint)
                 if replay is not None:
                     log.conversation_id = replay.conversation_id
                     return replay
+                if lease.taken_over is not None:
+                    async with self._metered(principal, meter) as metered:
+                        return await self._take_over(principal, lease.taken_over, lease, log, sink, metered)
             async with self._metered(principal, meter) as metered:
                 start, closed_open_turn = await self._begin(lease, text, conversation_id)
                 if not closed_open_turn:
                     await self._close_dead_predecessor(principal.user_id, start)
                 return await self._answer(principal, start, turn_id, log, sink, lease=lease, meter=metered)
+
+    async def _take_over(
+        self,
+        principal: Principal,
+        abandoned: AbandonedTurn,
+        lease: TurnLease,
+        log: _TurnLog,
+        sink: TurnSink | None,
+        meter: UsageMeter,
+    ) -> ChatReply:
+        """A keyed retry of a turn whose server died: go on with that turn from what it stored, under this request's
+        holds. Its finished calls keep their results (never run again), a call it was running gets ``interrupted:
+        it may or may not have run``, and the model continues. If other turns followed it meanwhile, the retry gets
+        the turn as it stands (interrupted), stored under the key."""
+        conversation_id = log.conversation_id = abandoned.conversation_id
+        resumed = await lease.resume(
+            conversation_id, abandoned.turn_id, history_limit=self.policy.history_limit + PAIR_SLACK
+        )
+        logger.info(
+            "turn taken over by a keyed retry",
+            extra={
+                "event": "turn_taken_over",
+                "conversation_id": str(conversation_id),
+                "turn_id": str(abandoned.turn_id),
+            },
+        )
+        if not abandoned.last or not resumed.turn:
+            reply = turn_reply(conversation_id, resumed.turn, resumed.approvals)
+            await self.store.finish_turn(
+                principal.user_id,
+                conversation_id,
+                (),
+                turn_id=abandoned.turn_id,
+                holder=lease.turn_id,
+                idempotency=lease.completion(reply),
+                keep_open=True,
+            )
+            lease.finished = True
+            return reply
+        reply_id = uuid.uuid4()
+        if sink is not None:
+            await sink.started(conversation_id, lease.turn_id, resumed.turn[0].id, reply_id)
+        return await self._continue_turn(principal, resumed, lease, log, sink, reply_id, meter)
 
     async def _close_dead_predecessor(self, user_id: str, start: TurnStart) -> None:
         """The turn before this one stopped without an answer and nobody closed it (its server died): close it now,
@@ -744,17 +833,25 @@ class ChatService:
             await self._store_billed(progress)
             raise  # the turn stays open: deciding again (or a new message) takes it up
         final = None if final is None else replace(final, id=reply_id)
+        answer = () if final is None else (final,)
+        asked = [m.id for m in progress.stored if m.tool_calls]
+        keyed = None
+        if lease.idempotency_key is not None:  # a keyed retry took the turn up: its reply is stored with the turn
+            approvals = await self.store.list_approvals(principal.user_id, conversation_id, message_ids=asked)
+            keyed = replace(turn_reply(conversation_id, [*progress.stored, *answer], approvals), usage=progress.usage)
         finished = await self.store.finish_turn(
             principal.user_id,
             conversation_id,
-            () if final is None else (final,),
+            answer,
             turn_id=resumed.turn_id,
             holder=lease.turn_id,
+            idempotency=None if keyed is None else lease.completion(keyed),
             keep_open=final is None,
             usage=progress.unrecorded(),
         )
         lease.finished = True
-        asked = [m.id for m in progress.stored if m.tool_calls]
+        if keyed is not None:
+            return keyed
         approvals = await self.store.list_approvals(principal.user_id, conversation_id, message_ids=asked)
         turn = [*progress.stored, *finished]
         usage = await self._turn_usage(principal.user_id, turn, progress.usage)

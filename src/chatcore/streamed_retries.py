@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from chatcore.errors import ConversationNotFound, IdempotencyKeyReused, TurnNotFound
 from chatcore.idempotency import IdempotencyRecord, request_fingerprint, validate_idempotency_key
-from chatcore.model import ChatReply, Principal, Role, TurnEvent
+from chatcore.model import BusyPolicy, ChatReply, Principal, Role, TurnEvent
 from chatcore.ports import UsageMeter
 from chatcore.turn_events import TERMINAL_EVENTS, reply_events
 
@@ -49,6 +49,7 @@ class StreamedRetries:
         after: int,
         *,
         meter: UsageMeter | None = None,
+        if_busy: BusyPolicy | None = None,
     ) -> AsyncIterator[TurnEvent]:
         """The events of the keyed request's one turn, numbered above ``after``. Raises InvalidMessage for a
         malformed key, IdempotencyKeyReused for a key holding another request, and BudgetExhausted when a request
@@ -69,7 +70,7 @@ class StreamedRetries:
             meter = None
         elif record is None and meter is None:
             meter = await self.streamer.service.meter_for(principal)
-        return self._events(principal, text, conversation_id, checked, record, max(after, 0), meter)
+        return self._events(principal, text, conversation_id, checked, record, max(after, 0), meter, if_busy)
 
     async def _events(
         self,
@@ -80,6 +81,7 @@ class StreamedRetries:
         record: IdempotencyRecord | None,
         after: int,
         meter: UsageMeter | None = None,
+        if_busy: BusyPolicy | None = None,
     ) -> AsyncIterator[TurnEvent]:
         user_id, policy = principal.user_id, self.streamer.policy
         waiting_since = time.monotonic()
@@ -88,7 +90,7 @@ class StreamedRetries:
                 # No live claim: this request runs the turn (its events from the start: ``after`` numbered another
                 # turn's, one that died). The service claims the key; should a twin have claimed it a moment
                 # earlier, the service waits for the twin's reply and this stream gets its ``done``.
-                async for event in self._run(principal, text, conversation_id, key, meter):
+                async for event in self._run(principal, text, conversation_id, key, meter, if_busy):
                     yield event
                 return
             if record.reply is not None:
@@ -113,11 +115,21 @@ class StreamedRetries:
         conversation_id: uuid.UUID | None,
         key: str,
         meter: UsageMeter | None,
+        if_busy: BusyPolicy | None,
     ) -> AsyncIterator[TurnEvent]:
-        service = self.streamer.service
+        service, stop = self.streamer.service, self.streamer.stop
         return self.streamer.launch(
             principal,
-            lambda run: service.send(principal, text, conversation_id, sink=run, idempotency_key=key, meter=meter),
+            lambda run: service.send(
+                principal,
+                text,
+                conversation_id,
+                sink=run,
+                idempotency_key=key,
+                meter=meter,
+                if_busy=if_busy,
+                interrupt=stop,
+            ),
         )
 
     async def _begun(self, user_id: str, turn_id: uuid.UUID) -> bool:

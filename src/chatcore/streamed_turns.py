@@ -21,10 +21,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 
 from chatcore.approvals import validate_decisions
-from chatcore.errors import ChatError, TurnFailed, TurnNotFound
+from chatcore.errors import ChatError, ConversationBusy, TurnFailed, TurnNotFound
 from chatcore.model import (
     AgentRequest,
     AgentResponse,
+    BusyPolicy,
     ChatReply,
     JsonValue,
     Principal,
@@ -96,6 +97,8 @@ class TurnRun:
         self.conversation_id: uuid.UUID | None = None
         self.events: list[TurnEvent] = []
         self.finished = False
+        self.failure: BaseException | None = None
+        """Why the turn failed, once it did (its ``error`` event says it to clients)."""
         self.stopped = False
         self.stop_requested = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -286,23 +289,40 @@ class TurnStreamer:
         idempotency_key: str | None = None,
         after: int = 0,
         meter: UsageMeter | None = None,
+        if_busy: BusyPolicy | None = None,
     ) -> AsyncIterator[TurnEvent]:
         """Start a turn in the background and return its events, live. Closing the iterator leaves the turn running.
 
         A bad message raises InvalidMessage here, before anything runs, and a user whose token budget is used up
         BudgetExhausted (``meter``: one the caller opened already, ``ChatService.meter_for``); every later failure is
-        the turn's last event (``error``). With an ``idempotency_key`` a repeat of the request runs no second turn:
-        it follows or replays the first one's events numbered above ``after`` (``chatcore.streamed_retries``); the
-        key used with another request raises IdempotencyKeyReused here.
+        the turn's last event (``error``), except a busy conversation refused by ``if_busy: reject``, raised here
+        (ConversationBusy) so that it is an answer of its own; ``interrupt`` stops the running turn with ``stop``.
+        With an ``idempotency_key`` a repeat of the request runs no second turn: it follows or replays the first
+        one's events numbered above ``after`` (``chatcore.streamed_retries``); the key used with another request
+        raises IdempotencyKeyReused here.
         """
         text = validate_message(message)
+        busy = self.service.policy.busy_policy if if_busy is None else if_busy
         if idempotency_key is not None:
-            return await self._retries.start(principal, text, conversation_id, idempotency_key, after, meter=meter)
+            return await self._retries.start(
+                principal, text, conversation_id, idempotency_key, after, meter=meter, if_busy=busy
+            )
         if meter is None:
             meter = await self.service.meter_for(principal)
-        return self.launch(
-            principal, lambda run: self.service.send(principal, text, conversation_id, sink=run, meter=meter)
+        metered = meter
+        run = self._launch(
+            principal,
+            lambda run: self.service.send(
+                principal, text, conversation_id, sink=run, meter=metered, if_busy=busy, interrupt=self.stop
+            ),
         )
+        if busy is not BusyPolicy.REJECT:
+            return run.follow()
+        events = run.follow()
+        first = await anext(events)
+        if isinstance(run.failure, ConversationBusy):
+            raise run.failure  # refused before anything was stored: an answer (409), not a stream
+        return _prepended(first, events)
 
     async def decide(
         self, principal: Principal, conversation_id: uuid.UUID, decisions: Sequence[ToolDecision]
@@ -325,11 +345,14 @@ class TurnStreamer:
 
     def launch(self, principal: Principal, turn: Callable[[TurnRun], Awaitable[ChatReply]]) -> AsyncIterator[TurnEvent]:
         """Run ``turn`` in the background with a new ``TurnRun`` as its sink; its events, live."""
+        return self._launch(principal, turn).follow()
+
+    def _launch(self, principal: Principal, turn: Callable[[TurnRun], Awaitable[ChatReply]]) -> TurnRun:
         run = TurnRun(self.events, principal, self.policy, self.error_body, self._runs)
         task = asyncio.create_task(self._run(run, turn), name="chatcore-streamed-turn")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return run.follow()
+        return run
 
     async def _run(self, run: TurnRun, turn: Callable[[TurnRun], Awaitable[ChatReply]]) -> None:
         try:
@@ -337,6 +360,7 @@ class TurnStreamer:
         except Exception as error:
             if not isinstance(error, ChatError):
                 logger.exception("streamed turn failed", extra={"event": "streamed_turn_error"})
+            run.failure = error
             await self._record_end(run.failed(error))
         else:
             await self._record_end(run.done(reply))
@@ -425,3 +449,9 @@ class TurnStreamer:
             task.cancel()
         if late:
             await asyncio.wait(late)
+
+
+async def _prepended(first: TurnEvent, rest: AsyncIterator[TurnEvent]) -> AsyncIterator[TurnEvent]:
+    yield first
+    async for event in rest:
+        yield event

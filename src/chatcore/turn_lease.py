@@ -21,14 +21,20 @@ from types import TracebackType
 
 from chatcore.errors import ConversationBusy, IdempotencyInProgress, TurnFailed
 from chatcore.idempotency import IdempotentReply
-from chatcore.model import ChatMessage, ChatReply, TurnResumption, TurnStart
+from chatcore.model import AbandonedTurn, BusyPolicy, ChatMessage, ChatReply, TurnResumption, TurnStart
 from chatcore.ports import ConversationStore, TurnClaimStore
+
+Interrupt = Callable[[str, uuid.UUID], Awaitable[object]]
+"""Ask the running turns of a user's conversation to stop, wherever they run (``TurnStreamer.stop``)."""
 
 logger = logging.getLogger("chatcore.service")
 
 FIRST_PAUSE_SECONDS = 0.02
 MAX_PAUSE_SECONDS = 0.5
 """Polling a busy conversation: from 20 ms, growing with decorrelated jitter to at most 0.5 s a try."""
+
+
+REJECTED = "Another turn is in progress on this conversation (if_busy: reject)"
 
 
 def pauses(first: float = FIRST_PAUSE_SECONDS, cap: float = MAX_PAUSE_SECONDS) -> Iterator[float]:
@@ -57,6 +63,8 @@ class TurnLease:
         lease_seconds: float,
         wait_seconds: float,
         idempotency_ttl_seconds: float,
+        if_busy: BusyPolicy = BusyPolicy.WAIT,
+        interrupt: Interrupt | None = None,
     ) -> None:
         self.store = store
         self.claims = claims
@@ -66,7 +74,11 @@ class TurnLease:
         self.idempotency_ttl_seconds = idempotency_ttl_seconds
         self.conversation_id: uuid.UUID | None = None
         self.idempotency_key: str | None = None
+        self.taken_over: AbandonedTurn | None = None
+        """The turn whose expired claim on the key this one took over (its server died): see ``claim``."""
         self.finished = False
+        self.if_busy = if_busy
+        self._interrupt = interrupt
         self._deadline = time.monotonic() + wait_seconds
         self._stop = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -104,9 +116,13 @@ class TurnLease:
             )
 
     async def claim(self, key: str, request_hash: str) -> ChatReply | None:
-        """Claim ``key`` for this turn (None), or the same request's stored reply; waits while it runs elsewhere."""
+        """Claim ``key`` for this turn (None), or the same request's stored reply; waits while it runs elsewhere.
+
+        A claim taken over from a turn whose server died names that turn in ``taken_over``, to go on with it.
+        """
         waits = pauses()
         while True:
+            self.taken_over = await self.claims.abandoned_turn(self.user_id, key)
             try:
                 replay = await self.claims.claim_idempotency_key(
                     self.user_id, key, request_hash, turn_id=self.turn_id, hold_seconds=self.lease_seconds
@@ -121,8 +137,10 @@ class TurnLease:
     async def begin(
         self, conversation_id: uuid.UUID | None, text: str, *, history_limit: int, title: str | None
     ) -> TurnStart:
-        """Store the user's message and take the conversation's lease, waiting while another turn holds it."""
+        """Store the user's message and take the conversation's lease; while another turn holds it, wait, refuse
+        or interrupt that turn, as ``if_busy`` says."""
         return await self._take_lease(
+            conversation_id,
             lambda: self.store.begin_turn(
                 self.user_id,
                 conversation_id,
@@ -131,27 +149,37 @@ class TurnLease:
                 history_limit=history_limit,
                 title=title,
                 lease_seconds=self.lease_seconds,
-            )
+            ),
         )
 
     async def begin_regeneration(self, conversation_id: uuid.UUID, *, history_limit: int) -> TurnStart:
         """Take the conversation's lease to answer its last user message again (the reply so far is superseded)."""
         return await self._take_lease(
+            conversation_id,
             lambda: self.store.begin_regeneration(
                 self.user_id,
                 conversation_id,
                 turn_id=self.turn_id,
                 history_limit=history_limit,
                 lease_seconds=self.lease_seconds,
-            )
+            ),
         )
 
-    async def _take_lease(self, attempt: Callable[[], Awaitable[TurnStart]]) -> TurnStart:
+    async def _take_lease(
+        self, conversation_id: uuid.UUID | None, attempt: Callable[[], Awaitable[TurnStart]]
+    ) -> TurnStart:
         waits = pauses()
+        interrupted = False
         while True:
             try:
                 start = await attempt()
             except ConversationBusy:
+                if self.if_busy is BusyPolicy.REJECT:
+                    raise ConversationBusy(REJECTED) from None
+                if self.if_busy is BusyPolicy.INTERRUPT and not interrupted and conversation_id is not None:
+                    interrupted = True  # the turn running now; one that starts meanwhile is waited for
+                    if self._interrupt is not None:
+                        await self._interrupt(self.user_id, conversation_id)
                 await self._pause(waits, ConversationBusy)
                 continue
             self.conversation_id = start.conversation.id

@@ -168,6 +168,7 @@ def chat_policy(settings: Settings) -> ChatPolicy:
         system_prompt=settings.system_prompt or (TODO_SYSTEM_PROMPT if settings.todo_tools else DEFAULT_SYSTEM_PROMPT),
         lease_seconds=settings.lease_seconds,
         turn_wait_seconds=settings.turn_wait_seconds,
+        busy_policy=settings.busy_policy,
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
         approval_tools=frozenset(settings.approval_tools),
         approval_ttl_seconds=settings.approval_ttl_seconds,

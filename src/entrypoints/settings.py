@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal, TypeVar
 
 from chatcore.adapters.providers.transport_choices import PROVIDER_HTTP, ProviderHttp
+from chatcore.model import BusyPolicy
 from chatcore.usage import TokenBudget
 
 LLMChoice = Literal["offline", "openai", "anthropic"]
@@ -15,6 +16,7 @@ LLM_CHOICES: tuple[LLMChoice, ...] = ("offline", "openai", "anthropic")
 _Choice = TypeVar("_Choice", bound=str)
 LogFormat = Literal["json", "console"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
+BUSY_POLICIES: tuple[str, ...] = tuple(policy.value for policy in BusyPolicy)
 MIN_SECRET_BYTES = 32
 RateLimitUnit = Literal["second", "minute", "hour", "day"]
 RATE_LIMIT_UNITS: tuple[RateLimitUnit, ...] = ("second", "minute", "hour", "day")
@@ -114,6 +116,8 @@ class Settings:
     """How long a turn holds its conversation between heartbeats; a crashed replica's turn frees it after this."""
     turn_wait_seconds: float = 30.0
     """How long a turn waits for a busy conversation (or a running twin with its Idempotency-Key) before 409."""
+    busy_policy: BusyPolicy = BusyPolicy.WAIT
+    """CHATCORE_BUSY_POLICY: what a chat request without ``if_busy`` does on a busy conversation."""
     idempotency_ttl_seconds: float = 86_400.0
     shutdown_grace_seconds: float = 30.0
     """On SIGTERM, how long in-flight turns may take to finish before they are cancelled."""
@@ -223,6 +227,7 @@ class Settings:
             approval_ttl_seconds=reader.number("CHATCORE_APPROVAL_TTL", defaults.approval_ttl_seconds, minimum=1),
             lease_seconds=reader.number("CHATCORE_LEASE_SECONDS", defaults.lease_seconds, minimum=1),
             turn_wait_seconds=reader.number("CHATCORE_TURN_WAIT_SECONDS", defaults.turn_wait_seconds),
+            busy_policy=BusyPolicy(reader.choice("CHATCORE_BUSY_POLICY", BUSY_POLICIES) or defaults.busy_policy),
             idempotency_ttl_seconds=reader.number(
                 "CHATCORE_IDEMPOTENCY_TTL", defaults.idempotency_ttl_seconds, minimum=1
             ),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from chatcore.model import ChatMessage, MessageStatus, TurnEvent, TurnStatus
+from chatcore.idempotency import IdempotentReply
+from chatcore.model import AbandonedTurn, ChatMessage, ChatReply, MessageStatus, TurnEvent, TurnStatus
 from tests.contract.conftest import Clock
 from tests.stores import ALL_MESSAGES, ConversationStores
 
@@ -156,3 +157,47 @@ async def test_the_janitors_close_finds_dead_turns_of_every_user(stores: Convers
     assert message.status is MessageStatus.UNANSWERED
     again = await stores.retention.close_dead_turns(quiet_before=quiet_before(clock), error=ERROR, limit=1000)
     assert not {dead_streamed, dead_json} & set(again)
+
+
+async def test_a_keyed_turn_whose_claim_expired_is_found_by_its_key_with_its_conversation(
+    stores: ConversationStores, clock: Clock
+) -> None:
+    alice, bob = new_user(), new_user()
+    dead, key = uuid.uuid4(), "key-1"
+    assert await stores.claims.claim_idempotency_key(alice, key, "hash", turn_id=dead, hold_seconds=LEASE) is None
+    start = await stores.store.begin_turn(
+        alice, None, ChatMessage.user("hi"), turn_id=dead, history_limit=10, lease_seconds=LEASE
+    )
+    conversation_id = start.conversation.id
+    assert await stores.claims.abandoned_turn(alice, key) is None, "still held"
+    await stores.claims.claim_idempotency_key(alice, "nothing-stored", "hash", turn_id=uuid.uuid4(), hold_seconds=1)
+    clock.offset += timedelta(seconds=3 * LEASE)
+
+    assert await stores.claims.abandoned_turn(alice, key) == AbandonedTurn(dead, conversation_id, last=True)
+    assert await stores.claims.abandoned_turn(bob, key) is None
+    assert await stores.claims.abandoned_turn(alice, "nothing-stored") is None
+    assert await stores.claims.abandoned_turn(alice, "unknown") is None
+
+    await stores.store.begin_turn(
+        alice, conversation_id, ChatMessage.user("later"), turn_id=uuid.uuid4(), history_limit=10
+    )
+    assert await stores.claims.abandoned_turn(alice, key) == AbandonedTurn(dead, conversation_id, last=False)
+
+
+async def test_a_completed_key_has_no_abandoned_turn(stores: ConversationStores, clock: Clock) -> None:
+    alice, turn_id, key = new_user(), uuid.uuid4(), "key-2"
+    await stores.claims.claim_idempotency_key(alice, key, "hash", turn_id=turn_id, hold_seconds=LEASE)
+    start = await stores.store.begin_turn(
+        alice, None, ChatMessage.user("hi"), turn_id=turn_id, history_limit=10, lease_seconds=LEASE
+    )
+    reply = ChatReply(start.conversation.id, uuid.uuid4(), "hello", ())
+    await stores.store.finish_turn(
+        alice,
+        start.conversation.id,
+        [ChatMessage.assistant("hello")],
+        turn_id=turn_id,
+        idempotency=IdempotentReply(key, reply, 3 * LEASE),
+    )
+    clock.offset += timedelta(seconds=2 * LEASE)
+
+    assert await stores.claims.abandoned_turn(alice, key) is None

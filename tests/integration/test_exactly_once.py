@@ -16,6 +16,7 @@ malformed key, 409 while a conversation or a key is busy, 422 for a key reused w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -145,6 +146,17 @@ def wait_until_serving(replicas: Sequence[Replica]) -> None:
             if time.monotonic() > deadline:
                 pytest.fail(f"replica {replica.name} did not start:\n{replica.log()}")
             time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serving(name: str, env: dict[str, str], directory: Path) -> Iterator[Replica]:
+    """One replica launched and serving while inside, stopped after."""
+    replica = launch(name, env, directory)
+    try:
+        wait_until_serving([replica])
+        yield replica
+    finally:
+        stop(replica)
 
 
 def stop(replica: Replica) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chatcore.adapters.sqlalchemy.tables import turn_events, turns
 
 from .conftest import auth
-from .test_exactly_once import Replica, launch, replica_env, stop, wait_until_serving
+from .test_exactly_once import Replica, launch, replica_env, serving, stop, wait_until_serving
 from .test_http_streaming import read_events
 
 pytestmark = pytest.mark.integration
@@ -65,12 +65,8 @@ def replicas(postgres_url: str, directory: Path) -> Iterator[dict[str, Replica]]
 
 @pytest.fixture
 def victim(postgres_url: str, directory: Path) -> Iterator[Replica]:
-    replica = launch(f"victim-{uuid.uuid4().hex[:6]}", offline_env(postgres_url), directory)
-    try:
-        wait_until_serving([replica])
+    with serving(f"victim-{uuid.uuid4().hex[:6]}", offline_env(postgres_url), directory) as replica:
         yield replica
-    finally:
-        stop(replica)
 
 
 def new_user() -> str:
@@ -180,3 +176,158 @@ async def test_the_janitor_closes_a_dead_streamed_turn_nobody_touches(
             followed = await follow(client, a, user, conversation, turn, after=0)
         assert followed[0]["event"] == "turn"
         assert followed[-1]["data"]["detail"] == DEAD
+
+
+# --- a busy conversation: if_busy ---------------------------------------------------------------------------------
+
+
+async def streaming_on(
+    client: httpx.AsyncClient, replica: Replica, user: str
+) -> tuple[str, asyncio.Task[list[dict[str, Any]]], asyncio.Event]:
+    """A long streamed turn running on ``replica``: (conversation id, the task reading all its events, streaming)."""
+    streaming = asyncio.Event()
+    conversation: list[str] = []
+
+    async def read() -> list[dict[str, Any]]:
+        async with client.stream(
+            "POST", replica.chat_url(user), json={"message": LONG_MESSAGE}, headers={**auth(user), **SSE}
+        ) as response:
+            assert response.status_code == 200
+            seen = []
+            async for event in read_events(response, until="done"):
+                seen.append(event)
+                if event["event"] == "turn":
+                    conversation.append(event["data"]["conversation_id"])
+                if event["event"] == "delta":
+                    streaming.set()
+            return seen
+
+    task = asyncio.create_task(read())
+    await asyncio.wait({task, asyncio.create_task(streaming.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    assert streaming.is_set(), task.result() if task.done() else "not streaming"
+    return conversation[0], task, streaming
+
+
+async def test_reject_is_409_at_once_with_retry_after_json_and_sse_and_stores_nothing(
+    replicas: dict[str, Replica],
+) -> None:
+    a, b = replicas["a"], replicas["janitor"]
+    user = new_user()
+    async with asyncio.timeout(BOUND * 2), httpx.AsyncClient(timeout=BOUND) as client:
+        conversation, first, _ = await streaming_on(client, b, user)
+        body = {"message": "hello?", "conversation_id": conversation, "if_busy": "reject"}
+        refused = await client.post(a.chat_url(user), json=body, headers=auth(user))
+        refused_sse = await client.post(a.chat_url(user), json=body, headers={**auth(user), **SSE})
+        stored = await messages_of(client, a, user, conversation)
+        stopped = await client.post(f"{a.url}/api/{user}/conversations/{conversation}/stop", headers=auth(user))
+        assert stopped.status_code == 202, stopped.text
+        await first
+
+    for response in (refused, refused_sse):
+        assert response.status_code == 409, response.text
+        assert int(response.headers["retry-after"]) > 0
+        assert "reject" in response.json()["detail"]
+    assert [m["content"] for m in stored if m["role"] == "user"] == [LONG_MESSAGE], "nothing stored"
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "sse"])
+async def test_interrupt_stops_the_turn_running_on_the_other_replica_and_runs_right_after_it(
+    replicas: dict[str, Replica], streamed: bool
+) -> None:
+    a, b = replicas["a"], replicas["janitor"]
+    user = new_user()
+    async with asyncio.timeout(BOUND * 2), httpx.AsyncClient(timeout=BOUND) as client:
+        conversation, first, _ = await streaming_on(client, b, user)
+        body = {"message": "add a task to buy milk", "conversation_id": conversation, "if_busy": "interrupt"}
+        if streamed:
+            async with client.stream("POST", a.chat_url(user), json=body, headers={**auth(user), **SSE}) as response:
+                assert response.status_code == 200
+                events = [event async for event in read_events(response, until="done")]
+            reply = events[-1]["data"]
+            assert events[-1]["event"] == "done", events[-1]
+        else:
+            response = await client.post(a.chat_url(user), json=body, headers=auth(user))
+            assert response.status_code == 200, response.text
+            reply = response.json()
+        interrupted = (await first)[-1]
+        stored = await messages_of(client, a, user, conversation)
+
+    assert interrupted["event"] == "done"
+    assert (interrupted["data"]["interrupted"], interrupted["data"]["status"]) == (True, "interrupted")
+    assert reply["status"] == "complete"
+    assert reply["tool_calls"][0]["name"] == "add_task"
+    assert [(m["role"], m["status"]) for m in stored] == [
+        ("user", "complete"),
+        ("assistant", "interrupted"),
+        ("user", "complete"),
+        ("assistant", "complete"),  # the add_task call, its result folded in
+        ("assistant", "complete"),
+    ]
+    assert stored[1]["content"] == interrupted["data"]["response"], "the partial reply is kept"
+
+
+@pytest.mark.parametrize("value", ["later", "", "WAIT", 1, None])
+async def test_an_unknown_if_busy_is_400_with_a_detail(replicas: dict[str, Replica], value: Any) -> None:
+    a = replicas["a"]
+    user = new_user()
+    async with httpx.AsyncClient(timeout=BOUND) as client:
+        for headers in (auth(user), {**auth(user), **SSE}):
+            response = await client.post(a.chat_url(user), json={"message": "hi", "if_busy": value}, headers=headers)
+            if value is None:  # null is the default
+                assert response.status_code == 200, response.text
+                continue
+            assert response.status_code == 400, response.text
+            assert "if_busy" in response.json()["detail"] or "if_busy" in str(response.json().get("extra"))
+
+
+def test_an_unknown_chatcore_busy_policy_stops_chatcore_serve_at_start_up(postgres_url: str, directory: Path) -> None:
+    replica = launch("bad-policy", offline_env(postgres_url, CHATCORE_BUSY_POLICY="sometimes"), directory)
+    try:
+        assert replica.process.wait(timeout=60) != 0
+    finally:
+        stop(replica)
+    assert "CHATCORE_BUSY_POLICY must be one of wait, reject, interrupt" in replica.log()
+
+
+def ai_sdk_body(chat_id: str, text: str, **extra: Any) -> dict[str, Any]:
+    message = {"id": uuid.uuid4().hex, "role": "user", "parts": [{"type": "text", "text": text}]}
+    return {"id": chat_id, "messages": [message], "trigger": "submit-message", **extra}
+
+
+async def test_the_frontend_protocols_take_if_busy_and_ignore_fields_they_do_not_know(
+    replicas: dict[str, Replica],
+) -> None:
+    a, b = replicas["a"], replicas["janitor"]
+    user, chat_id = new_user(), f"chat-{uuid.uuid4().hex[:8]}"
+    ai_sdk = f"/api/{user}/ai-sdk/chat"
+    async with (
+        asyncio.timeout(BOUND * 2),
+        httpx.AsyncClient(timeout=BOUND) as client,
+        client.stream(
+            "POST", b.url + ai_sdk, json=ai_sdk_body(chat_id, LONG_MESSAGE, unknownField=1), headers=auth(user)
+        ) as running,
+    ):
+        assert running.status_code == 200
+        async for line in running.aiter_lines():
+            if "text-delta" in line:
+                break
+        refused = await client.post(
+            a.url + ai_sdk, json=ai_sdk_body(chat_id, "hello?", if_busy="reject"), headers=auth(user)
+        )
+        bad = await client.post(a.url + ai_sdk, json=ai_sdk_body(chat_id, "hello?", if_busy="soon"), headers=auth(user))
+        run = {
+            "threadId": chat_id,
+            "runId": "run-1",
+            "messages": [{"id": "m1", "role": "user", "content": "hello?"}],
+            "forwardedProps": {"if_busy": "reject"},
+            "tools": [],
+            "context": [],
+            "state": {},
+            "somethingNew": True,
+        }
+        refused_ag_ui = await client.post(f"{a.url}/api/{user}/ag-ui", json=run, headers=auth(user))
+    assert refused.status_code == 409, refused.text
+    assert int(refused.headers["retry-after"]) > 0
+    assert refused_ag_ui.status_code == 409, refused_ag_ui.text
+    assert bad.status_code == 400
+    assert "if_busy must be one of wait, reject, interrupt" in bad.json()["detail"]

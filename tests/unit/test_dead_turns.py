@@ -17,12 +17,14 @@ from chatcore.fakes import (
     StaticTokenVerifier,
 )
 from chatcore.history import INTERRUPTED_ERROR
+from chatcore.idempotency import request_fingerprint
 from chatcore.model import (
     AgentResponse,
     ChatMessage,
     JsonValue,
     MessageStatus,
     Principal,
+    ReplyStatus,
     Role,
     ToolCall,
     ToolResult,
@@ -161,3 +163,47 @@ async def test_the_janitor_closes_a_dead_turn_nobody_touches() -> None:
     assert (await events.read("alice", turn_id))[-1].data["detail"] == "the server handling this turn stopped"
     [message] = await stored_history(reader_of(store), "alice", conversation_id, ALL_MESSAGES)
     assert message.status is MessageStatus.UNANSWERED
+
+
+async def test_a_keyed_retry_goes_on_with_the_dead_turn_running_no_finished_call_again() -> None:
+    store = InMemoryConversationStore()
+    claims = claims_of(store)
+    milk = ToolCall("call_milk", "add_task", {"title": "Milk"})
+    bread = ToolCall("call_bread", "add_task", {"title": "Bread"})
+    turn_id = uuid.uuid4()
+    key, text = "retry-1", "Add milk and bread"
+    await claims.claim_idempotency_key(
+        "alice", key, request_fingerprint("alice", text, None), turn_id=turn_id, hold_seconds=LEASE
+    )
+    start = await store.begin_turn(
+        "alice", None, ChatMessage.user(text), turn_id=turn_id, history_limit=10, lease_seconds=LEASE
+    )
+    conversation_id = start.conversation.id
+    await store.append_turn(
+        "alice", conversation_id, [ChatMessage.assistant("", (milk, bread))], turn_id=turn_id, holder=turn_id
+    )
+    await store.append_turn(
+        "alice",
+        conversation_id,
+        [ChatMessage.tool_result(milk, _result({"task_id": 1}))],
+        turn_id=turn_id,
+        holder=turn_id,
+    )
+    ran: list[str] = []
+    agent = ScriptedAgent([AgentResponse("Milk is on your list; bread may or may not be.")])
+    service = service_of(store, agent, tools_recording(ran))
+    await asyncio.sleep(LEASE * 1.5)  # the replica died: its holds expire
+
+    reply = await service.send(ALICE, text, idempotency_key=key)
+    again = await service.send(ALICE, text, idempotency_key=key)
+
+    assert ran == [], "the finished call is not run again, nor the one that was running"
+    assert reply == again
+    assert (reply.conversation_id, reply.status) == (conversation_id, ReplyStatus.COMPLETE)
+    assert [(c.id, c.error) for c in reply.tool_calls] == [("call_milk", None), ("call_bread", INTERRUPTED_ERROR)]
+    assert len(agent.requests) == 1
+    told = {m.tool_call_id: m.content for m in agent.requests[0].messages if m.role is Role.TOOL}
+    assert json.loads(told["call_bread"]) == {"error": INTERRUPTED_ERROR}
+    stored = await stored_history(reader_of(store), "alice", conversation_id, ALL_MESSAGES)
+    assert [m.role for m in stored] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.TOOL, Role.ASSISTANT]
+    assert {m.turn_id for m in stored} == {turn_id}, "one turn, taken up again, not a second one"

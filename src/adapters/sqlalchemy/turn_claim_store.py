@@ -9,13 +9,15 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatcore.adapters.sqlalchemy import idempotency as keys
 from chatcore.adapters.sqlalchemy import turn_statements as turn_sql
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
+from chatcore.adapters.sqlalchemy.tables import conversations, idempotency_keys, messages
 from chatcore.idempotency import IdempotencyRecord
-from chatcore.model import ChatReply, utcnow
+from chatcore.model import AbandonedTurn, ChatReply, Role, utcnow
 
 
 class SqlAlchemyTurnClaimStore:
@@ -27,6 +29,41 @@ class SqlAlchemyTurnClaimStore:
     def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._clock = clock
+
+    async def abandoned_turn(self, user_id: str, key: str) -> AbandonedTurn | None:
+        """The key row and the turn's user message (by ``ix_messages_turn_id``) in one read."""
+        k = idempotency_keys.c
+        user_message = messages.alias("user_message")
+        after = messages.alias("after")
+        statement = (
+            select(
+                k.turn_id,
+                user_message.c.conversation_id,
+                ~exists(
+                    select(after.c.id).where(
+                        after.c.conversation_id == user_message.c.conversation_id,
+                        after.c.seq > user_message.c.seq,
+                        after.c.turn_id.is_distinct_from(k.turn_id),
+                    )
+                ).label("last"),
+            )
+            .select_from(idempotency_keys)
+            .join(user_message, and_(user_message.c.turn_id == k.turn_id, user_message.c.role == Role.USER.value))
+            .join(
+                conversations,
+                and_(conversations.c.id == user_message.c.conversation_id, conversations.c.user_id == k.user_id),
+            )
+            .where(
+                k.user_id == user_id,
+                k.key == key,
+                k.status == keys.IN_PROGRESS,
+                k.expires_at <= self._clock(),
+            )
+            .limit(1)
+        )
+        async with store_unavailable_on_outage(), self._engine.connect() as connection:
+            row = (await connection.execute(statement)).one_or_none()
+        return None if row is None else AbandonedTurn(row.turn_id, row.conversation_id, bool(row.last))
 
     async def renew_turn(
         self,

@@ -23,7 +23,8 @@ from chatcore.entrypoints.http.ai_sdk import Chunk
 from chatcore.entrypoints.http.json_bodies import decode_body
 from chatcore.errors import InvalidMessage, InvalidRequest
 from chatcore.external_chats import valid_chat_id
-from chatcore.model import JsonValue, ToolDecision, TurnEvent
+from chatcore.model import BusyPolicy, JsonValue, ToolDecision, TurnEvent
+from chatcore.service import parse_if_busy
 from chatcore.turn_events import APPROVAL_REQUEST, DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
 
 APPROVAL_REASON: Final = "tool_approval"
@@ -201,6 +202,7 @@ class _RunAgentInput(msgspec.Struct, rename="camel"):
     run_id: str
     messages: list[_Message]
     resume: list[_ResumeEntry] | None = None
+    forwarded_props: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,8 @@ class RunRequest:
     run_id: str
     text: str | None = None
     """The last user message's text, when the run does not resume an interrupted one."""
+    if_busy: BusyPolicy | None = None
+    """``forwardedProps.if_busy`` (as ``POST /chat`` takes it); None: the server's default."""
     approvals: tuple[ToolDecision, ...] = ()
     """The decisions of the ``resume`` entries."""
 
@@ -228,7 +232,9 @@ def parse_run_input(body: bytes) -> RunRequest:
         content = "\n".join(part.text for part in content if part.type == "text" and part.text)
     if not content or not content.strip():
         raise InvalidMessage("The last user message has no text")
-    return RunRequest(thread_id, run_id, text=content)
+    props = decoded.forwarded_props
+    if_busy = parse_if_busy(props.get("if_busy") if isinstance(props, dict) else None)
+    return RunRequest(thread_id, run_id, text=content, if_busy=if_busy)
 
 
 def _decision(entry: _ResumeEntry) -> ToolDecision:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -27,7 +27,8 @@ from chatcore.conversations import HistoryEntry
 from chatcore.entrypoints.http.json_bodies import decode_body
 from chatcore.errors import InvalidMessage, InvalidRequest
 from chatcore.external_chats import valid_chat_id
-from chatcore.model import JsonValue, MessageStatus, Role, ToolCallRecord, ToolDecision, TurnEvent
+from chatcore.model import BusyPolicy, JsonValue, MessageStatus, Role, ToolCallRecord, ToolDecision, TurnEvent
+from chatcore.service import parse_if_busy
 from chatcore.turn_events import APPROVAL_REQUEST, DELTA, DONE, ERROR, TOOL_CALL, TOOL_RESULT, TURN
 
 Chunk = dict[str, JsonValue]
@@ -192,6 +193,8 @@ class _Body(msgspec.Struct, rename="camel"):
     messages: list[_Message]
     trigger: str = Trigger.SUBMIT.value
     message_id: str | None = None
+    if_busy: Any = msgspec.field(default=None, name="if_busy")
+    """chatcore's own field, sent beside the transport's (``useChat``'s ``body``): what to do on a busy chat."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,8 @@ class ChatRequest:
     ``approval-responded`` decides the call its ``approval.id`` names (chatcore's approval ids are call ids)."""
     message_id: str | None = None
     """The id of the message the client continues or regenerates, as it sent it."""
+    if_busy: BusyPolicy | None = None
+    """The body's ``if_busy`` (as ``POST /chat`` takes it), for a new message; None: the server's default."""
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
@@ -226,7 +231,9 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         text = "\n".join(part.text for part in last.parts if part.type == "text" and part.text)
         if not text.strip():
             raise InvalidMessage("The last user message has no text")
-        return ChatRequest(chat_id, trigger, text=text, message_id=decoded.message_id)
+        return ChatRequest(
+            chat_id, trigger, text=text, message_id=decoded.message_id, if_busy=parse_if_busy(decoded.if_busy)
+        )
     approvals = tuple(
         ToolDecision(part.approval.id, part.approval.approved, part.approval.reason)
         for part in last.parts

@@ -28,6 +28,7 @@ from chatcore.entrypoints.http.dto import (
 from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.ports import ConversationStore
 from chatcore.service import ChatService
+from chatcore.streamed_turns import TurnStreamer
 
 CHAT_ERRORS = {
     400: _error("Bad request body", "message must not be empty", 400),
@@ -35,8 +36,8 @@ CHAT_ERRORS = {
     403: _error("The path user is not the token's subject", "Access denied", 403),
     404: _error("Unknown conversation, or another user's", "Conversation not found", 404),
     409: _error(
-        "Another turn holds the conversation, or the Idempotency-Key's first request still runs; "
-        "Retry-After says when to try again",
+        "Another turn holds the conversation (at once with `if_busy: reject`, else after the wait), or the "
+        "Idempotency-Key's first request still runs; Retry-After says when to try again",
         "Another turn is in progress on this conversation",
         409,
     ),
@@ -118,12 +119,26 @@ class ChatController(Controller):
         ] = None,
     ) -> Response[Any]:
         principal = await authorize_path_user(request)  # not a guard: see authorize_path_user
+        if_busy = data.busy_policy()
         if accepts_event_stream(request):
             return await stream_turn(
-                request, data.message, data.conversation_id, idempotency_key=idempotency_key, after=last_event_id
+                request,
+                data.message,
+                data.conversation_id,
+                idempotency_key=idempotency_key,
+                after=last_event_id,
+                if_busy=if_busy,
             )
         service: ChatService = request.app.state.service
-        reply = await service.send(principal, data.message, data.conversation_id, idempotency_key=idempotency_key)
+        streamer: TurnStreamer = request.app.state.streamer
+        reply = await service.send(
+            principal,
+            data.message,
+            data.conversation_id,
+            idempotency_key=idempotency_key,
+            if_busy=if_busy,
+            interrupt=streamer.stop,
+        )
         return Response(ChatResponse.from_reply(reply))
 
     @post(

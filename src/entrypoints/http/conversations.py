@@ -42,7 +42,7 @@ from chatcore.entrypoints.http.conversation_dto import (
 )
 from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.entrypoints.http.errors import event_error_body
-from chatcore.model import Principal, ToolDecision, TurnEvent
+from chatcore.model import BusyPolicy, Principal, ToolDecision, TurnEvent
 from chatcore.ports import TurnEventStore
 from chatcore.service import ChatService
 from chatcore.streamed_turns import TurnStreamer
@@ -85,6 +85,7 @@ async def stream_turn(
     *,
     idempotency_key: str | None = None,
     after: int | None = None,
+    if_busy: BusyPolicy | None = None,
 ) -> ServerSentEvent:
     """POST /chat with ``Accept: text/event-stream``: the turn runs in the background; this response follows it.
 
@@ -93,7 +94,12 @@ async def stream_turn(
     """
     streamer: TurnStreamer = request.app.state.streamer
     events = await streamer.start(
-        principal_of(request), message, conversation_id, idempotency_key=idempotency_key, after=after or 0
+        principal_of(request),
+        message,
+        conversation_id,
+        idempotency_key=idempotency_key,
+        after=after or 0,
+        if_busy=if_busy,
     )
     return event_stream(events)
 

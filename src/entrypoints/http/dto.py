@@ -15,12 +15,14 @@ from chatcore.model import (
     MAX_MESSAGE_LENGTH,
     MAX_REASON_LENGTH,
     MAX_TOOL_CALL_ID_LENGTH,
+    BusyPolicy,
     ChatReply,
     ToolApproval,
     ToolCall,
     ToolCallRecord,
     ToolDecision,
 )
+from chatcore.service import parse_if_busy
 from chatcore.usage import UsageTotals
 
 
@@ -38,6 +40,19 @@ class ChatRequest(msgspec.Struct, kw_only=True):
         uuid.UUID | None,
         msgspec.Meta(description="Continue this conversation; omit to start a new one."),
     ] = None
+    if_busy: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="What to do while another turn runs on the conversation: `wait` for it (then run), `reject` "
+            "(409 at once, with Retry-After), or `interrupt` it (stopped wherever it runs, its partial reply kept as "
+            "interrupted; this turn runs right after it and sees it). Default: CHATCORE_BUSY_POLICY (`wait`).",
+            examples=["interrupt"],
+        ),
+    ] = None
+
+    def busy_policy(self) -> BusyPolicy | None:
+        """``if_busy`` as a policy (None: the server's default); InvalidRequest for another value."""
+        return parse_if_busy(self.if_busy)
 
 
 class ApprovalOut(msgspec.Struct):

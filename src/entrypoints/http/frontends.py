@@ -39,7 +39,7 @@ from chatcore.entrypoints.http.auth import BEARER_SECURITY, principal_of, requir
 from chatcore.entrypoints.http.dto import error_spec as _error
 from chatcore.errors import ConversationNotFound
 from chatcore.external_chats import ExternalChats
-from chatcore.model import JsonValue, Principal, TurnEvent
+from chatcore.model import BusyPolicy, JsonValue, Principal, TurnEvent
 from chatcore.service import title_from, validate_message
 from chatcore.streamed_turns import TurnStreamer
 from chatcore.turn_events import ERROR
@@ -86,7 +86,12 @@ def _streamer(request: Request[Any, Any, Any]) -> TurnStreamer:
 
 
 async def _start_in_chat(
-    streamer: TurnStreamer, chats: ExternalChats, principal: Principal, chat_id: str, message: str | None
+    streamer: TurnStreamer,
+    chats: ExternalChats,
+    principal: Principal,
+    chat_id: str,
+    message: str | None,
+    if_busy: BusyPolicy | None = None,
 ) -> AsyncIterator[TurnEvent]:
     """A new message in a frontend's chat, streamed. The budget is checked before the chat's conversation is made on
     the id's first use, so a refused message (429) leaves nothing behind."""
@@ -97,7 +102,7 @@ async def _start_in_chat(
     except BaseException:
         meter.close()
         raise
-    return await streamer.start(principal, text, conversation_id, meter=meter)
+    return await streamer.start(principal, text, conversation_id, meter=meter, if_busy=if_busy)
 
 
 async def _close(events: AsyncIterator[TurnEvent]) -> None:
@@ -393,7 +398,7 @@ class AiSdkController(Controller):
             known = [decision.tool_call_id for decision in chat.approvals]
             renderer = UIMessageStream(message_id=chat.message_id, known_calls=known)
         else:
-            events = await _start_in_chat(streamer, chats, principal, chat.chat_id, chat.text)
+            events = await _start_in_chat(streamer, chats, principal, chat.chat_id, chat.text, chat.if_busy)
         return await event_stream(events, renderer.render, headers=UI_MESSAGE_STREAM_HEADERS, last=DONE_LINE)
 
     @get(
@@ -482,7 +487,7 @@ class AgUiController(Controller):
             conversation_id = await _known(chats, principal.user_id, run.thread_id)
             events = await streamer.decide(principal, conversation_id, run.approvals)
         else:
-            events = await _start_in_chat(streamer, chats, principal, run.thread_id, run.text)
+            events = await _start_in_chat(streamer, chats, principal, run.thread_id, run.text, run.if_busy)
         known = [decision.tool_call_id for decision in run.approvals]
         renderer = AgUiEventStream(thread_id=run.thread_id, run_id=run.run_id, known_calls=known)
         return await event_stream(events, renderer.render, headers=STREAM_HEADERS)
