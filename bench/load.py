@@ -392,9 +392,10 @@ class BusyRejectTurns(JsonTurns):
         await asyncio.gather(super().aclose(), self.second.aclose())
 
 
-BUSY_PAUSE_SECONDS = 0.1
-"""How long after a turn's request the refused one is sent: the turn holds its conversation by then (its model
-takes longer than this in the scenario)."""
+BUSY_PAUSE_SECONDS = 0.25
+"""How long after a turn's request the refused one is sent: half the scenario's 500 ms model, so the turn holds
+its conversation by then and still does even when the machine queues requests for a while. A second request
+that finds the conversation free (the turn had not begun, or had ended) runs a turn and counts as a failure."""
 
 
 KEEPALIVE_EXPIRY_SECONDS = 3.0

@@ -502,7 +502,7 @@ def document(report: Report) -> str:
         "memory; **approval-round-trip** the tool turn with `CHATCORE_APPROVAL_TOOLS=add_task` (chatcore only): "
         "the chat request ends awaiting approval, a second request approves the call, which runs, and the model "
         "answers (a turn is both requests; its first text is the first reply); **busy-reject** slow-model's "
-        "turns (chatcore only), each after a user's first with a second request on its conversation 100 ms "
+        "turns (chatcore only), each after a user's first with a second request on its conversation 250 ms "
         "later carrying `if_busy: reject`, which must be refused at once (409): the turn is timed as a JSON turn, "
         "its first text is the 409's latency; **streaming-json** / "
         "**streaming-sse** / **streaming-long-sse** 200 users × 3 turns of a model that answers with a "
