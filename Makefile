@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck unit bench bench-check clean browser frontend-harness
+.PHONY: install run test lint typecheck unit bench bench-check soak clean browser frontend-harness
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,16 @@ bench: install
 
 bench-check: install
 	$(BIN)/pytest -q -p no:cacheprovider bench/tests
+
+# `make soak`: two chatcore replicas on the local PostgreSQL (a database of their own) under streamed and JSON turns
+# with tool calls, keyed retries and if_busy requests for three minutes, one replica SIGKILLed and restarted every
+# 20 s and the database cut once; then it checks nothing was lost, duplicated or left running, runs `chatcore gc`,
+# and prints its counts (bench/soak.py; `make test` runs a 16-second form, tests/integration/test_soak.py).
+# E.g. `make soak SOAK_ARGS="--seconds 600 --users 10"`; `.venv/bin/python -m bench.soak --help`.
+SOAK_ARGS ?=
+
+soak: install
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
