@@ -61,6 +61,8 @@ class SoakPlan:
     seconds: float = 180.0
     users: int = 6
     kill_every: float = 20.0
+    kills: int | None = None
+    """At most this many kills (None: one every ``kill_every`` seconds until the end)."""
     cut_at: float = 0.5
     """When the database connection is cut, as a fraction of the run."""
     cut_seconds: float = 3.0
@@ -199,11 +201,16 @@ class Fleet:
         self.up[replica.name] = True
 
     async def kill_in_turn(self, plan: SoakPlan, stop: asyncio.Event, counts: Counts) -> None:
-        """SIGKILL a replica every ``kill_every`` seconds, each in turn, and start it again."""
+        """SIGKILL a replica every ``kill_every`` seconds from the start (each replica in turn, at most ``kills``
+        times) and start it again; a kill due while the last one's replica still starts waits for it."""
+        started = time.monotonic()
         async with httpx.AsyncClient(timeout=10) as client:
-            for victim in itertools.cycle(self.replicas):
+            for number, victim in enumerate(itertools.cycle(self.replicas), start=1):
+                if plan.kills is not None and number > plan.kills:
+                    return
+                due = started + number * plan.kill_every - time.monotonic()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), plan.kill_every)
+                    await asyncio.wait_for(stop.wait(), max(due, 0))
                 if stop.is_set():
                     return
                 await self.kill_and_restart(victim, client, counts)

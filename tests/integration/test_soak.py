@@ -20,8 +20,10 @@ from ..conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 
-SHORT = SoakPlan(seconds=16, users=4, kill_every=6, cut_at=0.3, cut_seconds=2, latency_ms=200, attempt_seconds=20)
-"""Two kills (at 6 s and 12 s, one of each replica) and the cut at about 5 s."""
+SHORT = SoakPlan(
+    seconds=16, users=4, kill_every=5, kills=2, cut_at=0.4, cut_seconds=2, latency_ms=200, attempt_seconds=20
+)
+"""Two kills (at 5 s and 10 s, or when the first restart is done: one of each replica) and the cut at 6.4 s."""
 
 
 @pytest_asyncio.fixture(loop_scope="session")
