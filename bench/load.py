@@ -6,7 +6,8 @@ Every user has a bounded number of turns and the whole run a deadline.
 
 A turn is asked for in one of the ways a client can (``TurnProtocol``): ``json``, one reply body;
 ``sse``, ``Accept: text/event-stream``, read event by event until ``done`` (the whole turn), noting
-when the first ``delta`` (text) arrived; ``ai-sdk`` and ``ag-ui``, the frontends' streamed protocols
+when the first ``delta`` (text) arrived; ``sse-keyed``, the same with an ``Idempotency-Key``, sent twice (the
+repeat replays the turn); ``ai-sdk`` and ``ag-ui``, the frontends' streamed protocols
 (the AI SDK's UI message stream, AG-UI), read the same way to their last event; ``busy-reject``, a JSON turn
 with a second request refused meanwhile (``if_busy: reject``); ``approval``, a JSON
 turn whose tool calls wait for the user, approved by a second request. For a JSON reply the first
@@ -32,7 +33,7 @@ import msgspec
 
 from bench import sse
 
-TurnProtocol: TypeAlias = Literal["json", "sse", "approval", "ai-sdk", "ag-ui", "busy-reject"]
+TurnProtocol: TypeAlias = Literal["json", "sse", "sse-keyed", "approval", "ai-sdk", "ag-ui", "busy-reject"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +339,25 @@ class AgUiTurns(StreamedTurns):
 SSE_REQUEST_HEADERS = {"accept": "text/event-stream", "content-type": "application/json"}
 
 
+class KeyedStreamedTurns(StreamedTurns):
+    """SSE turns sent with an ``Idempotency-Key`` and then sent again with it, as a client whose stream broke
+    does: the repeat replays the stored turn's events, and must end with the same reply. Timed from the first
+    request to the repeat's last event; the first text is the first request's."""
+
+    async def ask(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> Answer | str:
+        keyed = {**headers, "idempotency-key": str(uuid.uuid4())}
+        began = time.perf_counter()
+        first = await super().ask(url, keyed, body)
+        if isinstance(first, str):
+            return first
+        repeat = await super().ask(url, keyed, body)
+        if isinstance(repeat, str):
+            return f"repeat: {repeat}"
+        if repeat.reply != first.reply:
+            return "the repeat's reply differs from the first"
+        return Answer(first.reply, time.perf_counter() - began, first.first_text)
+
+
 class ApprovalTurns(JsonTurns):
     """A turn whose tool calls wait for the user's approval (``CHATCORE_APPROVAL_TOOLS``): the chat request ends
     ``awaiting_approval``, a second request to the conversation's ``approvals`` approves every pending call, and
@@ -425,6 +445,7 @@ def user_client(request_timeout: float = 60.0) -> httpx.AsyncClient:
 
 STREAMED_TURNS: dict[str, Callable[[aiohttp.ClientSession], StreamedTurns]] = {
     "sse": StreamedTurns,
+    "sse-keyed": KeyedStreamedTurns,
     "ai-sdk": AiSdkTurns,
     "ag-ui": AgUiTurns,
 }

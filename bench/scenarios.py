@@ -214,6 +214,18 @@ def scenario_table(args: argparse.Namespace) -> list[Scenario]:
             counted=True,
         ),
         Scenario(
+            "retried-sse",
+            "streaming-sse's turns each sent with an Idempotency-Key and then again with it (issue 17's streamed "
+            "retry): the repeat replays the stored turn's events; timed to the repeat's end",
+            users(args.streaming_users),
+            args.streaming_turns,
+            streaming,
+            protocol="sse-keyed",
+            targets=(CHATCORE,),
+            baseline="streaming-json",
+            counted=True,
+        ),
+        Scenario(
             "streaming-long-sse",
             "SSE turns; " + streamed.format(chunks=args.streaming_long_chunks),
             users(args.streaming_users),

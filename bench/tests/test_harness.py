@@ -560,6 +560,7 @@ def test_every_path_is_compared_with_a_json_turn_of_the_same_load_and_model_time
         "approval-round-trip",
         "busy-reject",
         "streaming-sse",
+        "retried-sse",
         "streaming-long-sse",
         "ai-sdk-stream",
         "ag-ui-stream",
