@@ -321,11 +321,11 @@ class User:
                     else:
                         await self._json(client, replica, request)
             except Attempt as failed:
-                self.counts.retries[failed.kind] += 1
                 if failed.kind == "rejected":
                     request.status = "rejected"
                     self.counts.outcomes["rejected"] += 1
                     return
+                self.counts.retries[failed.kind] += 1
                 continue
             except TimeoutError:
                 self.counts.retries["stalled"] += 1
