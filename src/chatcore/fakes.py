@@ -616,14 +616,18 @@ class InMemoryTurnEventStore:
             raise TurnNotFound()
         return turn
 
-    async def begin(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> TurnState:
+    async def begin(
+        self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID, events: Sequence[TurnEvent] = ()
+    ) -> TurnState:
         self.database.check()
         self.database.owned(user_id, conversation_id)
         if turn_id in self.turns:
             raise ValueError("turn already begun")
+        _of_turn(turn_id, events)
         turn = TurnState(turn_id, conversation_id, user_id, TurnStatus.RUNNING, False, utcnow())
         self.turns[turn_id] = turn
         self.events[turn_id] = []
+        await self.append(user_id, events)
         return turn
 
     async def append(self, user_id: str, events: Sequence[TurnEvent]) -> None:
@@ -646,8 +650,11 @@ class InMemoryTurnEventStore:
     async def state(self, user_id: str, turn_id: uuid.UUID) -> TurnState:
         return self._turn(user_id, turn_id)
 
-    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus) -> None:
-        self.turns[turn_id] = replace(self._turn(user_id, turn_id), status=status)
+    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus, events: Sequence[TurnEvent] = ()) -> None:
+        turn = self._turn(user_id, turn_id)
+        _of_turn(turn_id, events)
+        await self.append(user_id, events)
+        self.turns[turn_id] = replace(turn, status=status)
         self.ended_at[turn_id] = utcnow()
 
     async def request_stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
@@ -726,6 +733,11 @@ class InMemoryTurnEventStore:
         if turn is None or turn.user_id != user_id or turn.status is not TurnStatus.RUNNING:
             return None
         return turn
+
+
+def _of_turn(turn_id: uuid.UUID, events: Sequence[TurnEvent]) -> None:
+    if any(event.turn_id != turn_id for event in events):
+        raise ValueError("events of another turn")
 
 
 class InMemoryRetentionStore:

@@ -375,8 +375,11 @@ class TurnEventStore(Protocol):
     events, follow it live, or ask it to stop. Every method is scoped by ``user_id``.
     """
 
-    async def begin(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> TurnState:
-        """Register a RUNNING turn of the user's conversation. Raises ConversationNotFound."""
+    async def begin(
+        self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID, events: Sequence[TurnEvent] = ()
+    ) -> TurnState:
+        """Register a RUNNING turn of the user's conversation, with its first ``events`` (of this turn), all or
+        nothing. Raises ConversationNotFound."""
         ...
 
     async def append(self, user_id: str, events: Sequence[TurnEvent]) -> None:
@@ -393,8 +396,9 @@ class TurnEventStore(Protocol):
         """The turn's status and stop flag. Raises TurnNotFound (also for another user's turn)."""
         ...
 
-    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus) -> None:
-        """Record how the turn ended; its events stay readable."""
+    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus, events: Sequence[TurnEvent] = ()) -> None:
+        """Record how the turn ended, with its last ``events`` (of this turn) stored at the same time, all or
+        nothing; its events stay readable. Raises TurnNotFound (also for another user's turn)."""
         ...
 
     async def request_stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:

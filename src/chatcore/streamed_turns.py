@@ -2,19 +2,20 @@
 
 A streamed turn is an ordinary ``ChatService.send`` with a sink (``TurnRun``). It runs as its
 own task, so a client that disconnects does not cancel it: the turn completes and is stored.
-Every event gets a number within its turn and is written to the ``TurnEventStore`` (in
-small batches, so text deltas do not cost a transaction each); a client that reconnects with
-the last number it saw gets the rest, replayed from the store and then followed live. A stop
-request is a flag in the store that the running turn polls, so it works whichever replica
-receives it.
+Text pieces arriving close together become one ``delta`` event; every event gets a number within its
+turn, goes at once to the clients following on this replica, and is written to the ``TurnEventStore``
+in batches (the turn's first event with its start, its last with its end), so a turn costs a few
+transactions however many pieces the model sends. A client that reconnects with the last number it
+saw gets the rest, replayed from the store and then followed live. A stop request is a flag in the
+store that the running turn checks, so it works whichever replica receives it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -63,8 +64,12 @@ logger = logging.getLogger("chatcore.streamed_turns")
 class StreamPolicy:
     """How often a streamed turn talks to the database, and how long followers wait."""
 
-    flush_seconds: float = 0.05
-    """Text deltas are written in batches at most this far apart (terminal events at once)."""
+    flush_seconds: float = 0.1
+    """Text pieces arriving within this long of the last ``delta`` event become one event (a piece after a
+    quiet spell goes out at once): fewer events to send, store and replay. 0: one event per piece."""
+    write_seconds: float = 1.0
+    """Events are written to the log in batches at most this far apart (the first with the turn's start, the
+    last with its end). Clients following on this replica get every event at once; on another, as written."""
     poll_seconds: float = 0.25
     """How often a running turn checks its stop flag, and a follower on another replica checks for new events."""
     idle_seconds: float = 300.0
@@ -101,7 +106,10 @@ class TurnRun:
         """Why the turn failed, once it did (its ``error`` event says it to clients)."""
         self.stopped = False
         self.stop_requested = asyncio.Event()
-        self._changed = asyncio.Condition()
+        self._news = asyncio.Event()  # set (and replaced) at every new event and at the end
+        self._text: list[str] = []  # pieces not in a delta event yet
+        self._last_delta = -math.inf
+        self._flush: asyncio.TimerHandle | None = None
         self._unsaved: list[TurnEvent] = []
         self._save_lock = asyncio.Lock()
         self._saver: asyncio.Task[None] | None = None
@@ -112,10 +120,9 @@ class TurnRun:
     async def started(
         self, conversation_id: uuid.UUID, turn_id: uuid.UUID, user_message_id: uuid.UUID, message_id: uuid.UUID
     ) -> None:
-        await self._store.begin(self.principal.user_id, conversation_id, turn_id)
-        self.turn_id, self.conversation_id = turn_id, conversation_id
-        self._registry[turn_id] = self
-        await self._emit(
+        first = TurnEvent(
+            turn_id,
+            len(self.events) + 1,
             TURN,
             {
                 "conversation_id": str(conversation_id),
@@ -124,7 +131,11 @@ class TurnRun:
                 "message_id": str(message_id),
             },
         )
-        await self.save()
+        await self._store.begin(self.principal.user_id, conversation_id, turn_id, [first])
+        self.turn_id, self.conversation_id = turn_id, conversation_id
+        self._registry[turn_id] = self
+        self.events.append(first)
+        self._wake()
         self._watcher = asyncio.create_task(self._watch_stop_flag(), name=f"chatcore-stop-watch-{turn_id}")
 
     async def step(self, agent: LLMAgent, request: AgentRequest) -> AgentResponse:
@@ -149,18 +160,18 @@ class TurnRun:
         return consumer.result()
 
     async def tool_call(self, call: ToolCall) -> None:
-        await self._emit(TOOL_CALL, tool_call_data(call))
+        self._emit(TOOL_CALL, tool_call_data(call))
 
     async def tool_result(self, record: ToolCallRecord) -> None:
-        await self._emit(TOOL_RESULT, tool_result_data(record))
+        self._emit(TOOL_RESULT, tool_result_data(record))
 
     async def approval_request(self, call: ToolCall) -> None:
-        await self._emit(APPROVAL_REQUEST, tool_call_data(call))
+        self._emit(APPROVAL_REQUEST, tool_call_data(call))
 
     # --- the end of the turn -----------------------------------------------------------------------------------
 
     async def done(self, reply: ChatReply) -> None:
-        await self._emit(DONE, done_data(reply, interrupted=self.stopped))
+        self._emit(DONE, done_data(reply, interrupted=self.stopped))
         await self._finish(TurnStatus.INTERRUPTED if self.stopped else TurnStatus.COMPLETE)
 
     async def failed(self, error: BaseException) -> None:
@@ -170,35 +181,68 @@ class TurnRun:
             conversation_id = self.conversation_id
         if conversation_id is not None:
             body["conversation_id"] = str(conversation_id)
-        await self._emit(ERROR, body)
+        self._emit(ERROR, body)
         await self._finish(TurnStatus.FAILED)
 
     async def _finish(self, status: TurnStatus) -> None:
+        """The events not written yet, with the turn's end, in one write."""
         if self._watcher is not None:
             self._watcher.cancel()
         try:
-            await self.save()
             if self.turn_id is not None:
-                await self._store.end(self.principal.user_id, self.turn_id, status)
+                async with self._save_lock:
+                    batch, self._unsaved = self._unsaved, []
+                    await self._store.end(self.principal.user_id, self.turn_id, status, batch)
         finally:
+            if self._saver is not None:
+                self._saver.cancel()
             self.finished = True
-            async with self._changed:
-                self._changed.notify_all()
+            self._wake()
 
     # --- events ------------------------------------------------------------------------------------------------
 
-    async def _emit(self, kind: str, data: Mapping[str, JsonValue]) -> None:
+    def _emit(self, kind: str, data: Mapping[str, JsonValue]) -> None:
+        """The next event: the text not sent yet goes first, as a delta."""
+        self._flush_text()
+        self._publish(kind, data)
+
+    def _publish(self, kind: str, data: Mapping[str, JsonValue]) -> None:
         event = TurnEvent(self.turn_id or uuid.UUID(int=0), len(self.events) + 1, kind, data)
         self.events.append(event)
         if self.turn_id is not None:
             self._unsaved.append(event)
-            if kind == DELTA and (self._saver is None or self._saver.done()):
+            if self._saver is None or self._saver.done():
                 self._saver = asyncio.create_task(self._save_soon())
-        async with self._changed:
-            self._changed.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._news.set()
+        self._news = asyncio.Event()
+
+    def _add_text(self, text: str) -> None:
+        """A piece of the reply: a delta now after a quiet spell, else with the pieces that follow it soon."""
+        self._text.append(text)
+        if self._flush is not None:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_delta + self.policy.flush_seconds
+        if loop.time() >= due:
+            self._flush_text()
+        else:
+            self._flush = loop.call_at(due, self._flush_text)
+
+    def _flush_text(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self._text:
+            text = "".join(self._text)
+            self._text.clear()
+            self._last_delta = asyncio.get_running_loop().time()
+            self._publish(DELTA, {"text": text})
 
     async def _save_soon(self) -> None:
-        await asyncio.sleep(self.policy.flush_seconds)
+        await asyncio.sleep(self.policy.write_seconds)
         await self.save()
 
     async def save(self) -> None:
@@ -222,11 +266,7 @@ class TurnRun:
                 yield self.events[index - 1]
             if self.finished:
                 return
-            async with self._changed:
-                await self._changed.wait_for(functools.partial(self._has_news, index))
-
-    def _has_news(self, seen: int) -> bool:
-        return self.finished or len(self.events) > seen
+            await self._news.wait()
 
     # --- internals ---------------------------------------------------------------------------------------------
 
@@ -237,10 +277,11 @@ class TurnRun:
                 if isinstance(item, TextDelta):
                     if item.text:
                         text.append(item.text)
-                        await self._emit(DELTA, {"text": item.text})
+                        self._add_text(item.text)
                 elif isinstance(item, AgentResponse):
                     return item
         finally:
+            self._flush_text()  # what was said before the end (or a stop) is an event before anything else
             close = getattr(stream, "aclose", None)
             if close is not None:
                 await close()

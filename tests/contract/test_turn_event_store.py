@@ -167,3 +167,38 @@ async def test_a_running_turn_whose_lease_is_gone_is_not_running(stores: Convers
 
     assert (await stores.events.state(alice, turn_id)).status is TurnStatus.RUNNING
     assert await stores.events.running(alice, start.conversation.id) is None
+
+
+async def test_a_turn_begins_with_its_first_events_and_ends_with_its_last(stores: ConversationStores) -> None:
+    alice = new_user()
+    turn_id = uuid.uuid4()
+    conversation_id = await conversation_of(stores, alice)
+
+    state = await stores.events.begin(alice, conversation_id, turn_id, events(turn_id, 1, 1))
+    await stores.events.append(alice, events(turn_id, 2, 2))
+    await stores.events.end(
+        alice, turn_id, TurnStatus.COMPLETE, [TurnEvent(turn_id, 4, "done", {"response": "ok", "interrupted": False})]
+    )
+
+    assert (state.id, state.conversation_id, state.status) == (turn_id, conversation_id, TurnStatus.RUNNING)
+    read = await stores.events.read(alice, turn_id)
+    assert [(e.seq, e.type) for e in read] == [(1, "delta"), (2, "delta"), (3, "delta"), (4, "done")]
+    assert read[-1].data == {"response": "ok", "interrupted": False}
+    assert (await stores.events.state(alice, turn_id)).status is TurnStatus.COMPLETE
+
+
+async def test_another_user_can_neither_begin_nor_end_a_turn_with_events(stores: ConversationStores) -> None:
+    alice, bob = new_user(), new_user()
+    conversation_id = await conversation_of(stores, alice)
+    turn_id, bobs_turn = uuid.uuid4(), uuid.uuid4()
+    await stores.events.begin(alice, conversation_id, turn_id, events(turn_id, 1, 1))
+
+    with pytest.raises(ConversationNotFound):
+        await stores.events.begin(bob, conversation_id, bobs_turn, events(bobs_turn, 1, 1))
+    with pytest.raises(TurnNotFound):
+        await stores.events.end(bob, turn_id, TurnStatus.COMPLETE, events(turn_id, 2, 1))
+
+    assert [e.seq for e in await stores.events.read(alice, turn_id)] == [1]
+    assert (await stores.events.state(alice, turn_id)).status is TurnStatus.RUNNING
+    with pytest.raises(TurnNotFound):
+        await stores.events.read(bob, bobs_turn)

@@ -11,36 +11,81 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+import msgspec
 from sqlalchemy import insert, literal, select, true, update
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatcore.adapters.sqlalchemy import dead_turns
+from chatcore.adapters.sqlalchemy import turn_event_statements as event_sql
+from chatcore.adapters.sqlalchemy.asyncpg_statements import AutocommittedStatements
 from chatcore.adapters.sqlalchemy.errors import store_unavailable_on_outage
 from chatcore.adapters.sqlalchemy.tables import conversations, turn_events, turns
 from chatcore.errors import ConversationNotFound, TurnNotFound
 from chatcore.model import JsonValue, TurnEvent, TurnState, TurnStatus, utcnow
 
-_TURN_COLUMNS = (
-    turns.c.id,
-    turns.c.conversation_id,
-    turns.c.user_id,
-    turns.c.status,
-    turns.c.stop_requested_at,
-    turns.c.created_at,
-)
+_TURN_COLUMNS = event_sql.TURN_COLUMNS
+_JSON = msgspec.json.Encoder()
+
+
+def _json_text(data: object) -> str:
+    return _JSON.encode(data).decode()
 
 
 class SqlAlchemyTurnEventStore:
-    """A ``chatcore.ports.TurnEventStore`` on an AsyncEngine from ``engine.create_engine``."""
+    """A ``chatcore.ports.TurnEventStore`` on an AsyncEngine from ``engine.create_engine``.
+
+    On PostgreSQL with asyncpg a turn's writes (begin, append, end) are one statement each, run on asyncpg
+    directly (``turn_event_statements.py``), and notify ``turn_notifications``' listeners; elsewhere they are
+    a few statements in one transaction.
+    """
 
     def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._clock = clock
+        self._postgres = engine.dialect.name == "postgresql"
+        self._asyncpg = (
+            AutocommittedStatements(engine, (event_sql.BEGIN, event_sql.APPEND, event_sql.END))
+            if self._postgres and engine.dialect.driver == "asyncpg"
+            else None
+        )
 
-    async def begin(self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> TurnState:
-        """One INSERT ... SELECT from the user's conversation row: no row to copy means not the user's."""
+    async def _fetch(self, statement: Any, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
+        """One of ``turn_event_statements``' statements, alone; a taken seq is the ValueError the port names."""
+        try:
+            async with store_unavailable_on_outage():
+                assert self._asyncpg is not None
+                return await self._asyncpg.rows(statement, parameters)
+        except asyncpg.exceptions.UniqueViolationError as error:
+            raise ValueError("duplicate event seq: nothing of this batch was stored") from error
+
+    @staticmethod
+    def _parameters(user_id: str, turn_id: uuid.UUID, events: Sequence[TurnEvent]) -> dict[str, Any]:
+        if any(event.turn_id != turn_id for event in events):
+            raise ValueError("events of another turn")
+        last = max((event.seq for event in events), default=0)
+        return {
+            "p_user": user_id,
+            "p_turn": turn_id,
+            "p_now": utcnow(),
+            "p_notice": event_sql.notice(turn_id, last),
+            **event_sql.event_parameters(list(events), _json_text),
+        }
+
+    async def begin(
+        self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID, events: Sequence[TurnEvent] = ()
+    ) -> TurnState:
+        """The turn row copied from the user's conversation row (no row to copy means not the user's), with its
+        first events."""
+        if self._asyncpg is not None:
+            parameters = self._parameters(user_id, turn_id, events) | {"p_conversation": conversation_id}
+            rows = await self._fetch(event_sql.BEGIN, parameters)
+            if not rows:
+                raise ConversationNotFound()
+            return _state_from(rows[0])  # an asyncpg Record reads by column name too
         now = utcnow()
         statement = (
             insert(turns)
@@ -59,15 +104,22 @@ class SqlAlchemyTurnEventStore:
         )
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             row = (await connection.execute(statement)).one_or_none()
-        if row is None:
-            raise ConversationNotFound()
+            if row is None:
+                raise ConversationNotFound()
+            await _insert_events(connection, user_id, {turn_id: conversation_id}, events)
         return _state_from(row._mapping)
 
     async def append(self, user_id: str, events: Sequence[TurnEvent]) -> None:
-        """One INSERT for the batch, its rows copied from the user's turns: another user's turn adds nothing."""
+        """One statement for the batch, its rows copied from the user's turn: another user's turn adds nothing."""
         if not events:
             return
         turn_ids = {event.turn_id for event in events}
+        if self._asyncpg is not None and len(turn_ids) == 1:
+            [turn_id] = turn_ids
+            [(count, _)] = await self._fetch(event_sql.APPEND, self._parameters(user_id, turn_id, events))
+            if count != len(events):
+                raise TurnNotFound()
+            return
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             owners = {
                 row.id: row.conversation_id
@@ -79,22 +131,7 @@ class SqlAlchemyTurnEventStore:
             }
             if set(owners) != turn_ids:
                 raise TurnNotFound()
-            now = utcnow()
-            await connection.execute(
-                insert(turn_events),
-                [
-                    {
-                        "turn_id": event.turn_id,
-                        "seq": event.seq,
-                        "conversation_id": owners[event.turn_id],
-                        "user_id": user_id,
-                        "type": event.type,
-                        "data": dict(event.data),
-                        "created_at": now,
-                    }
-                    for event in events
-                ],
-            )
+            await _insert_events(connection, user_id, owners, events)
 
     async def read(
         self, user_id: str, turn_id: uuid.UUID, *, after: int = 0, limit: int = 500
@@ -127,35 +164,42 @@ class SqlAlchemyTurnEventStore:
             raise TurnNotFound()
         return _state_from(row._mapping)
 
-    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus) -> None:
+    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus, events: Sequence[TurnEvent] = ()) -> None:
+        if self._asyncpg is not None:
+            parameters = self._parameters(user_id, turn_id, events) | {"p_status": status.value}
+            [(count, _)] = await self._fetch(event_sql.END, parameters)
+            if count == 0:
+                raise TurnNotFound()
+            return
         statement = (
             update(turns)
             .where(turns.c.id == turn_id, turns.c.user_id == user_id)
             .values(status=status.value, updated_at=utcnow())
+            .returning(turns.c.conversation_id)
         )
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
-            result = await connection.execute(statement)
-        if result.rowcount == 0:
-            raise TurnNotFound()
+            conversation_id = (await connection.execute(statement)).scalar_one_or_none()
+            if conversation_id is None:
+                raise TurnNotFound()
+            await _insert_events(connection, user_id, {turn_id: conversation_id}, events)
 
     async def request_stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
         owned = select(conversations.c.id).where(
             conversations.c.id == conversation_id, conversations.c.user_id == user_id
         )
-        statement = (
-            update(turns)
-            .where(
-                turns.c.conversation_id == conversation_id,
-                turns.c.user_id == user_id,
-                turns.c.status == TurnStatus.RUNNING.value,
-            )
-            .values(stop_requested_at=utcnow())
+        mine = (turns.c.conversation_id == conversation_id) & (turns.c.user_id == user_id)
+        statement: Any = (
+            event_sql.stop_requests(mine)  # and a notification for each
+            if self._postgres
+            else update(turns)
+            .where(mine, turns.c.status == TurnStatus.RUNNING.value)
+            .values(stop_requested_at=event_sql.NOW)
             .returning(turns.c.id)
         )
         async with store_unavailable_on_outage(), self._engine.begin() as connection:
             if (await connection.scalar(owned)) is None:
                 raise ConversationNotFound()
-            stopped = (await connection.execute(statement)).scalars().all()
+            stopped = (await connection.execute(statement, {"p_now": utcnow()})).scalars().all()
         return tuple(stopped)
 
     async def close_dead(
@@ -199,7 +243,7 @@ class SqlAlchemyTurnEventStore:
         return None if row is None else _state_from(row._mapping)
 
 
-def _state_from(row: RowMapping) -> TurnState:
+def _state_from(row: RowMapping | asyncpg.Record) -> TurnState:
     return TurnState(
         id=row["id"],
         conversation_id=row["conversation_id"],
@@ -207,4 +251,28 @@ def _state_from(row: RowMapping) -> TurnState:
         status=TurnStatus(row["status"]),
         stop_requested=row["stop_requested_at"] is not None,
         created_at=row["created_at"],
+    )
+
+
+async def _insert_events(
+    connection: AsyncConnection, user_id: str, owners: dict[uuid.UUID, uuid.UUID], events: Sequence[TurnEvent]
+) -> None:
+    """The events as rows of their turns (``owners``: turn id → conversation id), in the caller's transaction."""
+    if not events:
+        return
+    now = utcnow()
+    await connection.execute(
+        insert(turn_events),
+        [
+            {
+                "turn_id": event.turn_id,
+                "seq": event.seq,
+                "conversation_id": owners[event.turn_id],
+                "user_id": user_id,
+                "type": event.type,
+                "data": dict(event.data),
+                "created_at": now,
+            }
+            for event in events
+        ],
     )
