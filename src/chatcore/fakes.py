@@ -50,6 +50,7 @@ from chatcore.model import (
     ToolDecision,
     ToolSpec,
     TurnEvent,
+    TurnNotice,
     TurnResumption,
     TurnStart,
     TurnState,
@@ -57,7 +58,7 @@ from chatcore.model import (
     Usage,
     utcnow,
 )
-from chatcore.turn_events import DONE, ERROR, stream_of_response
+from chatcore.turn_events import DONE, ERROR, TurnWatches, stream_of_response
 from chatcore.usage import ModelCall, RecordedCall, UsageGroup, UsageGrouping, UsageTotals, recorded
 
 
@@ -597,14 +598,31 @@ class InMemoryConversationReader(_OverDatabase):
         return tuple(later[: max(limit, 0)])
 
 
+class InMemoryTurnNotifications(TurnWatches):
+    """TurnNotifications in this process: an ``InMemoryTurnEventStore`` given it delivers every notice at once.
+
+    ``listening = False`` makes its watches poll, as while a real listener reconnects; ``reconnected()`` is
+    what a listener does when it is back.
+    """
+
+    def __init__(self, *, poll_seconds: float = 0.25) -> None:
+        super().__init__(poll_seconds=poll_seconds, listening=lambda: self.connected)
+        self.connected = True
+
+    def reconnected(self) -> None:
+        self.connected = True
+        self.deliver_all(TurnNotice.CHECK)
+
+
 class InMemoryTurnEventStore:
     """A TurnEventStore in dicts, over the InMemoryChatDatabase whose conversations own the turns.
 
     A deleted conversation's turns read as TurnNotFound, as they are cascaded away in a database.
     """
 
-    def __init__(self, database: InMemoryChatDatabase) -> None:
+    def __init__(self, database: InMemoryChatDatabase, notifications: InMemoryTurnNotifications | None = None) -> None:
         self.database = database
+        self.notifications = notifications
         self.turns: dict[uuid.UUID, TurnState] = {}
         self.events: dict[uuid.UUID, list[TurnEvent]] = {}
         self.ended_at: dict[uuid.UUID, datetime] = {}
@@ -639,6 +657,12 @@ class InMemoryTurnEventStore:
             raise ValueError("duplicate event seq: nothing of this batch was stored")
         for event in events:
             self.events[event.turn_id].append(event)
+        for turn_id in {event.turn_id for event in events}:
+            self._notify(turn_id, TurnNotice.EVENTS)
+
+    def _notify(self, turn_id: uuid.UUID, notice: TurnNotice) -> None:
+        if self.notifications is not None:
+            self.notifications.deliver(str(turn_id), notice)
 
     async def read(
         self, user_id: str, turn_id: uuid.UUID, *, after: int = 0, limit: int = 500
@@ -656,6 +680,7 @@ class InMemoryTurnEventStore:
         await self.append(user_id, events)
         self.turns[turn_id] = replace(turn, status=status)
         self.ended_at[turn_id] = utcnow()
+        self._notify(turn_id, TurnNotice.EVENTS)
 
     async def request_stop(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
         self.database.check()
@@ -665,6 +690,7 @@ class InMemoryTurnEventStore:
         ]
         for turn_id in stopped:
             self.turns[turn_id] = replace(self.turns[turn_id], stop_requested=True)
+            self._notify(turn_id, TurnNotice.STOP)
         return tuple(stopped)
 
     async def close_dead(

@@ -422,6 +422,17 @@ class TurnStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"
 
 
+class TurnNotice(enum.StrEnum):
+    """What woke a watcher of a streamed turn (``ports.TurnNotifications``); the facts are in the TurnEventStore."""
+
+    EVENTS = "events"
+    """New events of the turn are stored (or it ended)."""
+    STOP = "stop"
+    """A stop of the turn was requested."""
+    CHECK = "check"
+    """Notices may have been missed (none are delivered now, or the listener was reconnected): read the store."""
+
+
 @dataclass(frozen=True, slots=True)
 class TurnEvent:
     """One event of a streamed turn, numbered from 1 within the turn; ``data`` is a JSON object."""

@@ -29,6 +29,7 @@ from chatcore.model import (
     ToolDecision,
     ToolSpec,
     TurnEvent,
+    TurnNotice,
     TurnResumption,
     TurnStart,
     TurnState,
@@ -437,6 +438,35 @@ class TurnEventStore(Protocol):
         replica died holds none once its lease expires). None when no turn runs, also for another user's
         conversation.
         """
+        ...
+
+
+class TurnWatch(Protocol):
+    """The notices about one turn since the watch was opened (``TurnNotifications.watch``)."""
+
+    async def wait(self, within: float | None = None) -> frozenset[TurnNotice]:
+        """The notices that came since the last call, waiting for one if none did (empty after ``within`` seconds).
+
+        Where notices are not delivered (SQLite, or while the listener reconnects) it returns ``{CHECK}`` every
+        so often instead: the caller then reads the store, which is polling.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop receiving notices (idempotent)."""
+        ...
+
+
+class TurnNotifications(Protocol):
+    """Wake-ups about streamed turns for whoever waits on them in this process, whichever replica wrote: a turn's
+    events were stored (``TurnEventStore.append``/``end``), a stop was requested (``request_stop``).
+
+    A notice only wakes a waiter, who then reads the TurnEventStore: a notice missed or repeated costs a read, never
+    an event. Notices sent after ``watch`` returned reach the watch.
+    """
+
+    def watch(self, turn_id: uuid.UUID) -> TurnWatch:
+        """Start receiving the notices about ``turn_id``; close the watch when done."""
         ...
 
 

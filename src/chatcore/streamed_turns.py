@@ -8,6 +8,11 @@ in batches (the turn's first event with its start, its last with its end), so a 
 transactions however many pieces the model sends. A client that reconnects with the last number it
 saw gets the rest, replayed from the store and then followed live. A stop request is a flag in the
 store that the running turn checks, so it works whichever replica receives it.
+
+Both wait on ``TurnNotifications`` rather than asking the store again and again: on PostgreSQL a turn's
+writes and stop requests notify every replica (LISTEN/NOTIFY), so a running turn and a follower read
+the store only when something happened; without notifications (SQLite) they poll every
+``poll_seconds``.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from chatcore.model import (
     ToolCallRecord,
     ToolDecision,
     TurnEvent,
+    TurnNotice,
     TurnStatus,
 )
-from chatcore.ports import LLMAgent, TurnEventStore, UsageMeter
+from chatcore.ports import LLMAgent, TurnEventStore, TurnNotifications, TurnWatch, UsageMeter
 from chatcore.service import ChatService, validate_message
 from chatcore.streamed_retries import StreamedRetries
 from chatcore.turn_events import (
@@ -51,6 +57,7 @@ from chatcore.turn_events import (
     TURN,
     ErrorBody,
     TurnStopped,
+    TurnWatches,
     done_data,
     plain_error_body,
     tool_call_data,
@@ -71,7 +78,8 @@ class StreamPolicy:
     """Events are written to the log in batches at most this far apart (the first with the turn's start, the
     last with its end). Clients following on this replica get every event at once; on another, as written."""
     poll_seconds: float = 0.25
-    """How often a running turn checks its stop flag, and a follower on another replica checks for new events."""
+    """Without notifications (SQLite): how often a running turn checks its stop flag, and a follower on another
+    replica checks for new events."""
     idle_seconds: float = 300.0
     """A follower gives up (the client may resume again) when a running turn sends nothing for this long."""
     dead_check_seconds: float = 1.0
@@ -88,12 +96,14 @@ class TurnRun:
     def __init__(
         self,
         events: TurnEventStore,
+        notifications: TurnNotifications,
         principal: Principal,
         policy: StreamPolicy,
         error_body: ErrorBody,
         registry: dict[uuid.UUID, TurnRun],
     ) -> None:
         self._store = events
+        self._notifications = notifications
         self._registry = registry
         self.principal = principal
         self.policy = policy
@@ -113,6 +123,7 @@ class TurnRun:
         self._unsaved: list[TurnEvent] = []
         self._save_lock = asyncio.Lock()
         self._saver: asyncio.Task[None] | None = None
+        self._watch: TurnWatch | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     # --- TurnSink ----------------------------------------------------------------------------------------------
@@ -131,12 +142,18 @@ class TurnRun:
                 "message_id": str(message_id),
             },
         )
-        await self._store.begin(self.principal.user_id, conversation_id, turn_id, [first])
+        watch = self._notifications.watch(turn_id)  # before the turn exists: no stop request can come before it
+        try:
+            await self._store.begin(self.principal.user_id, conversation_id, turn_id, [first])
+        except BaseException:
+            watch.close()
+            raise
         self.turn_id, self.conversation_id = turn_id, conversation_id
         self._registry[turn_id] = self
         self.events.append(first)
         self._wake()
-        self._watcher = asyncio.create_task(self._watch_stop_flag(), name=f"chatcore-stop-watch-{turn_id}")
+        self._watch = watch
+        self._watcher = asyncio.create_task(self._watch_stop_flag(watch), name=f"chatcore-stop-watch-{turn_id}")
 
     async def step(self, agent: LLMAgent, request: AgentRequest) -> AgentResponse:
         """Stream one model step, racing it against the stop flag; a stop keeps the text produced so far."""
@@ -188,6 +205,8 @@ class TurnRun:
         """The events not written yet, with the turn's end, in one write."""
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._watch is not None:
+            self._watch.close()
         try:
             if self.turn_id is not None:
                 async with self._save_lock:
@@ -287,17 +306,22 @@ class TurnRun:
                 await close()
         raise RuntimeError(f"{agent.provider} agent's stream ended without a response")
 
-    async def _watch_stop_flag(self) -> None:
-        """Poll the stop flag another replica may have set; errors only delay the stop."""
+    async def _watch_stop_flag(self, watch: TurnWatch) -> None:
+        """Wait for a stop request another replica may send; read the flag only when notices may have been missed
+        (or, without notifications, every ``poll_seconds``). Errors only delay the stop."""
         assert self.turn_id is not None
         while not self.stop_requested.is_set():
-            await asyncio.sleep(self.policy.poll_seconds)
-            try:
-                state = await self._store.state(self.principal.user_id, self.turn_id)
-            except ChatError:
-                continue
-            if state.stop_requested:
-                self.stop_requested.set()
+            notices = await watch.wait()
+            if TurnNotice.STOP not in notices:
+                if TurnNotice.CHECK not in notices:
+                    continue  # this turn's own events
+                try:
+                    state = await self._store.state(self.principal.user_id, self.turn_id)
+                except ChatError:
+                    continue
+                if not state.stop_requested:
+                    continue
+            self.stop_requested.set()
 
 
 class TurnStreamer:
@@ -310,12 +334,17 @@ class TurnStreamer:
         *,
         policy: StreamPolicy | None = None,
         error_body: ErrorBody = plain_error_body,
+        notifications: TurnNotifications | None = None,
     ) -> None:
+        """Without ``notifications`` every wait polls the store (every ``policy.poll_seconds``)."""
         self.service = service
         self.events = events
         if service.events is None:
             service.events = events  # the log whose dead turns the service closes (``ChatService.close_dead_turns``)
         self.policy = policy or StreamPolicy()
+        self.notifications: TurnNotifications = notifications or TurnWatches(
+            poll_seconds=self.policy.poll_seconds, listening=lambda: False
+        )
         self.error_body = error_body
         self._runs: dict[uuid.UUID, TurnRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -389,7 +418,7 @@ class TurnStreamer:
         return self._launch(principal, turn).follow()
 
     def _launch(self, principal: Principal, turn: Callable[[TurnRun], Awaitable[ChatReply]]) -> TurnRun:
-        run = TurnRun(self.events, principal, self.policy, self.error_body, self._runs)
+        run = TurnRun(self.events, self.notifications, principal, self.policy, self.error_body, self._runs)
         task = asyncio.create_task(self._run(run, turn), name="chatcore-streamed-turn")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -436,6 +465,18 @@ class TurnStreamer:
         return self._replay(user_id, turn_id, after)
 
     async def _replay(self, user_id: str, turn_id: uuid.UUID, after: int) -> AsyncIterator[TurnEvent]:
+        watch = self.notifications.watch(turn_id)  # before the first read: no write after it goes unnoticed
+        try:
+            async for event in self._replayed(watch, user_id, turn_id, after):
+                yield event
+        finally:
+            watch.close()
+
+    async def _replayed(
+        self, watch: TurnWatch, user_id: str, turn_id: uuid.UUID, after: int
+    ) -> AsyncIterator[TurnEvent]:
+        """The log read after each notice of new events (or, without notifications, every ``poll_seconds``), and
+        while the turn is quiet, whether its server died every ``dead_check_seconds``."""
         last, quiet_since = after, time.monotonic()
         checked = quiet_since
         while True:
@@ -462,7 +503,17 @@ class TurnStreamer:
                     checked = time.monotonic()
                     if await self._closed_if_dead(user_id, state.conversation_id):
                         continue  # its log now ends with an error event: read it
-            await asyncio.sleep(self.policy.poll_seconds)
+            while True:
+                now = time.monotonic()
+                left = self.policy.idle_seconds - (now - quiet_since)
+                if left <= 0:
+                    return
+                next_check = max(checked + self.policy.dead_check_seconds - now, 0.0)
+                notices = await watch.wait(min(left, next_check))
+                if notices & {TurnNotice.EVENTS, TurnNotice.CHECK} or time.monotonic() - checked >= (
+                    self.policy.dead_check_seconds
+                ):
+                    break
 
     async def _closed_if_dead(self, user_id: str, conversation_id: uuid.UUID) -> bool:
         """Whether the conversation had dead turns, now closed; a failed check (the database is down) is a no."""

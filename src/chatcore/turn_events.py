@@ -8,6 +8,7 @@ decided by the service alone, so a streamed turn stores exactly what a JSON turn
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -27,6 +28,7 @@ from chatcore.model import (
     ToolCallDelta,
     ToolCallRecord,
     TurnEvent,
+    TurnNotice,
 )
 from chatcore.ports import LLMAgent
 from chatcore.usage import UsageTotals
@@ -175,3 +177,74 @@ def reply_events(
     told.append((DONE, done_data(reply, interrupted=reply.status is ReplyStatus.INTERRUPTED)))
     number = turn_id or uuid.UUID(int=0)
     return tuple(TurnEvent(number, seq, kind, data) for seq, (kind, data) in enumerate(told, start=1))
+
+
+class TurnWatches:
+    """The open ``TurnWatch``es of this process by turn, which a ``TurnNotifications`` adapter delivers notices to.
+
+    ``listening`` says whether notices are delivered now; while it is False a watch polls: ``wait`` returns
+    ``{CHECK}`` every ``poll_seconds``. ``TurnWatches(listening=lambda: False)`` is how SQLite works.
+    """
+
+    def __init__(self, *, poll_seconds: float = 0.25, listening: Callable[[], bool] = lambda: True) -> None:
+        self.poll_seconds = poll_seconds
+        self.listening = listening
+        self._by_turn: dict[str, set[_Watch]] = {}
+
+    def watch(self, turn_id: uuid.UUID) -> _Watch:
+        watch = _Watch(self, str(turn_id))
+        self._by_turn.setdefault(watch.key, set()).add(watch)
+        return watch
+
+    def deliver(self, turn_id: str, notice: TurnNotice) -> None:
+        """``notice`` to the watches of the turn whose id is ``turn_id`` (as ``str(uuid)`` writes it)."""
+        for watch in self._by_turn.get(turn_id, ()):
+            watch.notify(notice)
+
+    def deliver_all(self, notice: TurnNotice) -> None:
+        for watches in self._by_turn.values():
+            for watch in watches:
+                watch.notify(notice)
+
+    def _forget(self, watch: _Watch) -> None:
+        watches = self._by_turn.get(watch.key)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
+                del self._by_turn[watch.key]
+
+
+class _Watch:
+    """A ``ports.TurnWatch``: the notices since the last ``wait``, and an event to wait on."""
+
+    __slots__ = ("_owner", "_pending", "_ready", "key")
+
+    def __init__(self, owner: TurnWatches, key: str) -> None:
+        self._owner = owner
+        self.key = key
+        self._pending: set[TurnNotice] = set()
+        self._ready = asyncio.Event()
+
+    def notify(self, notice: TurnNotice) -> None:
+        self._pending.add(notice)
+        self._ready.set()
+
+    async def wait(self, within: float | None = None) -> frozenset[TurnNotice]:
+        if not self._pending:
+            if not self._owner.listening():
+                poll = self._owner.poll_seconds
+                await asyncio.sleep(poll if within is None else min(poll, within))
+                self._pending.add(TurnNotice.CHECK)
+            else:
+                try:
+                    async with asyncio.timeout(within):
+                        await self._ready.wait()
+                except TimeoutError:
+                    pass
+        notices = frozenset(self._pending)
+        self._pending.clear()
+        self._ready.clear()
+        return notices
+
+    def close(self) -> None:
+        self._owner._forget(self)

@@ -30,6 +30,7 @@ from chatcore.adapters.sqlalchemy.engine import create_engine, database_url_from
 from chatcore.adapters.sqlalchemy.retention_store import SqlAlchemyRetentionStore
 from chatcore.adapters.sqlalchemy.turn_claim_store import SqlAlchemyTurnClaimStore
 from chatcore.adapters.sqlalchemy.turn_event_store import SqlAlchemyTurnEventStore
+from chatcore.adapters.sqlalchemy.turn_notifications import AsyncpgTurnNotifications
 from chatcore.adapters.sqlalchemy.usage_store import SqlAlchemyUsageStore
 from chatcore.adapters.todo.ports import TaskStore
 from chatcore.adapters.todo.prompt import TODO_SYSTEM_PROMPT
@@ -42,11 +43,12 @@ from chatcore.entrypoints.prices import load_prices
 from chatcore.entrypoints.settings import Settings
 from chatcore.entrypoints.verifiers import token_verifier
 from chatcore.model import utcnow
-from chatcore.ports import LLMAgent, ToolRegistry
+from chatcore.ports import LLMAgent, ToolRegistry, TurnNotifications
 from chatcore.retention import Janitor, RetentionPolicy
 from chatcore.service import DEFAULT_SYSTEM_PROMPT, ChatPolicy, ChatService
 from chatcore.streamed_turns import StreamPolicy
 from chatcore.tools import CompositeToolRegistry
+from chatcore.turn_events import TurnWatches
 from chatcore.usage import Prices, StoredUsagePolicy, UsageHistory
 
 if TYPE_CHECKING:
@@ -181,6 +183,19 @@ def streamed_turns_policy(settings: Settings) -> StreamPolicy:
     return StreamPolicy(shutdown_seconds=settings.shutdown_grace_seconds)
 
 
+async def turn_notifications_resource(engine: AsyncEngine, policy: StreamPolicy) -> AsyncIterator[TurnNotifications]:
+    """LISTEN/NOTIFY on PostgreSQL (one connection of this process's own); elsewhere (SQLite) watches that poll."""
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
+        notifications = AsyncpgTurnNotifications(engine, poll_seconds=policy.poll_seconds)
+        notifications.start()
+        try:
+            yield notifications
+        finally:
+            await notifications.aclose()
+    else:
+        yield TurnWatches(poll_seconds=policy.poll_seconds, listening=lambda: False)
+
+
 def prices_of(settings: Settings) -> Prices | None:
     """The prices file's models (CHATCORE_PRICES), or None: every cost is then unknown (null)."""
     return None if settings.prices_path is None else load_prices(settings.prices_path)
@@ -212,6 +227,7 @@ class Container(containers.DeclarativeContainer):
     verifier = providers.Singleton(token_verifier, settings)
     policy = providers.Singleton(chat_policy, settings)
     stream_policy = providers.Singleton(streamed_turns_policy, settings)
+    turn_notifications = providers.Resource(turn_notifications_resource, engine, stream_policy)
     rate_limit_store = providers.Resource(rate_limit_store_resource, settings)
 
     # Observability: a metrics registry per app; OTLP tracing only when configured. The service gets the agent

@@ -116,7 +116,13 @@ async def attach_conversations(state: State, container: Any, service: ChatServic
     """Put what these controllers need on the app state (called by the app's lifespan, after the resources start)."""
     events: TurnEventStore = await _resolved(container.turn_events())
     tasks: TaskStore = await _resolved(container.tasks())
-    state.streamer = TurnStreamer(service, events, policy=container.stream_policy(), error_body=event_error_body)
+    state.streamer = TurnStreamer(
+        service,
+        events,
+        policy=container.stream_policy(),
+        error_body=event_error_body,
+        notifications=await _resolved(container.turn_notifications()),
+    )
     state.history = await _resolved(container.history())
     state.tasks = tasks
     state.demo_token = os.environ.get(DEMO_TOKEN_ENV) if dev_mode else None
