@@ -645,10 +645,13 @@ class InMemoryTurnEventStore:
         turn = TurnState(turn_id, conversation_id, user_id, TurnStatus.RUNNING, False, utcnow())
         self.turns[turn_id] = turn
         self.events[turn_id] = []
-        await self.append(user_id, events)
+        self._add(user_id, events)
         return turn
 
     async def append(self, user_id: str, events: Sequence[TurnEvent]) -> None:
+        self._add(user_id, events)
+
+    def _add(self, user_id: str, events: Sequence[TurnEvent]) -> None:
         for event in events:
             self._turn(user_id, event.turn_id)
         known = {(e.turn_id, e.seq) for events_of_turn in self.events.values() for e in events_of_turn}
@@ -677,7 +680,7 @@ class InMemoryTurnEventStore:
     async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus, events: Sequence[TurnEvent] = ()) -> None:
         turn = self._turn(user_id, turn_id)
         _of_turn(turn_id, events)
-        await self.append(user_id, events)
+        self._add(user_id, events)
         self.turns[turn_id] = replace(turn, status=status)
         self.ended_at[turn_id] = utcnow()
         self._notify(turn_id, TurnNotice.EVENTS)

@@ -75,8 +75,12 @@ class StreamPolicy:
     """Text pieces arriving within this long of the last ``delta`` event become one event (a piece after a
     quiet spell goes out at once): fewer events to send, store and replay. 0: one event per piece."""
     write_seconds: float = 1.0
-    """Events are written to the log in batches at most this far apart (the first with the turn's start, the
-    last with its end). Clients following on this replica get every event at once; on another, as written."""
+    """Events are written to the log in batches: the first batch at most this long after its first event, each
+    next one twice as long after the one before, up to ``max_write_seconds`` (the turn's first event is written
+    with its start, its last ones with its end). A turn costs a few transactions however many pieces the model
+    sends and however long it talks. Clients following on this replica get every event at once; on another
+    replica, as its batch is written."""
+    max_write_seconds: float = 5.0
     poll_seconds: float = 0.25
     """Without notifications (SQLite): how often a running turn checks its stop flag, and a follower on another
     replica checks for new events."""
@@ -123,6 +127,7 @@ class TurnRun:
         self._unsaved: list[TurnEvent] = []
         self._save_lock = asyncio.Lock()
         self._saver: asyncio.Task[None] | None = None
+        self._write_delay = policy.write_seconds
         self._watch: TurnWatch | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -261,7 +266,8 @@ class TurnRun:
             self._publish(DELTA, {"text": text})
 
     async def _save_soon(self) -> None:
-        await asyncio.sleep(self.policy.write_seconds)
+        await asyncio.sleep(self._write_delay)
+        self._write_delay = min(self._write_delay * 2, self.policy.max_write_seconds)
         await self.save()
 
     async def save(self) -> None:

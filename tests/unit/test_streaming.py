@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -34,6 +34,7 @@ from chatcore.model import (
     ToolCall,
     ToolSpec,
     TurnEvent,
+    TurnState,
     TurnStatus,
 )
 from chatcore.service import ChatService
@@ -394,3 +395,73 @@ async def test_a_title_is_stored_on_one_line() -> None:
     )
 
     assert renamed.title == "Weekly plan"
+
+
+# --- coalescing and batched writes ------------------------------------------------------------------------------
+
+
+class PacedAgent:
+    """Streams pieces with pauses between them: ``script`` is (seconds to wait, piece) pairs."""
+
+    provider = "paced"
+
+    def __init__(self, script: list[tuple[float, str]]) -> None:
+        self.script = script
+
+    async def complete(self, request: AgentRequest) -> AgentResponse:
+        raise NotImplementedError
+
+    async def stream(self, request: AgentRequest) -> AsyncIterator[AgentStreamEvent]:
+        for pause, piece in self.script:
+            if pause:
+                await asyncio.sleep(pause)
+            yield TextDelta(piece)
+        yield AgentResponse("".join(piece for _, piece in self.script))
+
+
+async def test_pieces_close_together_become_one_delta_and_a_piece_after_a_pause_goes_out_at_once() -> None:
+    w = world(PacedAgent([(0, "Hel"), (0, "lo "), (0, "there"), (0.3, ", you"), (0, "!")]))
+    w.streamer = TurnStreamer(w.service, w.events, policy=StreamPolicy(flush_seconds=0.1, idle_seconds=5.0))
+
+    events = await drain(await w.streamer.start(ALICE, "Say hello"))
+
+    assert [(e.type, e.data.get("text")) for e in events][1:] == [
+        ("delta", "Hel"),  # the first piece at once
+        ("delta", "lo there"),  # the rest of that moment, one window later
+        ("delta", ", you"),  # after a pause, at once again
+        ("delta", "!"),
+        ("done", None),
+    ]
+    turn_id = uuid.UUID(str(events[0].data["turn_id"]))
+    assert list(await w.events.read("alice", turn_id)) == events
+
+
+class CountingEventStore(InMemoryTurnEventStore):
+    def __init__(self, events: InMemoryTurnEventStore) -> None:
+        super().__init__(events.database)
+        self.writes: list[tuple[str, int]] = []
+
+    async def begin(
+        self, user_id: str, conversation_id: uuid.UUID, turn_id: uuid.UUID, events: Sequence[TurnEvent] = ()
+    ) -> TurnState:
+        self.writes.append(("begin", len(events)))
+        return await super().begin(user_id, conversation_id, turn_id, events)
+
+    async def append(self, user_id: str, events: Sequence[TurnEvent]) -> None:
+        self.writes.append(("append", len(events)))
+        await super().append(user_id, events)
+
+    async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus, events: Sequence[TurnEvent] = ()) -> None:
+        self.writes.append(("end", len(events)))
+        await super().end(user_id, turn_id, status, events)
+
+
+async def test_a_quick_turn_is_written_in_two_writes_its_start_and_its_end() -> None:
+    w = world(milk_script())
+    counting = CountingEventStore(w.events)
+    streamer = TurnStreamer(w.service, counting, policy=StreamPolicy(flush_seconds=0.0))
+
+    events = await drain(await streamer.start(ALICE, "Add milk"))
+
+    assert counting.writes == [("begin", 1), ("end", len(events) - 1)]
+    assert list(await counting.read("alice", uuid.UUID(str(events[0].data["turn_id"])))) == events
