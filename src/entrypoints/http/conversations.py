@@ -20,7 +20,7 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, HeaderParameter, Parameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
 
 from chatcore.adapters.todo.model import TaskFilter
 from chatcore.adapters.todo.ports import TaskStore
@@ -66,16 +66,30 @@ def accepts_event_stream(request: Request[Any, Any, Any]) -> bool:
     return EVENT_STREAM in request.headers.get("accept", "").lower()
 
 
-def event_stream(events: AsyncIterator[TurnEvent]) -> ServerSentEvent:
-    """Turn events as SSE: ``id`` is the event's number in its turn (send it back as Last-Event-ID to resume)."""
+SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+"""What Litestar's ``ServerSentEvent`` sends beside the media type (nothing buffers or caches the stream)."""
 
-    async def messages() -> AsyncIterator[ServerSentEventMessage]:
+
+def sse_message(event: TurnEvent) -> bytes:
+    """One event as Server-Sent Events lines, byte for byte what Litestar's ``ServerSentEventMessage`` writes: event
+    types have no line breaks, and compact JSON has none either."""
+    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {event.seq}\r\nevent: {event.type}\r\ndata: {data}\r\n\r\n".encode()
+
+
+def event_stream(events: AsyncIterator[TurnEvent]) -> Stream:
+    """Turn events as SSE: ``id`` is the event's number in its turn (send it back as Last-Event-ID to resume).
+
+    A plain ``Stream`` of ready bytes rather than Litestar's ``ServerSentEvent``, which starts every response with
+    a hop to a worker thread (its ``sync_to_thread`` over an empty iterator) and builds each event through a
+    ``StringIO`` and regular expressions.
+    """
+
+    async def messages() -> AsyncIterator[bytes]:
         async for event in events:
-            yield ServerSentEventMessage(
-                data=json.dumps(event.data, ensure_ascii=False, separators=(",", ":")), event=event.type, id=event.seq
-            )
+            yield sse_message(event)
 
-    return ServerSentEvent(messages())
+    return Stream(messages(), media_type=EVENT_STREAM, headers=SSE_HEADERS)
 
 
 async def stream_turn(
@@ -86,7 +100,7 @@ async def stream_turn(
     idempotency_key: str | None = None,
     after: int | None = None,
     if_busy: BusyPolicy | None = None,
-) -> ServerSentEvent:
+) -> Stream:
     """POST /chat with ``Accept: text/event-stream``: the turn runs in the background; this response follows it.
 
     With an ``Idempotency-Key``, a repeat follows or replays the first request's turn, after ``after``
@@ -106,7 +120,7 @@ async def stream_turn(
 
 async def stream_decisions(
     request: Request[Any, Any, Any], conversation_id: uuid.UUID, decisions: Sequence[ToolDecision]
-) -> ServerSentEvent:
+) -> Stream:
     """POST .../approvals with ``Accept: text/event-stream``: the decisions (and the turn going on) as events."""
     streamer: TurnStreamer = request.app.state.streamer
     return event_stream(await streamer.decide(principal_of(request), conversation_id, decisions))
@@ -330,7 +344,7 @@ class ConversationsController(Controller):
         after: Annotated[
             int | None, Parameter(ge=0, description="Same as Last-Event-ID, for clients that cannot send headers.")
         ] = None,
-    ) -> ServerSentEvent:
+    ) -> Stream:
         streamer: TurnStreamer = request.app.state.streamer
         start = last_event_id if last_event_id is not None else (after or 0)
         return event_stream(await streamer.resume(_user(request).user_id, conversation_id, turn_id, start))
