@@ -74,6 +74,9 @@ class StreamPolicy:
     flush_seconds: float = 0.1
     """Text pieces arriving within this long of the last ``delta`` event become one event (a piece after a
     quiet spell goes out at once): fewer events to send, store and replay. 0: one event per piece."""
+    first_pieces: int = 8
+    """The turn's first this many text pieces go out one event each, as they come (the first words appear word
+    by word); ``flush_seconds`` groups the ones after."""
     write_seconds: float = 1.0
     """Events are written to the log in batches: the first batch at most this long after its first event, each
     next one twice as long after the one before, up to ``max_write_seconds`` (the turn's first event is written
@@ -123,6 +126,7 @@ class TurnRun:
         self._news = asyncio.Event()  # set (and replaced) at every new event and at the end
         self._text: list[str] = []  # pieces not in a delta event yet
         self._last_delta = -math.inf
+        self._pieces = 0  # text pieces of the turn so far
         self._flush: asyncio.TimerHandle | None = None
         self._unsaved: list[TurnEvent] = []
         self._save_lock = asyncio.Lock()
@@ -246,6 +250,10 @@ class TurnRun:
     def _add_text(self, text: str) -> None:
         """A piece of the reply: a delta now after a quiet spell, else with the pieces that follow it soon."""
         self._text.append(text)
+        self._pieces += 1
+        if self._pieces <= self.policy.first_pieces:
+            self._flush_text()
+            return
         if self._flush is not None:
             return
         loop = asyncio.get_running_loop()

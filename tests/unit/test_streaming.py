@@ -421,7 +421,9 @@ class PacedAgent:
 
 async def test_pieces_close_together_become_one_delta_and_a_piece_after_a_pause_goes_out_at_once() -> None:
     w = world(PacedAgent([(0, "Hel"), (0, "lo "), (0, "there"), (0.3, ", you"), (0, "!")]))
-    w.streamer = TurnStreamer(w.service, w.events, policy=StreamPolicy(flush_seconds=0.1, idle_seconds=5.0))
+    w.streamer = TurnStreamer(
+        w.service, w.events, policy=StreamPolicy(flush_seconds=0.1, first_pieces=0, idle_seconds=5.0)
+    )
 
     events = await drain(await w.streamer.start(ALICE, "Say hello"))
 
@@ -454,6 +456,18 @@ class CountingEventStore(InMemoryTurnEventStore):
     async def end(self, user_id: str, turn_id: uuid.UUID, status: TurnStatus, events: Sequence[TurnEvent] = ()) -> None:
         self.writes.append(("end", len(events)))
         await super().end(user_id, turn_id, status, events)
+
+
+async def test_the_first_pieces_go_out_one_by_one_then_pieces_close_together_are_grouped() -> None:
+    pieces = [(0.0, f"w{i} ") for i in range(6)]
+    w = world(PacedAgent(pieces))
+    w.streamer = TurnStreamer(
+        w.service, w.events, policy=StreamPolicy(flush_seconds=0.1, first_pieces=3, idle_seconds=5.0)
+    )
+
+    events = await drain(await w.streamer.start(ALICE, "Count"))
+
+    assert [e.data["text"] for e in events if e.type == "delta"] == ["w0 ", "w1 ", "w2 ", "w3 w4 w5 "]
 
 
 async def test_a_quick_turn_is_written_in_two_writes_its_start_and_its_end() -> None:
