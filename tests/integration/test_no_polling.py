@@ -20,7 +20,7 @@ from chatcore.adapters.sqlalchemy.turn_notifications import AsyncpgTurnNotificat
 from chatcore.fakes import InMemoryToolRegistry, StaticTokenVerifier
 from chatcore.model import AgentRequest, AgentResponse, AgentStreamEvent, Principal, TextDelta, TurnEvent
 from chatcore.service import ChatService
-from chatcore.streamed_turns import TurnStreamer
+from chatcore.streamed_turns import StreamPolicy, TurnStreamer
 from tests.stores import on_engine
 
 pytestmark = pytest.mark.integration
@@ -79,9 +79,12 @@ async def test_a_quiet_turn_and_its_follower_on_another_replica_ask_nothing_and_
         verifier=StaticTokenVerifier(),
         tools=InMemoryToolRegistry(),
     )  # type: ignore[arg-type]
+    # A follower also checks, once per dead_check_seconds of quiet, whether the turn's server died (issue 17's
+    # dead-turn probe, a query of its own); set far apart here, this test counts what waiting for events costs.
+    policy = StreamPolicy(dead_check_seconds=3600.0)
     replica, other_replica = (
-        TurnStreamer(service, stores.events, notifications=here),
-        TurnStreamer(service, stores.events, notifications=there),
+        TurnStreamer(service, stores.events, policy=policy, notifications=here),
+        TurnStreamer(service, stores.events, policy=policy, notifications=there),
     )
     live: list[TurnEvent] = []
     followed: list[TurnEvent] = []
