@@ -77,7 +77,7 @@ class StreamPolicy:
     first_pieces: int = 8
     """The turn's first this many text pieces go out one event each, as they come (the first words appear word
     by word); ``flush_seconds`` groups the ones after."""
-    write_seconds: float = 1.0
+    write_seconds: float = 0.05
     """Events are written to the log in batches: the first batch at most this long after its first event, each
     next one twice as long after the one before, up to ``max_write_seconds`` (the turn's first event is written
     with its start, its last ones with its end). A turn costs a few transactions however many pieces the model

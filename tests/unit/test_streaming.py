@@ -473,7 +473,7 @@ async def test_the_first_pieces_go_out_one_by_one_then_pieces_close_together_are
 async def test_a_quick_turn_is_written_in_two_writes_its_start_and_its_end() -> None:
     w = world(milk_script())
     counting = CountingEventStore(w.events)
-    streamer = TurnStreamer(w.service, counting, policy=StreamPolicy(flush_seconds=0.0))
+    streamer = TurnStreamer(w.service, counting, policy=StreamPolicy(flush_seconds=0.0, write_seconds=5.0))
 
     events = await drain(await streamer.start(ALICE, "Add milk"))
 
