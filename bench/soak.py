@@ -62,7 +62,7 @@ class SoakPlan:
     users: int = 6
     kill_every: float = 20.0
     kills: int | None = None
-    """At most this many kills (None: one every ``kill_every`` seconds until the end)."""
+    """This many kills, the load going on until they are done (None: one every ``kill_every`` seconds until the end)."""
     cut_at: float = 0.5
     """When the database connection is cut, as a fraction of the run."""
     cut_seconds: float = 3.0
@@ -586,6 +586,8 @@ async def soak(database_url: str, plan: SoakPlan, log_dir: Path) -> dict[str, An
                 ]
                 load = [asyncio.create_task(user.run(client, stop)) for user in users]
                 await asyncio.sleep(plan.seconds)
+                if plan.kills is not None:  # every planned kill happens, however slowly a loaded machine restarts
+                    await asyncio.wait_for(asyncio.shield(chaos[0]), plan.kills * (plan.kill_every + 60))
                 stop.set()
                 await asyncio.gather(*chaos, *load)
                 duration = time.monotonic() - started
