@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -221,7 +220,9 @@ class _TurnLog:
     model_seconds: float = 0.0
     model_calls: int = 0
     tools: list[str] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
 
     def fields(self, event: str, user_id: str, outcome: str, started: float) -> dict[str, object]:
         """The log line's fields; ``started`` is the ``time.perf_counter()`` when the request began."""
@@ -234,10 +235,30 @@ class _TurnLog:
             "model_ms": round(self.model_seconds * 1000, 2),
             "model_calls": self.model_calls,
             "tools": self.tools,
-            "input_tokens": self.usage.input_tokens,
-            "output_tokens": self.usage.output_tokens,
-            "cached_tokens": self.usage.cached_read_tokens,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
         }
+
+
+class _Metered:
+    """``ChatService._metered`` as a plain async context manager (cheaper than a generator-based one on every turn)."""
+
+    __slots__ = ("_given", "_opened", "_principal", "_service")
+
+    def __init__(self, service: ChatService, principal: Principal, given: UsageMeter | None) -> None:
+        self._service, self._principal, self._given = service, principal, given
+        self._opened: UsageMeter | None = None
+
+    async def __aenter__(self) -> UsageMeter:
+        if self._given is not None:
+            return self._given
+        self._opened = await self._service.meter_for(self._principal)
+        return self._opened
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._opened is not None:
+            self._opened.close()
 
 
 def validate_message(message: str) -> str:
@@ -397,17 +418,9 @@ class ChatService:
             return UNMETERED
         return await self.usage_policy.begin(principal.user_id, self.clock())
 
-    @contextlib.asynccontextmanager
-    async def _metered(self, principal: Principal, given: UsageMeter | None) -> AsyncIterator[UsageMeter]:
+    def _metered(self, principal: Principal, given: UsageMeter | None) -> _Metered:
         """The turn's meter: ``given`` (its opener closes it), else one opened now and closed when the turn ends."""
-        if given is not None:
-            yield given
-            return
-        meter = await self.meter_for(principal)
-        try:
-            yield meter
-        finally:
-            meter.close()
+        return _Metered(self, principal, given)
 
     async def close_dead_turns(self, user_id: str, conversation_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
         """Close the turns of the user's conversation whose server stopped (``TurnEventStore.close_dead``): each
@@ -939,7 +952,9 @@ class ChatService:
             log.model_seconds += latency
             log.model_calls += 1
             if usage is not None:
-                log.usage += usage
+                log.input_tokens += usage.input_tokens
+                log.output_tokens += usage.output_tokens
+                log.cached_tokens += usage.cached_read_tokens
                 cost = self.prices.cost(model, usage)
                 progress.record(ModelCall(self.agent.provider, model, usage, started_at, latency, cost))
 

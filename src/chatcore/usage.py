@@ -208,17 +208,17 @@ class UsageTotals:
     @classmethod
     def of(cls, calls: Iterable[ModelCall]) -> UsageTotals:
         """The totals of some calls (a turn's)."""
-        return cls.sum(
-            cls(
-                call.usage.input_tokens,
-                call.usage.output_tokens,
-                call.usage.cached_read_tokens,
-                call.usage.cache_write_tokens,
-                1,
-                call.cost_usd,
-            )
-            for call in calls
-        )
+        input_tokens = output_tokens = cached = written = count = 0
+        cost: Decimal | None = Decimal(0)
+        for call in calls:
+            usage = call.usage
+            input_tokens += usage.input_tokens
+            output_tokens += usage.output_tokens
+            cached += usage.cached_read_tokens
+            written += usage.cache_write_tokens
+            count += 1
+            cost = None if cost is None or call.cost_usd is None else cost + call.cost_usd
+        return cls(input_tokens, output_tokens, cached, written, count, cost)
 
     def to_json(self) -> dict[str, int | float | None]:
         """The chat reply's ``usage``: ``input_tokens``, ``output_tokens``, ``cached_tokens``, ``model_calls``,

@@ -17,7 +17,7 @@ from chatcore.adapters.observability.metrics import OK, ChatMetrics
 from chatcore.errors import BudgetExhausted
 from chatcore.model import AgentRequest, AgentResponse, AgentStreamEvent, JsonValue, Principal, ToolSpec
 from chatcore.ports import LLMAgent, ToolRegistry, UsageMeter, UsagePolicy
-from chatcore.usage import BudgetStatus, ModelCall
+from chatcore.usage import UNMETERED, BudgetStatus, ModelCall
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -179,6 +179,8 @@ class _InstrumentedMeter:
         self._metrics = metrics
 
     async def admit(self, now: datetime) -> None:
+        if self._meter is UNMETERED:  # no budget: nothing to ask, on every model call
+            return
         try:
             await self._meter.admit(now)
         except BudgetExhausted:
@@ -186,14 +188,14 @@ class _InstrumentedMeter:
             raise
 
     def record(self, call: ModelCall) -> None:
-        usage, model = call.usage, call.model or UNKNOWN_MODEL
-        for kind, tokens in (
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cached_read", usage.cached_read_tokens),
-            ("cache_write", usage.cache_write_tokens),
-        ):
-            self._metrics.tokens.labels(call.provider, model, kind).inc(tokens)
+        usage = call.usage
+        input_tokens, output_tokens, cached_read, cache_write = self._metrics.token_counters(
+            call.provider, call.model or UNKNOWN_MODEL
+        )
+        input_tokens.inc(usage.input_tokens)
+        output_tokens.inc(usage.output_tokens)
+        cached_read.inc(usage.cached_read_tokens)
+        cache_write.inc(usage.cache_write_tokens)
         self._meter.record(call)
 
     def close(self) -> None:

@@ -72,12 +72,26 @@ class ChatMetrics:
             "ended between two steps).",
             registry=self.registry,
         )
+        self._token_counters: dict[tuple[str, str], tuple[Counter, Counter, Counter, Counter]] = {}
         self.db_pool_in_use = Gauge(
             "chatcore_db_pool_in_use",
             "Database connections checked out of the pool when scraped.",
             registry=self.registry,
         )
         self.db_pool_in_use.set_function(lambda: 0.0)
+
+    def token_counters(self, provider: str, model: str) -> tuple[Counter, Counter, Counter, Counter]:
+        """The ``chatcore_tokens_total`` children of a provider's model: input, output, cached_read, cache_write.
+
+        Looked up once per model (``labels`` costs a lock and a validation each time; every model call counts four).
+        """
+        children = self._token_counters.get((provider, model))
+        if children is None:
+            input_tokens, output_tokens, cached_read, cache_write = (
+                self.tokens.labels(provider, model, kind) for kind in ("input", "output", "cached_read", "cache_write")
+            )
+            children = self._token_counters[(provider, model)] = (input_tokens, output_tokens, cached_read, cache_write)
+        return children
 
     def watch_pool(self, engine: AsyncEngine) -> None:
         """Read the engine's pool at every scrape: the number is exact, and costs nothing between scrapes."""

@@ -237,8 +237,8 @@ USAGE_COLUMNS: Final[dict[str, TypeEngine[Any]]] = {
     "latency_ms": Float(),
     "started_at": DateTime(timezone=True),
 }
-"""The per-call columns of the model calls recorded with a batch (``usage_<column>`` arrays); the user, conversation
-and turn are the batch's."""
+"""The per-call columns of the model calls recorded with a batch (``p_usage``: a JSON array of objects with these
+keys, read by ``jsonb_to_recordset``); the user, conversation and turn are the batch's."""
 
 
 def _unnested(prefix: str, columns: dict[str, TypeEngine[Any]], name: str) -> Any:
@@ -254,7 +254,7 @@ def _unnested(prefix: str, columns: dict[str, TypeEngine[Any]], name: str) -> An
 def _append(*, release: bool) -> ReturningInsert[Any]:
     """Bump ``last_seq`` by ``p_by`` and insert the batch numbered up to it; with ``release`` the lease is given
     back (the turn's last write), else kept (a step stored as it happens). The model calls that produced the
-    batch (``usage_<column>``, none for a tool result) are recorded as the user's and turn's in the same
+    batch (``p_usage``, none for a tool result) are recorded as the user's and turn's in the same
     statement, only when the bump matched (the lease was held).
 
     The rows travel as one array per column through ``unnest``, so the SQL text is the same for
@@ -264,7 +264,11 @@ def _append(*, release: bool) -> ReturningInsert[Any]:
     unnested = _unnested("batch_", BATCH_COLUMNS, "batch")
     from_batch: dict[str, ColumnElement[Any]] = {name: unnested.c[name] for name in BATCH_COLUMNS}
     from_batch["tool_calls"] = cast(unnested.c.tool_calls, JSONB)
-    calls = _unnested("usage_", USAGE_COLUMNS, "calls")
+    calls = (
+        func.jsonb_to_recordset(cast(bindparam("p_usage", type_=Text()), JSONB))
+        .table_valued(*(column(name, type_) for name, type_ in USAGE_COLUMNS.items()))
+        .render_derived(name="calls", with_types=True)
+    )
     recorded = (
         insert(usage)
         .from_select(
@@ -343,9 +347,17 @@ def batch_parameters(batch: Sequence[Message]) -> dict[str, Any]:
 
 
 def usage_parameters(calls: Sequence[ModelCall]) -> dict[str, Any]:
-    """One array per column of the calls (``APPEND``'s ``usage_<column>``); empty arrays record none."""
+    """``APPEND``'s ``p_usage``: the calls as one JSON text (one parameter, no per-column array to bind); ``[]``
+    records none."""
+    if not calls:
+        return _NO_USAGE
     rows = [call_columns(c) for c in calls]
-    return {f"usage_{name}": [row[name] for row in rows] for name in USAGE_COLUMNS}
+    for row in rows:
+        row["id"], row["started_at"] = str(row["id"]), row["started_at"].isoformat()
+    return {"p_usage": json.dumps(rows)}
+
+
+_NO_USAGE: Final[dict[str, Any]] = {"p_usage": "[]"}
 
 
 _WINDOW_JSON: Final = msgspec.json.Decoder(list[Message])

@@ -69,7 +69,9 @@ def call_columns(call: ModelCall) -> dict[str, Any]:
 
 
 def picodollars(cost: Decimal | None) -> int | None:
-    return None if cost is None else int((cost / PICO).to_integral_value())
+    if cost is None:
+        return None
+    return int((cost / PICO).to_integral_value()) if cost else 0
 
 
 class SqlAlchemyUsageStore:
