@@ -89,6 +89,10 @@ class StreamPolicy:
     replica checks for new events."""
     idle_seconds: float = 300.0
     """A follower gives up (the client may resume again) when a running turn sends nothing for this long."""
+    dead_after_seconds: float = 6.0
+    """A follower of a turn running elsewhere starts asking whether the turn's server died once the turn has been
+    quiet this long: longer than ``max_write_seconds``, so following a live turn (whose batches come at least that
+    often) costs no query of its own, only the reads its notifications call for."""
     dead_check_seconds: float = 1.0
     """A follower of a turn running elsewhere that has sent nothing for this long checks, this often, whether the
     turn's server died (``ChatService.close_dead_turns``): its lease expired, or another turn holds it."""
@@ -490,7 +494,7 @@ class TurnStreamer:
         self, watch: TurnWatch, user_id: str, turn_id: uuid.UUID, after: int
     ) -> AsyncIterator[TurnEvent]:
         """The log read after each notice of new events (or, without notifications, every ``poll_seconds``), and
-        while the turn is quiet, whether its server died every ``dead_check_seconds``."""
+        once the turn has been quiet ``dead_after_seconds``, whether its server died every ``dead_check_seconds``."""
         last, quiet_since = after, time.monotonic()
         checked = quiet_since
         while True:
@@ -513,7 +517,7 @@ class TurnStreamer:
                     return
                 if time.monotonic() - quiet_since > self.policy.idle_seconds:
                     return
-                if time.monotonic() - checked >= self.policy.dead_check_seconds:
+                if time.monotonic() >= self._next_dead_check(quiet_since, checked):
                     checked = time.monotonic()
                     if await self._closed_if_dead(user_id, state.conversation_id):
                         continue  # its log now ends with an error event: read it
@@ -522,12 +526,15 @@ class TurnStreamer:
                 left = self.policy.idle_seconds - (now - quiet_since)
                 if left <= 0:
                     return
-                next_check = max(checked + self.policy.dead_check_seconds - now, 0.0)
-                notices = await watch.wait(min(left, next_check))
-                if notices & {TurnNotice.EVENTS, TurnNotice.CHECK} or time.monotonic() - checked >= (
-                    self.policy.dead_check_seconds
-                ):
+                next_check = self._next_dead_check(quiet_since, checked)
+                notices = await watch.wait(min(left, max(next_check - now, 0.0)))
+                if notices & {TurnNotice.EVENTS, TurnNotice.CHECK} or time.monotonic() >= next_check:
                     break
+
+    def _next_dead_check(self, quiet_since: float, checked: float) -> float:
+        """When a follower next asks whether a quiet turn's server died (``time.monotonic()`` time)."""
+        policy = self.policy
+        return max(quiet_since + policy.dead_after_seconds, checked + policy.dead_check_seconds)
 
     async def _closed_if_dead(self, user_id: str, conversation_id: uuid.UUID) -> bool:
         """Whether the conversation had dead turns, now closed; a failed check (the database is down) is a no."""

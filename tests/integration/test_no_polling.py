@@ -79,9 +79,11 @@ async def test_a_quiet_turn_and_its_follower_on_another_replica_ask_nothing_and_
         verifier=StaticTokenVerifier(),
         tools=InMemoryToolRegistry(),
     )  # type: ignore[arg-type]
-    # A follower also checks, once per dead_check_seconds of quiet, whether the turn's server died (issue 17's
-    # dead-turn probe, a query of its own); set far apart here, this test counts what waiting for events costs.
-    policy = StreamPolicy(dead_check_seconds=3600.0)
+    # A follower asks whether a quiet turn's server died (issue 17's dead-turn probe, a query of its own) only once
+    # the turn has been quiet dead_after_seconds (6 s by default: a live turn writes at least every 5 s); set beyond
+    # the 5 s counted here so that a late wake-up on a loaded machine does not count a probe.
+    assert StreamPolicy().dead_after_seconds > StreamPolicy().max_write_seconds
+    policy = StreamPolicy(dead_after_seconds=QUIET_SECONDS + 10)
     replica, other_replica = (
         TurnStreamer(service, stores.events, policy=policy, notifications=here),
         TurnStreamer(service, stores.events, policy=policy, notifications=there),

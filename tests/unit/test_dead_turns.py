@@ -39,7 +39,9 @@ from tests.stores import ALL_MESSAGES, claims_of, reader_of, stored_history
 
 ALICE = Principal("alice")
 LEASE = 0.3
-POLICY = StreamPolicy(flush_seconds=0.0, poll_seconds=0.01, idle_seconds=30.0, dead_check_seconds=0.05)
+POLICY = StreamPolicy(
+    flush_seconds=0.0, poll_seconds=0.01, idle_seconds=30.0, dead_after_seconds=0.05, dead_check_seconds=0.05
+)
 ADD_TASK = ToolSpec("add_task", "Add a task.", {"type": "object", "properties": {"title": {"type": "string"}}})
 
 
