@@ -25,7 +25,7 @@ import jwt
 
 from bench import procstat
 from bench.instructions import USERS
-from bench.load import LoadResult, ReplyCheck, VirtualUser, run_load, user_turns
+from bench.load import BUSY_PAUSE_SECONDS, LoadResult, ReplyCheck, VirtualUser, run_load, user_turns
 from bench.pgwire import Counts
 from bench.report import Measurement
 from bench.scenarios import ModelSetup, Scenario, scenario_owners, user_id
@@ -201,7 +201,9 @@ class Bench:
         kinds = dict.fromkeys((s.model.mode, s.protocol_for(server.target)) for s in scenarios)
         kinds.pop(("text", "json"), None)
         for index, (mode, protocol) in enumerate(kinds, start=2):
-            model = ModelSetup(100, mode, reply_chars=200, chunks=10)
+            # busy-reject's second request goes BUSY_PAUSE_SECONDS after the turn's: its turn must still run then
+            latency = 2000 * BUSY_PAUSE_SECONDS if protocol == "busy-reject" else 100
+            model = ModelSetup(latency, mode, reply_chars=200, chunks=10)
             rounds.append(Scenario(f"warmup{index}", "warm-up", 8, 2, model, protocol=protocol))
         for scenario in rounds:
             await self.model.configure(self.control, scenario.model)
